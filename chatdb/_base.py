@@ -1,0 +1,381 @@
+"""What every backend shares: the public methods, input checks and model building.
+
+A backend subclasses :class:`RepositoryBase` and implements the ``_`` storage hooks, which receive
+checked values and only do I/O. That keeps the contract in one place: the same input is rejected
+(or stored) identically whatever the database.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from . import _codec, _validate
+from .config import DbConfig
+from .errors import NotFoundError
+from .models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
+
+TABLE_NAMES = ("users", "chats", "messages", "api_keys")
+
+# What scan_rows yields, per table, in this order (stored column names; see the docstring there).
+SCAN_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata"),
+    "chats": ("id", "user_id", "title", "session_id", "created_at", "updated_at"),
+    "users": ("id", "username", "created_at", "updated_at"),
+    "api_keys": ("id", "user_id", "name", "key_prefix", "created_at", "last_used_at", "revoked_at"),
+}
+# What import_rows takes, per table (the stored columns; users need their hash, keys theirs).
+IMPORT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("id", "chat_id", "role", "content", "created_at", "metadata"),
+    "chats": ("id", "title", "session_id", "user_id", "created_at", "updated_at"),
+    "users": ("id", "username", "password_hash", "created_at", "updated_at"),
+    "api_keys": (
+        "id",
+        "user_id",
+        "key_hash",
+        "key_prefix",
+        "name",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ),
+}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class RepositoryBase(ABC):
+    """Template for a ``ChatRepository`` backend (see :mod:`chatdb.repository` for the contract)."""
+
+    backend: str = ""
+
+    def __init__(self, config: DbConfig) -> None:
+        self.config = config
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.backend} {self.config.redacted_url}>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Create missing tables and indexes; safe to call repeatedly and concurrently."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self._create_schema()
+                self._schema_ready = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- chats ----------------------------------------------------------------------------------
+
+    def create_chat(self, user_id: str, title: str | None = None) -> Chat:
+        owner = _validate.user_id(user_id)
+        name = _validate.title(title) or _validate.DEFAULT_TITLE
+        now = _codec.utcnow()
+        chat = Chat(new_id(), name, None, owner, now, now)
+        self.ensure_schema()
+        self._insert_chat(chat)
+        return chat
+
+    def get_chat(self, chat_id: str, user_id: str) -> Chat | None:
+        cid, owner = _validate.lookup_id("chat_id", chat_id), _validate.lookup_id("user_id", user_id)
+        if cid is None or owner is None:
+            return None
+        self.ensure_schema()
+        return self._fetch_chat(cid, owner)
+
+    def list_chats(self, user_id: str, limit: int = 50, offset: int = 0) -> Page[Chat]:
+        limit, offset = _validate.page(limit, offset)
+        owner = _validate.lookup_id("user_id", user_id)
+        if owner is None:
+            return Page([], 0, limit, offset)
+        self.ensure_schema()
+        items, total = self._fetch_chats(owner, limit, offset)
+        return Page(items, total, limit, offset)
+
+    def update_chat(self, chat_id: str, user_id: str, title: str | None = None) -> Chat | None:
+        name = _validate.title(title)
+        cid, owner = _validate.lookup_id("chat_id", chat_id), _validate.lookup_id("user_id", user_id)
+        if cid is None or owner is None:
+            return None
+        self.ensure_schema()
+        return self._touch_chat(cid, owner, {} if name is None else {"title": name})
+
+    def delete_chat(self, chat_id: str, user_id: str) -> bool:
+        cid, owner = _validate.lookup_id("chat_id", chat_id), _validate.lookup_id("user_id", user_id)
+        if cid is None or owner is None:
+            return False
+        self.ensure_schema()
+        return self._delete_chat(cid, owner)
+
+    def set_chat_session(self, chat_id: str, session_id: str | None, user_id: str) -> bool:
+        if session_id is not None:
+            _validate.text("session_id", session_id, max_len=_validate.MAX_SESSION_ID)
+        cid, owner = _validate.lookup_id("chat_id", chat_id), _validate.lookup_id("user_id", user_id)
+        if cid is None or owner is None:
+            return False
+        self.ensure_schema()
+        return self._touch_chat(cid, owner, {"session_id": session_id}) is not None
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        chat_id: str,
+        role: str,
+        content: list[ContentPart],
+        metadata: MessageMetadata | Mapping[str, Any] | None = None,
+        *,
+        user_id: str | None = None,
+    ) -> Message:
+        checked_role = _validate.role(role)
+        parts = _codec.normalize_content(content)
+        meta = _codec.normalize_metadata(metadata)
+        content_json = _codec.dump_content(parts)
+        metadata_json = _codec.dump_metadata(meta)
+        cid = _validate.lookup_id("chat_id", chat_id)
+        owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
+        if cid is None or (user_id is not None and owner is None):
+            raise NotFoundError(f"chat {chat_id!r} not found")
+        self.ensure_schema()
+        draft = _DraftMessage(new_id(), cid, checked_role, parts, content_json, meta, metadata_json)
+        created_at = self._append_message(draft, owner)
+        if created_at is None:
+            raise NotFoundError(f"chat {chat_id!r} not found")
+        return Message(draft.id, cid, checked_role, parts, created_at, meta)
+
+    def get_messages(
+        self, chat_id: str, limit: int = 50, offset: int = 0, *, user_id: str | None = None
+    ) -> Page[Message]:
+        limit, offset = _validate.page(limit, offset)
+        cid = _validate.lookup_id("chat_id", chat_id)
+        owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
+        if cid is None or (user_id is not None and owner is None):
+            return Page([], 0, limit, offset)
+        self.ensure_schema()
+        items, total = self._fetch_messages(cid, owner, limit, offset)
+        return Page(items, total, limit, offset)
+
+    def get_message(self, message_id: str, *, user_id: str | None = None) -> Message | None:
+        mid = _validate.lookup_id("message_id", message_id)
+        owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
+        if mid is None or (user_id is not None and owner is None):
+            return None
+        self.ensure_schema()
+        return self._fetch_message(mid, owner)
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def create_user(self, username: str, password_hash: str) -> User:
+        name = _validate.text("username", username, max_len=_validate.MAX_USERNAME)
+        secret = _validate.text("password_hash", password_hash)
+        now = _codec.utcnow()
+        user = UserWithPasswordHash(new_id(), name, now, now, password_hash=secret)
+        self.ensure_schema()
+        self._insert_user(user)
+        return User(user.id, user.username, user.created_at, user.updated_at)
+
+    def get_user_by_username(self, username: str) -> UserWithPasswordHash | None:
+        name = _validate.lookup_id("username", username)
+        if name is None:
+            return None
+        self.ensure_schema()
+        return self._fetch_user("username", name)
+
+    def get_user_by_id(self, user_id: str) -> User | None:
+        uid = _validate.lookup_id("user_id", user_id)
+        if uid is None:
+            return None
+        self.ensure_schema()
+        found = self._fetch_user("id", uid)
+        return None if found is None else User(found.id, found.username, found.created_at, found.updated_at)
+
+    def list_users(self, limit: int = 50, offset: int = 0) -> Page[User]:
+        limit, offset = _validate.page(limit, offset)
+        self.ensure_schema()
+        items, total = self._fetch_users(limit, offset)
+        return Page(items, total, limit, offset)
+
+    # -- API keys -------------------------------------------------------------------------------
+
+    def create_api_key(self, user_id: str, key_hash: str, key_prefix: str, name: str) -> ApiKey:
+        owner = _validate.user_id(user_id)
+        digest = _validate.text("key_hash", key_hash, max_len=_validate.MAX_KEY_HASH)
+        prefix = _validate.text("key_prefix", key_prefix, max_len=_validate.MAX_KEY_PREFIX)
+        label = _validate.text("name", name, max_len=_validate.MAX_KEY_NAME, allow_empty=True)
+        key = ApiKey(new_id(), owner, label, prefix, _codec.utcnow())
+        self.ensure_schema()
+        self._insert_api_key(key, digest)
+        return key
+
+    def get_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        digest = _validate.lookup_id("key_hash", key_hash)
+        if digest is None:
+            return None
+        self.ensure_schema()
+        return self._fetch_api_key_by_hash(digest)
+
+    def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        owner = _validate.lookup_id("user_id", user_id)
+        if owner is None:
+            return []
+        self.ensure_schema()
+        return self._fetch_api_keys(owner)
+
+    def revoke_api_key(self, key_id: str, user_id: str) -> bool:
+        kid, owner = _validate.lookup_id("key_id", key_id), _validate.lookup_id("user_id", user_id)
+        if kid is None or owner is None:
+            return False
+        self.ensure_schema()
+        return self._revoke_api_key(kid, owner, _codec.format_ts(_codec.utcnow()))
+
+    def update_api_key_last_used(self, key_id: str) -> None:
+        kid = _validate.lookup_id("key_id", key_id)
+        if kid is None:
+            return
+        self.ensure_schema()
+        self._touch_api_key(kid, _codec.format_ts(_codec.utcnow()))
+
+    # -- storage-level access: export, copy, demo data ------------------------------------------------
+
+    @abstractmethod
+    def scan_rows(
+        self,
+        table: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        batch_size: int = 10_000,
+        stored: bool = False,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Stream a table's stored rows in batches, ordered by ``(created_at, id)``.
+
+        Columns per table are ``SCAN_COLUMNS[table]``; with ``stored=True``, every stored column
+        (``IMPORT_COLUMNS[table]``, hashes included: for copying to another backend only).
+        Values are as stored: timestamps as ISO strings; a message's ``content``/``metadata`` as
+        JSON text on SQL, as decoded values on MongoDB; a message's ``user_id`` is its chat's
+        owner, None when the chat is gone. ``since`` (inclusive) and ``until`` (exclusive) filter
+        ``created_at``; ``user_id`` filters the owner; ``after=(created_at, id)`` resumes strictly
+        after that row. Filters run in the database; the result is never in memory at once.
+        """
+
+    @abstractmethod
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
+        """Bulk-insert stored-format rows (keys ``IMPORT_COLUMNS[table]``, ids and timestamps
+        kept), skipping rows whose id already exists; returns how many were inserted. For demo
+        data, copies between backends and imports: rows are not checked beyond the storage
+        format, so callers pass valid rows."""
+
+    @abstractmethod
+    def count_rows(self) -> dict[str, int]:
+        """Row count of every table, keyed by table name."""
+
+    # -- storage hooks (checked input; I/O only) ---------------------------------------------------
+
+    @abstractmethod
+    def _create_schema(self) -> None: ...
+
+    @abstractmethod
+    def _insert_chat(self, chat: Chat) -> None: ...
+
+    @abstractmethod
+    def _fetch_chat(self, chat_id: str, user_id: str) -> Chat | None: ...
+
+    @abstractmethod
+    def _fetch_chats(self, user_id: str, limit: int, offset: int) -> tuple[list[Chat], int]: ...
+
+    @abstractmethod
+    def _touch_chat(self, chat_id: str, user_id: str, changes: dict[str, Any]) -> Chat | None:
+        """Apply ``changes`` (``title``/``session_id``) and move ``updated_at`` to
+        ``next_ts(updated_at)`` atomically; None when the chat is not the user's."""
+
+    @abstractmethod
+    def _delete_chat(self, chat_id: str, user_id: str) -> bool: ...
+
+    @abstractmethod
+    def _append_message(self, draft: _DraftMessage, user_id: str | None) -> Any:
+        """Insert the message at ``next_ts(chat.updated_at)`` and set the chat's ``updated_at`` to
+        it, atomically; return that datetime, or None when the chat is missing (or not the user's)."""
+
+    @abstractmethod
+    def _fetch_messages(
+        self, chat_id: str, user_id: str | None, limit: int, offset: int
+    ) -> tuple[list[Message], int]: ...
+
+    @abstractmethod
+    def _fetch_message(self, message_id: str, user_id: str | None) -> Message | None: ...
+
+    @abstractmethod
+    def _insert_user(self, user: UserWithPasswordHash) -> None:
+        """Raise DuplicateUsernameError when taken."""
+
+    @abstractmethod
+    def _fetch_user(self, by: str, value: str) -> UserWithPasswordHash | None: ...
+
+    @abstractmethod
+    def _fetch_users(self, limit: int, offset: int) -> tuple[list[User], int]: ...
+
+    @abstractmethod
+    def _insert_api_key(self, key: ApiKey, key_hash: str) -> None:
+        """Raise DuplicateApiKeyError when the hash is taken."""
+
+    @abstractmethod
+    def _fetch_api_key_by_hash(self, key_hash: str) -> ApiKey | None: ...
+
+    @abstractmethod
+    def _fetch_api_keys(self, user_id: str) -> list[ApiKey]: ...
+
+    @abstractmethod
+    def _revoke_api_key(self, key_id: str, user_id: str, now: str) -> bool: ...
+
+    @abstractmethod
+    def _touch_api_key(self, key_id: str, now: str) -> None: ...
+
+
+class _DraftMessage:
+    """A checked message waiting for its timestamp, with its stored JSON already encoded."""
+
+    __slots__ = ("chat_id", "content", "content_json", "id", "metadata", "metadata_json", "role")
+
+    def __init__(
+        self,
+        id: str,
+        chat_id: str,
+        role: str,
+        content: list[ContentPart],
+        content_json: str,
+        metadata: MessageMetadata | None,
+        metadata_json: str | None,
+    ) -> None:
+        self.id = id
+        self.chat_id = chat_id
+        self.role = role
+        self.content = content
+        self.content_json = content_json
+        self.metadata = metadata
+        self.metadata_json = metadata_json

@@ -1,0 +1,249 @@
+"""The storage format shared with the Node application, as pure functions.
+
+Timestamps are ISO 8601 UTC strings with milliseconds and ``Z`` (``new Date().toISOString()``);
+``content`` and ``metadata`` are compact JSON with camelCase keys, non-ASCII kept as UTF-8
+(``JSON.stringify``). Every backend goes through these functions, so the same input is stored the
+same way everywhere; the loaders are lenient because other programs write these tables too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .errors import ValidationError
+from .models import ContentPart, MessageMetadata
+
+__all__ = [
+    "METADATA_FIELDS",
+    "dump_content",
+    "dump_json",
+    "dump_metadata",
+    "format_ts",
+    "load_content",
+    "load_metadata",
+    "metadata_to_dict",
+    "next_ts",
+    "normalize_content",
+    "normalize_metadata",
+    "parse_ts",
+    "parse_ts_or_none",
+    "utcnow",
+]
+
+_MS = timedelta(milliseconds=1)
+
+# (attribute, stored camelCase key); the attribute name is accepted on input as well
+METADATA_FIELDS: tuple[tuple[str, str], ...] = (
+    ("model", "model"),
+    ("input_tokens", "inputTokens"),
+    ("output_tokens", "outputTokens"),
+    ("total_cost_usd", "totalCostUsd"),
+    ("duration_ms", "durationMs"),
+)
+_BY_KEY = {camel: attr for attr, camel in METADATA_FIELDS} | {attr: attr for attr, _ in METADATA_FIELDS}
+_STORED_KEYS = {camel: attr for attr, camel in METADATA_FIELDS}
+
+
+# -- timestamps --------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    """Now in UTC, truncated to milliseconds (what the database can hold)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_ts(value: datetime) -> str:
+    value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_ts(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def parse_ts_or_none(text: str | None) -> datetime | None:
+    return None if text is None else parse_ts(text)
+
+
+def next_ts(previous: str | None, now: datetime | None = None) -> datetime:
+    """A timestamp strictly after ``previous`` (a stored one), normally just now.
+
+    Writes that must be ordered (messages of one chat, ``updated_at`` moving forward) take
+    ``max(now, previous + 1 ms)``: ordering by the stored string then equals insertion order,
+    on every backend and for the Node application that orders by ``created_at`` alone.
+    """
+    now = now or utcnow()
+    if previous:
+        try:
+            floor = parse_ts(previous) + _MS
+        except ValueError:
+            return now
+        if floor > now:
+            return floor
+    return now
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Compact JSON as ``JSON.stringify`` writes it; ValidationError if it cannot be stored."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what} cannot be stored as JSON: {exc}") from None
+    return text
+
+
+# -- content -------------------------------------------------------------------------------------
+
+
+def normalize_content(content: Any) -> list[ContentPart]:
+    """Check the parts of a message and return them as a fresh list of dicts."""
+    if isinstance(content, (str, bytes, Mapping)) or not isinstance(content, (list, tuple)):
+        raise ValidationError("content must be a list of parts such as {'type': 'text', 'text': ...}")
+    if not content:
+        raise ValidationError("content must have at least one part")
+    parts: list[ContentPart] = []
+    for index, part in enumerate(content):
+        if not isinstance(part, Mapping):
+            raise ValidationError(f"content[{index}] must be an object, not {type(part).__name__}")
+        kind = part.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise ValidationError(f"content[{index}] needs a string 'type'")
+        required = {"text": ("text",), "image": ("imageData", "mimeType")}.get(kind, ())
+        for key in required:
+            if not isinstance(part.get(key), str):
+                raise ValidationError(f"content[{index}] of type {kind!r} needs a string {key!r}")
+        parts.append(dict(part))
+    return parts
+
+
+def dump_content(parts: list[ContentPart]) -> str:
+    return dump_json(parts, "content")
+
+
+def load_content(raw: Any) -> list[ContentPart]:
+    """Parts as stored; unreadable content is shown as one text part holding the raw value."""
+    if isinstance(raw, list):
+        return raw
+    if isinstance(raw, (str, bytes)):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if isinstance(value, list):
+            return value
+        return [{"type": "text", "text": raw if isinstance(raw, str) else raw.decode("utf-8", "replace")}]
+    return []
+
+
+# -- metadata ------------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_metadata_value(attr: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if attr == "model":
+        if not isinstance(value, str):
+            raise ValidationError("metadata model must be a string")
+        return value
+    if attr == "total_cost_usd":
+        if _is_int(value) or isinstance(value, float):
+            number = float(value)
+            if math.isfinite(number) and number >= 0:
+                return number
+        raise ValidationError("metadata totalCostUsd must be a finite number >= 0")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value) or value < 0:
+        raise ValidationError(f"metadata {attr} must be an integer >= 0")
+    return value
+
+
+def normalize_metadata(metadata: Any) -> MessageMetadata | None:
+    """Accept a MessageMetadata or a mapping with camelCase or snake_case keys."""
+    if metadata is None:
+        return None
+    if isinstance(metadata, MessageMetadata):
+        values = {attr: getattr(metadata, attr) for attr, _ in METADATA_FIELDS}
+        extra = dict(metadata.extra)
+    elif isinstance(metadata, Mapping):
+        values, extra = {}, {}
+        for key, value in metadata.items():
+            if not isinstance(key, str):
+                raise ValidationError("metadata keys must be strings")
+            attr = _BY_KEY.get(key)
+            if attr is None:
+                extra[key] = value
+            elif attr in values:
+                raise ValidationError(f"metadata gives {attr} twice")
+            else:
+                values[attr] = value
+    else:
+        raise ValidationError("metadata must be a MessageMetadata or a mapping")
+    for key in extra:
+        if key in _BY_KEY:
+            raise ValidationError(f"metadata extra may not hold the field {key!r}")
+    checked = {attr: _check_metadata_value(attr, value) for attr, value in values.items()}
+    if all(value is None for value in checked.values()) and not extra:
+        return None
+    dump_json(extra, "metadata")
+    return MessageMetadata(**checked, extra=extra)
+
+
+def metadata_to_dict(metadata: MessageMetadata) -> dict[str, Any]:
+    """The stored shape: camelCase keys in the Node order, absent fields left out, extra last."""
+    stored: dict[str, Any] = {}
+    for attr, camel in METADATA_FIELDS:
+        value = getattr(metadata, attr)
+        if value is None:
+            continue
+        if attr == "total_cost_usd" and float(value).is_integer():
+            value = int(value)  # JSON.stringify(1.0) == "1"
+        stored[camel] = value
+    stored.update(metadata.extra)
+    return stored
+
+
+def dump_metadata(metadata: MessageMetadata | None) -> str | None:
+    return None if metadata is None else dump_json(metadata_to_dict(metadata), "metadata")
+
+
+def load_metadata(raw: Any) -> MessageMetadata | None:
+    """Lenient: a known key of the wrong type stays in ``extra`` unchanged, so nothing is lost."""
+    if raw is None:
+        return None
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(raw, Mapping):
+        return None
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = _STORED_KEYS.get(key)
+        if attr is not None and attr not in values:
+            try:
+                values[attr] = _check_metadata_value(attr, value)
+                continue
+            except ValidationError:
+                pass
+        extra[key] = value
+    return MessageMetadata(**values, extra=extra)

@@ -1,0 +1,67 @@
+"""Every error chatdb raises on purpose.
+
+Callers catch one root, :class:`ChatDbError`, or a precise subclass::
+
+    ChatDbError
+    ├── ValidationError        (also a ValueError) bad input, nothing was written
+    ├── NotFoundError          the chat, user or key does not exist (for this user)
+    ├── ConflictError          a unique value is already taken
+    │   ├── DuplicateUsernameError
+    │   └── DuplicateApiKeyError
+    ├── ConfigError            bad configuration or a missing optional dependency
+    └── BackendError           the database failed in a way the caller did not cause
+        └── BackendUnavailableError   cannot connect (names backend and host, never a password)
+
+Driver exceptions are translated in one place per backend and chained (``raise ... from exc``);
+none escapes the public API.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "ChatDbError",
+    "ConfigError",
+    "ConflictError",
+    "DuplicateApiKeyError",
+    "DuplicateUsernameError",
+    "NotFoundError",
+    "ValidationError",
+]
+
+
+class ChatDbError(Exception):
+    """Root of every chatdb error."""
+
+
+class ValidationError(ChatDbError, ValueError):
+    """The input breaks the contract (role, content, metadata, limits); nothing was stored."""
+
+
+class NotFoundError(ChatDbError, LookupError):
+    """The referenced object does not exist, or belongs to another user."""
+
+
+class ConflictError(ChatDbError):
+    """A value that must be unique is already stored."""
+
+
+class DuplicateUsernameError(ConflictError):
+    """``create_user`` with a username that is already taken (exact match)."""
+
+
+class DuplicateApiKeyError(ConflictError):
+    """``create_api_key`` with a key hash that is already stored."""
+
+
+class ConfigError(ChatDbError):
+    """Invalid configuration (driver, URL, path) or a missing optional dependency."""
+
+
+class BackendError(ChatDbError):
+    """The database reported an error that is not the caller's fault."""
+
+
+class BackendUnavailableError(BackendError):
+    """The database cannot be reached; the message names backend, host and port."""

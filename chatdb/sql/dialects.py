@@ -1,0 +1,275 @@
+"""Everything that differs between SQLite, PostgreSQL and MySQL/MariaDB, in one place.
+
+The repository asks for an operation (make the engine, begin a write, classify a driver error);
+it never branches on a dialect name itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, event, insert, pool
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..config import DbConfig, redact_url
+from ..errors import BackendError, BackendUnavailableError, ChatDbError, ConfigError
+
+__all__ = ["SqlDialect", "dialect_for"]
+
+_SQLITE_UNIQUE = {2067, 1555}  # SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY
+_MYSQL_DUP_ENTRY = 1062
+_MYSQL_RETRY = {1213, 1205}  # deadlock, lock wait timeout
+_MYSQL_DUP_KEYNAME = 1061
+_PG_UNIQUE = "23505"
+_PG_RETRY = {"40001", "40P01"}  # serialization failure, deadlock
+_MYSQL_GONE = {2002, 2003, 2006, 2013, 2055}
+
+
+class UniqueViolation(ChatDbError):
+    """A unique constraint failed; the repository turns it into the precise ConflictError."""
+
+
+class RetryableError(ChatDbError):
+    """A deadlock or serialization failure: the whole transaction may simply be run again."""
+
+
+def _require(module: str, extra: str, what: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{what} needs the {module} driver: pip install 'chatdb[{extra}]'") from None
+
+
+@dataclass(frozen=True)
+class SqlDialect:
+    """One SQL backend: how to connect to it and how to read its errors."""
+
+    backend: str  # "sqlite" | "postgres" | "mysql"
+    config: DbConfig
+
+    # -- engine ---------------------------------------------------------------------------------
+
+    @property
+    def serialize(self) -> bool:
+        """``:memory:`` is one shared connection, so calls on it must take turns."""
+        return self.config.is_memory
+
+    @property
+    def location(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite file {self.config.sqlite_path}" if not self.serialize else "sqlite :memory:"
+        url = make_url(self._url())
+        return f"{self.backend} server {url.host or 'localhost'}:{url.port or self._default_port()}"
+
+    def _default_port(self) -> int:
+        return 5432 if self.backend == "postgres" else 3306
+
+    def _url(self) -> URL:
+        if self.backend == "postgres":
+            url = make_url(self.config.postgres_url or "")
+            return url.set(drivername="postgresql+psycopg")
+        url = make_url(self.config.mysql_url or "")
+        driver = url.drivername.partition("+")[2] or "pymysql"
+        return url.set(drivername=f"mysql+{driver}", query={**url.query, "charset": "utf8mb4"})
+
+    def create_engine(self) -> Engine:
+        timeout = self.config.connect_timeout
+        if self.backend == "sqlite":
+            return self._sqlite_engine()
+        if self.backend == "postgres":
+            _require("psycopg", "postgres", "PostgreSQL")
+            engine = create_engine(
+                self._url(),
+                pool_pre_ping=True,
+                pool_size=8,
+                max_overflow=16,
+                connect_args={"connect_timeout": max(1, round(timeout))},
+            )
+        else:
+            driver = self._url().drivername.partition("+")[2]
+            _require({"mysqldb": "MySQLdb"}.get(driver, driver), "mysql", "MySQL/MariaDB")
+            engine = create_engine(
+                self._url(),
+                pool_pre_ping=True,
+                pool_size=8,
+                max_overflow=16,
+                pool_recycle=3600,
+                connect_args={"connect_timeout": max(1, round(timeout))},
+            )
+            event.listen(engine, "connect", _mysql_session)
+        return engine
+
+    def _sqlite_engine(self) -> Engine:
+        path = self.config.sqlite_path
+        if self.serialize:
+            engine = create_engine(
+                "sqlite+pysqlite:///:memory:",
+                poolclass=pool.StaticPool,
+                connect_args={"check_same_thread": False},
+            )
+        else:
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"sqlite_path folder {folder} cannot be created: {exc.strerror}") from None
+            engine = create_engine(
+                URL.create("sqlite+pysqlite", database=path),
+                poolclass=pool.QueuePool,
+                pool_size=8,
+                max_overflow=24,
+                connect_args={"check_same_thread": False, "timeout": 30.0},
+            )
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    def mark_write(self, conn: Connection) -> None:
+        """Before ``begin()``: SQLite takes its write lock up front (BEGIN IMMEDIATE), so a
+        read-then-write transaction cannot fail half-way with "database is locked"."""
+        if self.backend == "sqlite":
+            conn.execution_options(chatdb_write=True)
+
+    @property
+    def has_index_if_not_exists(self) -> bool:
+        return self.backend != "mysql"
+
+    def ignore_duplicate_index(self, exc: BaseException | None) -> bool:
+        """MySQL has no CREATE INDEX IF NOT EXISTS: a concurrent creator wins, we go on."""
+        orig = getattr(exc, "orig", None)
+        return self.backend == "mysql" and _errno(orig) == _MYSQL_DUP_KEYNAME
+
+    def insert_skipping_existing(self, table: Table) -> Any:
+        """INSERT that skips rows whose key already exists and still fails on any other error
+        (MySQL's INSERT IGNORE would also truncate over-long values, so it is not used)."""
+        if self.backend == "sqlite":
+            return insert(table).prefix_with("OR IGNORE")
+        if self.backend == "postgres":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        stmt = mysql_insert(table)
+        return stmt.on_duplicate_key_update({"id": stmt.inserted.id})
+
+    def server_cursor(self, dbapi_conn: Any) -> Any:
+        """A cursor that fetches from the server in batches instead of buffering the result."""
+        if self.backend == "postgres":
+            return dbapi_conn.cursor(name=f"chatdb_scan_{id(dbapi_conn):x}")
+        if self.backend == "mysql":
+            import pymysql.cursors
+
+            if dbapi_conn.__class__.__module__.startswith("pymysql"):
+                return dbapi_conn.cursor(pymysql.cursors.SSCursor)
+            import MySQLdb.cursors  # type: ignore[import-not-found]
+
+            return dbapi_conn.cursor(MySQLdb.cursors.SSCursor)
+        return dbapi_conn.cursor()
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def translate(self, exc: SQLAlchemyError, *, connecting: bool = False) -> ChatDbError:
+        """The chatdb error for a driver error; its message never holds the password."""
+        orig = getattr(exc, "orig", None)
+        if self._is_unique(orig):
+            return UniqueViolation(str(orig))
+        if self._is_retryable(orig):
+            return RetryableError(str(orig))
+        reason = _first_line(orig if orig is not None else exc)
+        if connecting or self._is_gone(exc, orig):
+            return BackendUnavailableError(f"cannot reach {self.location}: {self._clean(reason)}")
+        return BackendError(f"{self.backend} error: {self._clean(reason)}")
+
+    def _clean(self, text: str) -> str:
+        for url in (self.config.postgres_url, self.config.mysql_url):
+            password = make_url(url).password if url else None
+            if password:
+                text = text.replace(str(password), "***")
+        return redact_url(text) if "://" in text else text
+
+    def _is_unique(self, orig: Any) -> bool:
+        if self.backend == "sqlite":
+            return (
+                isinstance(orig, sqlite3.IntegrityError)
+                and getattr(orig, "sqlite_errorcode", 0) in _SQLITE_UNIQUE
+            )
+        if self.backend == "postgres":
+            return getattr(orig, "sqlstate", None) == _PG_UNIQUE
+        return _errno(orig) == _MYSQL_DUP_ENTRY
+
+    def _is_retryable(self, orig: Any) -> bool:
+        if self.backend == "postgres":
+            return getattr(orig, "sqlstate", None) in _PG_RETRY
+        if self.backend == "mysql":
+            return _errno(orig) in _MYSQL_RETRY
+        return False
+
+    def _is_gone(self, exc: SQLAlchemyError, orig: Any) -> bool:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        if self.backend == "mysql":
+            return _errno(orig) in _MYSQL_GONE
+        if self.backend == "sqlite":
+            return isinstance(orig, sqlite3.OperationalError) and "unable to open" in str(orig)
+        return False
+
+
+def _errno(orig: Any) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling is off; _sqlite_begin emits BEGIN itself.
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL + NORMAL: a commit survives a crash of the process; a power loss may lose the last
+    # few commits but never corrupts the database (docs/durability in the README).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get("chatdb_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _mysql_session(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # Strict mode: an over-long value is an error, never silently truncated.
+    cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')")
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.close()
+
+
+def dialect_for(config: DbConfig) -> SqlDialect:
+    if config.driver not in ("sqlite", "postgres", "mysql"):
+        raise ConfigError(f"driver {config.driver!r} is not a SQL backend")
+    return SqlDialect(config.driver, config)
+
+
+@contextmanager
+def serialized(lock: threading.RLock | None) -> Iterator[None]:
+    if lock is None:
+        yield
+    else:
+        with lock:
+            yield

@@ -1,0 +1,203 @@
+"""Test databases for every backend: found (or started) once per run, emptied before each test.
+
+Selection follows the advanced-alchemy pattern: each backend is a session fixture, and the ``repo``
+fixture asks for the one its parameter names, so only the backends a run selects are started.
+
+* PostgreSQL / MySQL: ``CHATDB_TEST_POSTGRES_URL`` / ``CHATDB_TEST_MYSQL_URL`` (a server URL; the
+  database in it is ignored), else the local servers on their default ports. Each run creates its
+  own uniquely named database and drops it at the end.
+* MongoDB: ``CHATDB_TEST_MONGODB_URL``, else an ``nx-27017`` wire-protocol server started on a free
+  port for the run and stopped after it.
+* A backend that cannot be had is skipped with the reason, or fails the run when
+  ``CHATDB_TEST_REQUIRE=all`` (or a comma list of backends) is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import chatdb
+from chatdb import DbConfig
+from chatdb.repository import ChatRepository
+
+SQL_TABLES = ("messages", "chats", "api_keys", "users")
+
+
+def required(name: str) -> bool:
+    wanted = os.environ.get("CHATDB_TEST_REQUIRE", "")
+    return wanted == "all" or name in {w.strip() for w in wanted.split(",")}
+
+
+def unavailable(name: str, reason: str) -> None:
+    message = f"{name} backend unavailable: {reason}"
+    if required(name):
+        pytest.fail(message + " (CHATDB_TEST_REQUIRE is set)", pytrace=False)
+    pytest.skip(message)
+
+
+def run_id() -> str:
+    return f"chatdb_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Backend:
+    """One backend under test: how to make a repository on it and how to empty it."""
+
+    name: str
+    config: DbConfig
+    admin: Any = None  # what reset() uses (an engine, a pymongo database)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def new_repo(self) -> ChatRepository:
+        return chatdb.create_repository(self.config)
+
+    def reset(self) -> None:
+        if self.name == "sqlite_memory":
+            return
+        if self.name == "mongodb":
+            for name in self.admin.list_collection_names():
+                self.admin[name].delete_many({})
+            return
+        from sqlalchemy import inspect, text
+
+        with self.admin.begin() as conn:
+            existing = set(inspect(conn).get_table_names())
+            for table in SQL_TABLES:
+                if table in existing:
+                    conn.execute(text(f"DELETE FROM {table}"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+# -- per-backend session setup ------------------------------------------------------------------
+
+
+def sqlite_file_backend(tmp_dir: Path) -> Iterator[Backend]:
+    from sqlalchemy import create_engine
+
+    path = tmp_dir / "contract.db"
+    backend = Backend("sqlite", DbConfig(driver="sqlite", sqlite_path=str(path)))
+    backend.admin = create_engine(f"sqlite:///{path}")
+    yield backend
+    backend.admin.dispose()
+
+
+def sqlite_memory_backend() -> Iterator[Backend]:
+    yield Backend("sqlite_memory", DbConfig(driver="sqlite", sqlite_path=":memory:"))
+
+
+def server_backend(name: str) -> Iterator[Backend]:
+    """Create a fresh database on the PostgreSQL or MySQL server, drop it at the end."""
+    from sqlalchemy import create_engine, text
+
+    env = {"postgres": "CHATDB_TEST_POSTGRES_URL", "mysql": "CHATDB_TEST_MYSQL_URL"}[name]
+    default = {
+        "postgres": "postgresql://postgres@127.0.0.1:5432/postgres",
+        "mysql": "mysql://root@127.0.0.1:3306/mysql",
+    }[name]
+    server_url = os.environ.get(env) or default
+    probe = chatdb.create_repository(server_url)
+    engine_url = probe.engine.url  # type: ignore[attr-defined]
+    admin_url = engine_url.set(database="postgres" if name == "postgres" else "mysql")
+    database = run_id()
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {database}"))
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no server for this run"
+        unavailable(name, f"{chatdb.config.redact_url(server_url)}: {str(exc).splitlines()[0]}")
+    test_url = engine_url.set(database=database)
+    url = test_url.render_as_string(hide_password=False)
+    config = DbConfig.from_url(url)
+    backend = Backend(name, config, admin=create_engine(test_url), extra={"server_admin": admin})
+    try:
+        yield backend
+    finally:
+        backend.admin.dispose()
+        with admin.connect() as conn:
+            if name == "postgres":
+                conn.execute(text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
+        admin.dispose()
+
+
+def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
+    """A real MongoDB from CHATDB_TEST_MONGODB_URL, else an nx-27017 server for this run."""
+    try:
+        import pymongo
+    except ImportError:
+        unavailable("mongodb", "pymongo is not installed (pip install -e '.[dev]')")
+    url = os.environ.get("CHATDB_TEST_MONGODB_URL")
+    process = None
+    if not url:
+        exe = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
+        if not Path(exe).exists():
+            unavailable("mongodb", "no CHATDB_TEST_MONGODB_URL and the nx-27017 test server is not installed")
+        port = free_port()
+        log = tmp_dir / "nx-27017.log"
+        process = subprocess.Popen(
+            [exe, "--db", "memory", "--port", str(port), "--log-file", str(log),
+             "--pid-file", str(tmp_dir / "nx-27017.pid")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if not wait_for_port(port, 20):
+            process.kill()
+            unavailable("mongodb", f"nx-27017 did not start on port {port}")
+        url = f"mongodb://127.0.0.1:{port}/"
+    database = run_id()
+    config = DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=database)
+    client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    backend = Backend("mongodb", config, admin=client[database], extra={"client": client})
+    try:
+        yield backend
+    finally:
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def temp_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="chatdb-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
