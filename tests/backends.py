@@ -169,8 +169,17 @@ def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
         port = free_port()
         log = tmp_dir / "nx-27017.log"
         process = subprocess.Popen(
-            [exe, "--db", "memory", "--port", str(port), "--log-file", str(log),
-             "--pid-file", str(tmp_dir / "nx-27017.pid")],
+            [
+                exe,
+                "--db",
+                "memory",
+                "--port",
+                str(port),
+                "--log-file",
+                str(log),
+                "--pid-file",
+                str(tmp_dir / "nx-27017.pid"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

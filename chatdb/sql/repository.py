@@ -109,7 +109,7 @@ _LIST_KEYS = (
 _OWNED_KEY = select(_K.revoked_at).where(_K.id == _p("key_id"), _K.user_id == _p("user_id"))
 _REVOKE_KEY = (
     update(api_keys)
-    .where(_K.id == _p("key_id"), _K.user_id == _p("user_id"), _K.revoked_at.is_(None))
+    .where(_K.id == _p("key_id"), _K.user_id == _p("owner"), _K.revoked_at.is_(None))
     .values(revoked_at=_p("now"))
 )
 _TOUCH_KEY = update(api_keys).where(_K.id == _p("key_id")).values(last_used_at=_p("now"))
@@ -473,7 +473,7 @@ class SqlRepository(RepositoryBase):
 
     def _revoke_api_key(self, key_id: str, user_id: str, now: str) -> bool:
         def work(conn: Connection) -> bool:
-            params = {"key_id": key_id, "user_id": user_id, "now": now}
+            params = {"key_id": key_id, "user_id": user_id, "owner": user_id, "now": now}
             if conn.execute(_REVOKE_KEY, params).rowcount:
                 return True
             return conn.execute(_OWNED_KEY, params).first() is not None
