@@ -1,0 +1,48 @@
+"""Usage analytics over a chatdb database: reports, prices and charts, as Polars frames.
+
+Every function takes a *source* — a repository, a Polars ``DataFrame``/``LazyFrame`` in the
+``messages`` export schema (see :mod:`chatdb.export`), a Parquet file/dataset path, or a DuckDB
+connection holding a ``messages`` table (and ``chats`` for user ids) — and computes in Polars,
+never by looping over Python objects.
+
+>>> from chatdb import analytics
+>>> report = analytics.usage_report(repo, by="day", timezone="Europe/Berlin")   # doctest: +SKIP
+>>> analytics.usage_totals(report)                                               # doctest: +SKIP
+
+Report columns are :data:`REPORT_COLUMNS` plus the grouping key (``period``, ``model``,
+``user_id`` or ``chat_id``; with ``breakdown="model"`` both ``period`` and ``model``). Cost follows
+``cost_mode``: ``"auto"`` uses the reported ``totalCostUsd`` where present and estimates the rest
+from :func:`load_prices`; ``"calculate"`` always estimates; ``"display"`` only sums reported cost.
+A message whose model has no price is never counted as $0: it is counted in ``unpriced_messages``.
+Charts live in :mod:`chatdb.analytics.plots` (matplotlib, Agg backend).
+"""
+
+from .pricing import Price, PriceTable, load_prices
+from .usage import (
+    GROUPINGS,
+    REPORT_COLUMNS,
+    cost_reported_vs_estimated,
+    latency_percentiles,
+    messages_frame,
+    token_mix,
+    top_chats,
+    top_users,
+    usage_report,
+    usage_totals,
+)
+
+__all__ = [
+    "GROUPINGS",
+    "REPORT_COLUMNS",
+    "Price",
+    "PriceTable",
+    "cost_reported_vs_estimated",
+    "latency_percentiles",
+    "load_prices",
+    "messages_frame",
+    "token_mix",
+    "top_chats",
+    "top_users",
+    "usage_report",
+    "usage_totals",
+]
