@@ -155,7 +155,11 @@ def server_backend(name: str) -> Iterator[Backend]:
 
 
 def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
-    """A real MongoDB from CHATDB_TEST_MONGODB_URL, else an nx-27017 server for this run."""
+    """A real MongoDB from CHATDB_TEST_MONGODB_URL, else an nx-27017 server for this run.
+
+    nx-27017 runs through tests/_nx27017.py, which works around one of its gaps (see
+    tests/README.md); ``extra["server"]`` says which kind of server the tests talk to.
+    """
     try:
         import pymongo
     except ImportError:
@@ -163,34 +167,28 @@ def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
     url = os.environ.get("CHATDB_TEST_MONGODB_URL")
     process = None
     if not url:
-        exe = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
-        if not Path(exe).exists():
+        import importlib.util
+
+        if importlib.util.find_spec("nx_27017") is None:
             unavailable("mongodb", "no CHATDB_TEST_MONGODB_URL and the nx-27017 test server is not installed")
         port = free_port()
-        log = tmp_dir / "nx-27017.log"
+        launcher = Path(__file__).with_name("_nx27017.py")
         process = subprocess.Popen(
-            [
-                exe,
-                "--db",
-                "memory",
-                "--port",
-                str(port),
-                "--log-file",
-                str(log),
-                "--pid-file",
-                str(tmp_dir / "nx-27017.pid"),
-            ],
+            [sys.executable, str(launcher), "--db", "memory", "--port", str(port),
+             "--log-file", str(tmp_dir / "nx-27017.log"), "--pid-file", str(tmp_dir / "nx-27017.pid")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         if not wait_for_port(port, 20):
             process.kill()
+            process.wait()
             unavailable("mongodb", f"nx-27017 did not start on port {port}")
         url = f"mongodb://127.0.0.1:{port}/"
     database = run_id()
     config = DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=database)
     client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
-    backend = Backend("mongodb", config, admin=client[database], extra={"client": client})
+    server = "nx-27017" if process is not None else "mongodb"
+    backend = Backend("mongodb", config, admin=client[database], extra={"client": client, "server": server})
     try:
         yield backend
     finally:
@@ -204,6 +202,7 @@ def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait()
 
 
 def temp_dir() -> Iterator[Path]:

@@ -1,0 +1,436 @@
+"""``MongoRepository``: the contract over pymongo, in the Node application's document shapes.
+
+Each storage hook builds a query (pure, :mod:`chatdb.mongo.mapping`), runs it inside
+:meth:`MongoRepository._errors` (the one place pymongo exceptions become chatdb errors) and maps
+the documents back. There are no row locks, so ordered writes (a message's timestamp, a chat's
+``updatedAt``) use an atomic compare-and-set on the chat document instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from .. import _codec
+from .._base import TABLE_NAMES, RepositoryBase, _DraftMessage
+from ..config import DbConfig, redact_url
+from ..errors import (
+    BackendError,
+    BackendUnavailableError,
+    ChatDbError,
+    ConfigError,
+    ConflictError,
+    DuplicateApiKeyError,
+    DuplicateUsernameError,
+)
+from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
+from . import mapping
+
+if TYPE_CHECKING:
+    from pymongo import MongoClient
+    from pymongo.collection import Collection
+    from pymongo.database import Database
+
+__all__ = ["MongoRepository"]
+
+_DUPLICATE_KEY = 11000
+_INDEX_EXISTS_UNDER_OTHER_NAME = 85  # IndexOptionsConflict: the same keys, another name: keep it
+_OWNER_CACHE_LIMIT = 100_000
+
+
+class _DuplicateKey(ConflictError):
+    """A unique index refused a write; the hook turns it into the precise ConflictError."""
+
+
+def _import_pymongo() -> Any:
+    try:
+        import pymongo
+    except ImportError:
+        raise ConfigError("MongoDB needs the pymongo driver: pip install 'chatdb[mongodb]'") from None
+    return pymongo
+
+
+class MongoRepository(RepositoryBase):
+    """A ``ChatRepository`` on MongoDB 6+ (or Atlas); the client is made on first use."""
+
+    backend = "mongodb"
+
+    def __init__(self, config: DbConfig) -> None:
+        if config.driver != "mongodb":
+            raise ConfigError(f"MongoRepository needs driver 'mongodb', not {config.driver!r}")
+        super().__init__(config)
+        self.database_name = mapping.database_name(config)
+        self._location = mapping.server_location(config.mongodb_url or "")
+        self._client: MongoClient[dict[str, Any]] | None = None
+        self._client_lock = threading.Lock()
+        self._transactions = False  # known after the first contact (_create_schema)
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> MongoClient[dict[str, Any]]:
+        """The pymongo client (for advanced use: administration, exports)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    pymongo = _import_pymongo()
+                    timeout_ms = max(1, round(self.config.connect_timeout * 1000))
+                    with self._errors():
+                        self._client = pymongo.MongoClient(
+                            self.config.mongodb_url,
+                            serverSelectionTimeoutMS=timeout_ms,
+                            connectTimeoutMS=timeout_ms,
+                            appname="chatdb",
+                        )
+        return self._client
+
+    @property
+    def db(self) -> Database[dict[str, Any]]:
+        return self.client[self.database_name]
+
+    def _col(self, name: str) -> Collection[dict[str, Any]]:
+        return self.db[name]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translate pymongo exceptions (the only place that does); messages never hold the password."""
+        try:
+            yield
+        except ChatDbError:
+            raise
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] not in ("pymongo", "bson"):
+                raise
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> ChatDbError:
+        from pymongo import errors
+
+        reason = self._clean(str(exc).split(", Timeout:")[0].strip().splitlines()[0] if str(exc) else "")
+        reason = reason or type(exc).__name__
+        if isinstance(exc, errors.DuplicateKeyError):
+            return _DuplicateKey(reason)
+        if isinstance(exc, (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)):
+            return BackendUnavailableError(f"cannot reach mongodb server {self._location}: {reason}")
+        if isinstance(exc, (errors.InvalidURI, errors.ConfigurationError)):
+            if (self.config.mongodb_url or "").lower().startswith("mongodb+srv://"):
+                return BackendUnavailableError(f"cannot resolve mongodb server {self._location}: {reason}")
+            return ConfigError(f"mongodb_url is not usable ({reason}): {self.config.redacted_url}")
+        return BackendError(f"mongodb error: {reason}")
+
+    def _clean(self, text: str) -> str:
+        from urllib.parse import unquote, urlsplit
+
+        try:
+            password = urlsplit(self.config.mongodb_url or "").password
+        except ValueError:
+            password = None
+        for secret in {password, unquote(password)} if password else ():
+            text = text.replace(secret, "***")
+        return redact_url(text) if "://" in text else text
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        """Create the indexes (idempotent) and learn whether the server has transactions."""
+        from pymongo import IndexModel
+        from pymongo.errors import OperationFailure
+
+        with self._errors():
+            hello = self.client.admin.command("hello")
+            # Transactions need a replica set member or mongos; a standalone server refuses them.
+            self._transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+            for collection, keys, unique in mapping.INDEXES:
+                try:
+                    self._col(collection).create_indexes([IndexModel(keys, unique=unique)])
+                except OperationFailure as exc:
+                    if exc.code != _INDEX_EXISTS_UNDER_OTHER_NAME:
+                        raise
+
+    # -- storage-level access ----------------------------------------------------------------------
+
+    def scan_rows(
+        self,
+        table: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        batch_size: int = 10_000,
+        stored: bool = False,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """See :meth:`RepositoryBase.scan_rows`. A message's ``user_id`` comes from its chat,
+        resolved once per batch with one ``$in`` query (and cached), not a join per message;
+        filtering messages by user first collects that user's chat ids."""
+        name = mapping.collection_for(table)
+        return self._scan(table, name, since, until, user_id, after, max(1, batch_size), stored)
+
+    def _scan(
+        self,
+        table: str,
+        name: str,
+        since: datetime | None,
+        until: datetime | None,
+        user_id: str | None,
+        after: tuple[str, str] | None,
+        batch_size: int,
+        stored: bool,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        self.ensure_schema()
+        owner_filter: Any = user_id
+        if table == "messages" and user_id is not None:
+            with self._errors():
+                chat_ids = [d["_id"] for d in self._col("chats").find({"userId": user_id}, {"_id": 1})]
+            owner_filter = {"$in": chat_ids}
+        query = mapping.scan_filter(table, since=since, until=until, owner_filter=owner_filter, after=after)
+        projection = mapping.scan_projection(table, stored)
+        owners: dict[str, str | None] = {}
+        join_owner = table == "messages" and not stored
+        with self._errors():
+            cursor = self._col(name).find(query, projection, sort=mapping.SCAN_ORDER, batch_size=batch_size)
+        try:
+            while True:
+                with self._errors():
+                    docs = list(islice(cursor, batch_size))
+                    if not docs:
+                        return
+                    if join_owner and user_id is None:
+                        self._resolve_owners(owners, {d.get("chatId") for d in docs})
+                if join_owner:
+                    rows = [
+                        mapping.scan_row(table, d, stored, user_id or owners.get(d.get("chatId", "")))
+                        for d in docs
+                    ]
+                else:
+                    rows = [mapping.scan_row(table, d, stored) for d in docs]
+                yield rows
+        finally:
+            cursor.close()
+
+    def _resolve_owners(self, owners: dict[str, str | None], chat_ids: set[Any]) -> None:
+        missing = [cid for cid in chat_ids if cid not in owners]
+        if not missing:
+            return
+        if len(owners) + len(missing) > _OWNER_CACHE_LIMIT:
+            owners.clear()
+        found = {
+            d["_id"]: d.get("userId")
+            for d in self._col("chats").find({"_id": {"$in": missing}}, {"userId": 1})
+        }
+        for cid in missing:
+            owners[cid] = found.get(cid)
+
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
+        """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts, where only duplicate
+        keys (code 11000) are skipped; any other write error fails the import."""
+        from pymongo.errors import BulkWriteError
+
+        collection = self._col(mapping.collection_for(table))
+        self.ensure_schema()
+        inserted = 0
+        iterator = iter(rows)
+        while chunk := list(islice(iterator, max(1, batch_size))):
+            documents = [mapping.import_document(table, row) for row in chunk]
+            with self._errors():
+                try:
+                    inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)
+                except BulkWriteError as exc:
+                    details = exc.details
+                    others = [e for e in details.get("writeErrors", ()) if e.get("code") != _DUPLICATE_KEY]
+                    if others or details.get("writeConcernErrors"):
+                        first = others[0] if others else details["writeConcernErrors"][0]
+                        raise BackendError(
+                            f"mongodb import into {table} failed: {first.get('errmsg')}"
+                        ) from exc
+                    inserted += int(details.get("nInserted", 0))
+        return inserted
+
+    def count_rows(self) -> dict[str, int]:
+        self.ensure_schema()
+        with self._errors():
+            return {table: self._col(mapping.COLLECTIONS[table]).count_documents({}) for table in TABLE_NAMES}
+
+    # -- chats ----------------------------------------------------------------------------------
+
+    def _insert_chat(self, chat: Chat) -> None:
+        with self._errors():
+            self._col("chats").insert_one(mapping.chat_document(chat))
+
+    def _fetch_chat(self, chat_id: str, user_id: str) -> Chat | None:
+        with self._errors():
+            doc = self._col("chats").find_one({"_id": chat_id, "userId": user_id})
+        return None if doc is None else mapping.load_chat(doc)
+
+    def _fetch_chats(self, user_id: str, limit: int, offset: int) -> tuple[list[Chat], int]:
+        chats = self._col("chats")
+        with self._errors():
+            total = chats.count_documents({"userId": user_id})
+            if total <= offset:
+                return [], total
+            docs = list(chats.find({"userId": user_id}, sort=mapping.CHAT_ORDER, skip=offset, limit=limit))
+        return [mapping.load_chat(doc) for doc in docs], total
+
+    def _advance_chat(
+        self, query: dict[str, Any], changes: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], datetime] | None:
+        """Move the chat's ``updatedAt`` to ``next_ts(updatedAt)`` (and apply ``changes``) by
+        compare-and-set, retried when another writer moved it first; returns the document as it
+        was and the new timestamp, or None when no chat matches ``query``."""
+        chats = self._col("chats")
+        while True:
+            with self._errors():
+                doc = chats.find_one(query)
+                if doc is None:
+                    return None
+                previous = doc.get("updatedAt")
+                stamp = _codec.next_ts(mapping.stored_ts(previous))
+                update = {"$set": mapping.chat_changes(changes, _codec.format_ts(stamp))}
+                if chats.update_one({"_id": doc["_id"], "updatedAt": previous}, update).matched_count:
+                    return doc, stamp
+
+    def _touch_chat(self, chat_id: str, user_id: str, changes: dict[str, Any]) -> Chat | None:
+        advanced = self._advance_chat({"_id": chat_id, "userId": user_id}, changes)
+        if advanced is None:
+            return None
+        doc, stamp = advanced
+        return replace(mapping.load_chat(doc), **changes, updated_at=stamp)
+
+    def _delete_chat(self, chat_id: str, user_id: str) -> bool:
+        """Delete the chat and its messages: in one transaction where the server has them
+        (replica set, mongos, Atlas). On a standalone server the chat document goes first, then
+        its messages: a failure in between leaves only unreachable messages (they are found by
+        chat id alone, and show in scans with no owner), never a visible chat that lost them."""
+        chats, messages = self._col("chats"), self._col("messages")
+
+        def delete(session: Any = None) -> bool:
+            if chats.delete_one({"_id": chat_id, "userId": user_id}, session=session).deleted_count == 0:
+                return False
+            messages.delete_many({"chatId": chat_id}, session=session)
+            return True
+
+        with self._errors():
+            if not self._transactions:
+                return delete()
+            with self.client.start_session() as session:
+                return bool(session.with_transaction(delete))
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def _append_message(self, draft: _DraftMessage, user_id: str | None) -> Any:
+        """Claim the next timestamp on the chat (compare-and-set), insert the message, then check
+        the chat is still there: a delete_chat that removed the messages between the two would
+        otherwise leave this one orphaned. If the chat is gone, the message is taken back (None:
+        not found), unless delete_chat already removed it, which orders this add before it."""
+        query = {"_id": draft.chat_id} if user_id is None else {"_id": draft.chat_id, "userId": user_id}
+        advanced = self._advance_chat(query, {})
+        if advanced is None:
+            return None
+        _doc, stamp = advanced
+        metadata = None if draft.metadata is None else _codec.metadata_to_dict(draft.metadata)
+        document = mapping.message_document(
+            draft.id, draft.chat_id, draft.role, draft.content, _codec.format_ts(stamp), metadata
+        )
+        messages = self._col("messages")
+        with self._errors():
+            messages.insert_one(document)
+            if self._col("chats").find_one({"_id": draft.chat_id}, {"_id": 1}) is None:
+                if messages.delete_one({"_id": draft.id}).deleted_count:
+                    return None
+        return stamp
+
+    def _owns_chat(self, chat_id: str, user_id: str) -> bool:
+        return self._col("chats").find_one({"_id": chat_id, "userId": user_id}, {"_id": 1}) is not None
+
+    def _fetch_messages(
+        self, chat_id: str, user_id: str | None, limit: int, offset: int
+    ) -> tuple[list[Message], int]:
+        messages = self._col("messages")
+        with self._errors():
+            if user_id is not None and not self._owns_chat(chat_id, user_id):
+                return [], 0
+            total = messages.count_documents({"chatId": chat_id})
+            if total <= offset:
+                return [], total
+            docs = list(
+                messages.find({"chatId": chat_id}, sort=mapping.MESSAGE_ORDER, skip=offset, limit=limit)
+            )
+        return [mapping.load_message(doc) for doc in docs], total
+
+    def _fetch_message(self, message_id: str, user_id: str | None) -> Message | None:
+        with self._errors():
+            doc = self._col("messages").find_one({"_id": message_id})
+            if doc is None or (user_id is not None and not self._owns_chat(doc["chatId"], user_id)):
+                return None
+        return mapping.load_message(doc)
+
+    # -- users ----------------------------------------------------------------------------------
+
+    def _insert_user(self, user: UserWithPasswordHash) -> None:
+        try:
+            with self._errors():
+                self._col("users").insert_one(mapping.user_document(user))
+        except _DuplicateKey as exc:
+            raise DuplicateUsernameError(f"username {user.username!r} is taken") from exc
+
+    def _fetch_user(self, by: str, value: str) -> UserWithPasswordHash | None:
+        field = {"id": "_id", "username": "username"}[by]
+        with self._errors():
+            doc = self._col("users").find_one({field: value})
+        if doc is None or doc.get(field) != value:
+            return None
+        return mapping.load_user_with_hash(doc)
+
+    def _fetch_users(self, limit: int, offset: int) -> tuple[list[User], int]:
+        users = self._col("users")
+        with self._errors():
+            total = users.count_documents({})
+            if total <= offset:
+                return [], total
+            docs = list(
+                users.find({}, {"passwordHash": 0}, sort=mapping.USER_ORDER, skip=offset, limit=limit)
+            )
+        return [mapping.load_user(doc) for doc in docs], total
+
+    # -- API keys -------------------------------------------------------------------------------
+
+    def _insert_api_key(self, key: ApiKey, key_hash: str) -> None:
+        try:
+            with self._errors():
+                self._col("apiKeys").insert_one(mapping.api_key_document(key, key_hash))
+        except _DuplicateKey as exc:
+            raise DuplicateApiKeyError("an API key with this hash already exists") from exc
+
+    def _fetch_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        with self._errors():
+            doc = self._col("apiKeys").find_one({"keyHash": key_hash, "revokedAt": None}, {"keyHash": 0})
+        return None if doc is None else mapping.load_api_key(doc)
+
+    def _fetch_api_keys(self, user_id: str) -> list[ApiKey]:
+        with self._errors():
+            docs = list(
+                self._col("apiKeys").find({"userId": user_id}, {"keyHash": 0}, sort=mapping.KEY_ORDER)
+            )
+        return [mapping.load_api_key(doc) for doc in docs]
+
+    def _revoke_api_key(self, key_id: str, user_id: str, now: str) -> bool:
+        keys = self._col("apiKeys")
+        owned = {"_id": key_id, "userId": user_id}
+        with self._errors():
+            if keys.update_one({**owned, "revokedAt": None}, {"$set": {"revokedAt": now}}).matched_count:
+                return True
+            return keys.find_one(owned, {"_id": 1}) is not None
+
+    def _touch_api_key(self, key_id: str, now: str) -> None:
+        with self._errors():
+            self._col("apiKeys").update_one({"_id": key_id}, {"$set": {"lastUsedAt": now}})
