@@ -143,17 +143,15 @@ class MongoRepository(RepositoryBase):
 
     def _create_schema(self) -> None:
         """Create the indexes (idempotent) and learn whether the server has transactions."""
-        from pymongo import IndexModel
-        from pymongo.errors import OperationFailure
-
+        pymongo = _import_pymongo()
         with self._errors():
             hello = self.client.admin.command("hello")
             # Transactions need a replica set member or mongos; a standalone server refuses them.
             self._transactions = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
             for collection, keys, unique in mapping.INDEXES:
                 try:
-                    self._col(collection).create_indexes([IndexModel(keys, unique=unique)])
-                except OperationFailure as exc:
+                    self._col(collection).create_indexes([pymongo.IndexModel(keys, unique=unique)])
+                except pymongo.errors.OperationFailure as exc:
                     if exc.code != _INDEX_EXISTS_UNDER_OTHER_NAME:
                         raise
 
@@ -234,8 +232,7 @@ class MongoRepository(RepositoryBase):
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
         """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts, where only duplicate
         keys (code 11000) are skipped; any other write error fails the import."""
-        from pymongo.errors import BulkWriteError
-
+        bulk_write_error = _import_pymongo().errors.BulkWriteError
         collection = self._col(mapping.collection_for(table))
         self.ensure_schema()
         inserted = 0
@@ -245,7 +242,7 @@ class MongoRepository(RepositoryBase):
             with self._errors():
                 try:
                     inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)
-                except BulkWriteError as exc:
+                except bulk_write_error as exc:
                     details = exc.details
                     others = [e for e in details.get("writeErrors", ()) if e.get("code") != _DUPLICATE_KEY]
                     if others or details.get("writeConcernErrors"):
@@ -344,9 +341,9 @@ class MongoRepository(RepositoryBase):
         messages = self._col("messages")
         with self._errors():
             messages.insert_one(document)
-            if self._col("chats").find_one({"_id": draft.chat_id}, {"_id": 1}) is None:
-                if messages.delete_one({"_id": draft.id}).deleted_count:
-                    return None
+            chat_gone = self._col("chats").find_one({"_id": draft.chat_id}, {"_id": 1}) is None
+            if chat_gone and messages.delete_one({"_id": draft.id}).deleted_count:
+                return None
         return stamp
 
     def _owns_chat(self, chat_id: str, user_id: str) -> bool:
