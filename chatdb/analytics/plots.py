@@ -1,0 +1,233 @@
+"""Charts of usage, as matplotlib figures that render headless (Agg), in notebooks and in CI.
+
+Every function takes a source (as :func:`chatdb.analytics.usage_report` does) and its filters,
+returns a :class:`matplotlib.figure.Figure` and, with ``path=``, also writes it (PNG, SVG or PDF by
+the file's suffix). Figures are built without ``pyplot``: no global state, no display needed, and
+nothing left open when a script makes hundreds of them.
+
+:func:`plot_report` draws the chart that matches an already computed usage report (what
+``chatdb usage --plot FILE.png`` writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from matplotlib.figure import Figure
+
+from ..errors import ConfigError, ValidationError
+from . import usage
+
+__all__ = [
+    "cumulative_spend",
+    "daily_cost_by_model",
+    "latency_by_model",
+    "plot_report",
+    "save",
+    "tokens_per_user",
+]
+
+_SIZE = (10.0, 5.0)
+_TOKEN_LABELS = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_creation_input_tokens": "cache write",
+    "cache_read_input_tokens": "cache read",
+}
+
+
+def save(figure: Figure, path: str | Path, *, dpi: int = 120) -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix); ConfigError when it cannot be written."""
+    target = Path(path)
+    try:
+        figure.savefig(target, dpi=dpi, bbox_inches="tight")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot write the chart to {str(target)!r}: {exc}") from None
+    return target
+
+
+def _finish(figure: Figure, path: str | Path | None) -> Figure:
+    figure.tight_layout()
+    if path is not None:
+        save(figure, path)
+    return figure
+
+
+def _colors(names: Sequence[Any]) -> dict[Any, Any]:
+    """A stable colour per name (sorted), so a model keeps its colour across charts."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20" if len(names) > 10 else "tab10"]
+    return {name: palette(i % palette.N) for i, name in enumerate(sorted(names, key=str))}
+
+
+def _label(name: Any) -> str:
+    return "(no model)" if name is None else str(name)
+
+
+def _period_dates(frame: pl.DataFrame) -> list[Any]:  # dates; matplotlib stubs want floats
+    return frame["period"].str.slice(0, 10).str.to_date().to_list()
+
+
+def _stacked_bars(figure: Figure, report: pl.DataFrame, value: str, ylabel: str, title: str) -> Figure:
+    """Bars per period stacked by model from a ``breakdown="model"`` report."""
+    ax = figure.add_subplot()
+    wide = (
+        report.with_columns(pl.col("model").fill_null("(no model)"), pl.col(value).fill_null(0.0))
+        .pivot(on="model", index="period", values=value, aggregate_function="sum")
+        .fill_null(0.0)
+        .sort("period")
+    )
+    models = [c for c in wide.columns if c != "period"]
+    # Biggest spenders at the bottom, where their bars are easiest to compare.
+    models.sort(key=lambda m: -float(wide[m].sum()))
+    colors = _colors(models)
+    x = _period_dates(wide) if wide.height else []
+    bottom = [0.0] * wide.height
+    for model in models:
+        values = wide[model].to_list()
+        if not any(values):
+            continue
+        ax.bar(x, values, bottom=bottom, label=model, color=colors[model], width=0.85)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if models:
+        ax.legend(fontsize="small", ncols=2, loc="upper left")
+    figure.autofmt_xdate()
+    ax.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def daily_cost_by_model(
+    source: Any, *, timezone: str = "UTC", path: str | Path | None = None, **filters: Any
+) -> Figure:
+    """Cost per day (cut in ``timezone``), stacked by model. Unpriced messages add nothing; the
+    title says how many there were, so a gap is never mistaken for $0."""
+    report = usage.usage_report(source, "day", timezone=timezone, breakdown="model", **filters)
+    figure = Figure(figsize=_SIZE)
+    unpriced = int(report["unpriced_messages"].sum()) if report.height else 0
+    title = f"Daily cost by model ({timezone})"
+    if unpriced:
+        title += f" — {unpriced:,} unpriced messages not included"
+    _stacked_bars(figure, report, "cost_usd", "USD", title)
+    return _finish(figure, path)
+
+
+def tokens_per_user(
+    source: Any,
+    *,
+    n: int = 15,
+    usernames: dict[str, str] | None = None,
+    path: str | Path | None = None,
+    **filters: Any,
+) -> Figure:
+    """The ``n`` users with the most tokens, as horizontal bars split by token kind.
+    ``usernames`` maps user ids to the names shown (ids are shortened otherwise)."""
+    report = usage.usage_report(source, "user", **filters)
+    top = report.sort("total_tokens", descending=True).head(n).reverse()
+    figure = Figure(figsize=(10.0, max(3.0, 0.4 * top.height + 1.5)))
+    ax = figure.add_subplot()
+    names = [
+        (usernames or {}).get(uid) or ("(no user)" if uid is None else uid[:8])
+        for uid in top["user_id"].to_list()
+    ]
+    left = [0.0] * top.height
+    colors = _colors(list(_TOKEN_LABELS.values()))
+    for column, label in _TOKEN_LABELS.items():
+        values = [float(v or 0) / 1e6 for v in top[column].to_list()]
+        ax.barh(names, values, left=left, label=label, color=colors[label])
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_xlabel("million tokens")
+    ax.set_title(f"Tokens per user (top {top.height})")
+    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(figure, path)
+
+
+def latency_by_model(source: Any, *, path: str | Path | None = None, **filters: Any) -> Figure:
+    """Distribution of ``duration_ms`` per model: box plots (median, quartiles, 5th-95th
+    percentile whiskers), models ordered by median; only messages that report a duration."""
+    frame = (
+        usage.messages_frame(source, **filters)
+        .filter(pl.col("duration_ms").is_not_null())
+        .select(pl.col("model").fill_null("(no model)"), pl.col("duration_ms") / 1000)
+        .collect()
+    )
+    groups = frame.group_by("model").agg(pl.col("duration_ms"), median=pl.col("duration_ms").median())
+    groups = groups.sort("median")
+    figure = Figure(figsize=(10.0, max(3.0, 0.5 * groups.height + 1.5)))
+    ax = figure.add_subplot()
+    if groups.height:
+        ax.boxplot(
+            groups["duration_ms"].to_list(),
+            tick_labels=groups["model"].to_list(),
+            orientation="horizontal",
+            whis=(5, 95),
+            showfliers=False,
+        )
+    ax.set_xlabel("seconds (whiskers: 5th-95th percentile)")
+    ax.set_title("Response time by model")
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(figure, path)
+
+
+def cumulative_spend(
+    source: Any, *, timezone: str = "UTC", path: str | Path | None = None, **filters: Any
+) -> Figure:
+    """Running total of cost per day, with the reported and estimated parts drawn separately."""
+    report = usage.usage_report(source, "day", timezone=timezone, **filters)
+    report = report.with_columns(
+        total=pl.col("cost_usd").fill_null(0.0).cum_sum(),
+        estimated=pl.col("estimated_cost_usd").fill_null(0.0).cum_sum(),
+    )
+    figure = Figure(figsize=_SIZE)
+    ax = figure.add_subplot()
+    x = _period_dates(report) if report.height else []
+    reported = [t - e for t, e in zip(report["total"].to_list(), report["estimated"].to_list(), strict=True)]
+    ax.stackplot(x, reported, report["estimated"].to_list(), labels=["reported", "estimated from prices"],
+                 alpha=0.8)  # fmt: skip
+    ax.plot(x, report["total"].to_list(), color="black", linewidth=1.2, label="total")
+    ax.set_ylabel("USD")
+    ax.set_title(f"Cumulative spend ({timezone})")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3)
+    figure.autofmt_xdate()
+    return _finish(figure, path)
+
+
+def plot_report(report: pl.DataFrame, *, path: str | Path | None = None, title: str | None = None) -> Figure:
+    """The chart for a :func:`~chatdb.analytics.usage_report` result: cost per period (stacked
+    by model when the report has a model breakdown), or the costliest models/users/chats as bars.
+    Raises ValidationError when ``report`` is not a usage report."""
+    keys = [k for k in ("period", "model", "user_id", "chat_id") if k in report.columns]
+    if not keys or "cost_usd" not in report.columns:
+        raise ValidationError(
+            "plot_report needs a usage_report result (a period, model, user_id or chat_id column)"
+        )
+    figure = Figure(figsize=_SIZE)
+    if keys[0] == "period":
+        if "model" in report.columns:
+            return _finish(
+                _stacked_bars(figure, report, "cost_usd", "USD", title or "Cost by period and model"), path
+            )
+        ax = figure.add_subplot()
+        ordered = report.sort("period")
+        ax.bar(ordered["period"].to_list(), ordered["cost_usd"].fill_null(0.0).to_list(), color="tab:blue")
+        ax.set_ylabel("USD")
+        ax.set_title(title or "Cost by period")
+        ax.tick_params(axis="x", labelrotation=60, labelsize="small")
+        ax.grid(axis="y", alpha=0.3)
+        return _finish(figure, path)
+    key = keys[0]
+    top = report.sort("cost_usd", descending=True, nulls_last=True).head(20).reverse()
+    labels = [_label(v) if key == "model" else _label(v)[:8] for v in top[key].to_list()]
+    ax = figure.add_subplot()
+    ax.barh(labels, top["cost_usd"].fill_null(0.0).to_list(), color="tab:blue")
+    ax.set_xlabel("USD")
+    ax.set_title(title or f"Cost by {key.removesuffix('_id')} (top {top.height})")
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(figure, path)
