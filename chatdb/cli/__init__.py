@@ -35,10 +35,16 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool, quiet: bool) -> Non
 
 
 def _register() -> None:
-    from . import admin, chats, database, demo, export, usage
+    from .admin import COMMANDS as admin_commands
+    from .chats import COMMANDS as chat_commands
+    from .database import COMMANDS as database_commands
+    from .demo import COMMANDS as demo_commands
+    from .export import COMMANDS as export_commands
+    from .usage import COMMANDS as usage_commands
 
-    for module in (database, demo, export, usage, admin, chats):
-        for command in module.COMMANDS:
+    for commands in (database_commands, demo_commands, export_commands, usage_commands, admin_commands,
+                     chat_commands):
+        for command in commands:
             cli.add_command(command)
 
 

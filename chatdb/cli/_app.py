@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
+from .._base import RepositoryBase
 from ..config import DEFAULT_SQLITE_PATH, DbConfig
 from ..errors import ChatDbError
-from ..repository import ChatRepository
 
 # The Node application's settings; any of them set means "use them" (DbConfig.from_env).
 SEED_ENV_VARS = ("DB_DRIVER", "SQLITE_PATH", "POSTGRES_URL", "MYSQL_URL", "MONGODB_URL", "MONGODB_DB_NAME")
@@ -44,14 +44,15 @@ class AppState:
                 self._config = DbConfig(driver="sqlite", sqlite_path=DEFAULT_SQLITE_PATH)
         return self._config
 
-    def open(self, url: str | None = None) -> ChatRepository:
+    def open(self, url: str | None = None) -> RepositoryBase:
         """A repository for this command, closed when the command ends."""
         from ..factory import create_repository
 
         config = self.config(url)
         if config.driver == "sqlite" and not config.is_memory:
             Path(config.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        repo = create_repository(config)
+        # Every backend is a RepositoryBase: the CLI also uses its storage-level methods.
+        repo = cast(RepositoryBase, create_repository(config))
         return click.get_current_context().with_resource(repo)
 
     def show_progress(self) -> bool:
