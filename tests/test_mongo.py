@@ -471,3 +471,12 @@ def test_the_server_compares_timestamps_as_exact_strings(mongo: Backend) -> None
     same_second = {"_id": "c", "updatedAt": "2026-11-26T12:02:39.111Z"}
     assert mongo.admin.chats.update_one(same_second, {"$set": {"title": "x"}}).matched_count == 0
     assert mongo.admin.chats.count_documents({"updatedAt": {"$gt": "2026-11-26T12:02:39.924Z"}}) == 1
+
+
+@pytest.mark.mongodb
+def test_a_message_over_the_document_limit_is_rejected_before_any_write(repo: MongoRepository) -> None:
+    chat = repo.create_chat("u1")
+    with pytest.raises(errors.ValidationError, match="16 MiB"):
+        repo.add_message(chat.id, "user", [{"type": "text", "text": "x" * (16 * 1024 * 1024)}])
+    assert repo.get_chat(chat.id, "u1") == chat
+    assert repo.get_messages(chat.id).total == 0

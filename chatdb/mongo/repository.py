@@ -27,6 +27,7 @@ from ..errors import (
     ConflictError,
     DuplicateApiKeyError,
     DuplicateUsernameError,
+    ValidationError,
 )
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import mapping
@@ -41,6 +42,8 @@ __all__ = ["MongoRepository"]
 _DUPLICATE_KEY = 11000
 _INDEX_EXISTS_UNDER_OTHER_NAME = 85  # IndexOptionsConflict: the same keys, another name: keep it
 _OWNER_CACHE_LIMIT = 100_000
+# MongoDB's document limit is 16 MiB; leave room for the other fields and BSON's overhead.
+_MAX_MESSAGE_JSON_BYTES = 16 * 1024 * 1024 - 64 * 1024
 
 
 class _DuplicateKey(ConflictError):
@@ -120,6 +123,8 @@ class MongoRepository(RepositoryBase):
         reason = reason or type(exc).__name__
         if isinstance(exc, errors.DuplicateKeyError):
             return _DuplicateKey(reason)
+        if isinstance(exc, errors.DocumentTooLarge):  # raised by pymongo before sending
+            return ValidationError(f"too large for a MongoDB document (16 MiB): {reason}")
         if isinstance(exc, (errors.ConnectionFailure, errors.ServerSelectionTimeoutError)):
             return BackendUnavailableError(f"cannot reach mongodb server {self._location}: {reason}")
         if isinstance(exc, (errors.InvalidURI, errors.ConfigurationError)):
@@ -329,6 +334,9 @@ class MongoRepository(RepositoryBase):
         the chat is still there: a delete_chat that removed the messages between the two would
         otherwise leave this one orphaned. If the chat is gone, the message is taken back (None:
         not found), unless delete_chat already removed it, which orders this add before it."""
+        size = len(draft.content_json.encode()) + len((draft.metadata_json or "").encode())
+        if size > _MAX_MESSAGE_JSON_BYTES:
+            raise ValidationError(f"message of {size} bytes is too large for a MongoDB document (16 MiB)")
         query = {"_id": draft.chat_id} if user_id is None else {"_id": draft.chat_id, "userId": user_id}
         advanced = self._advance_chat(query, {})
         if advanced is None:
