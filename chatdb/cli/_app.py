@@ -103,6 +103,8 @@ class ChatDbGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            raise
         except (ChatDbError, OSError) as exc:
             if ctx.find_object(AppState) is not None and ctx.find_object(AppState).debug:  # type: ignore[union-attr]
                 raise
@@ -130,6 +132,9 @@ class ChatDbGroup(click.Group):
         except (EOFError, KeyboardInterrupt):
             _fail("\nAborted.", 130)
         except BrokenPipeError:
+            # The reader (head, less) went away: stop quietly, and keep Python's final flush quiet.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
