@@ -162,7 +162,7 @@ def _duckdb_frame(
             clauses.append(clause)
             params.append(value)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    return pl.from_arrow(con.execute(f"SELECT * FROM messages{where}", params).fetch_arrow_table()).lazy()  # type: ignore[union-attr]
+    return pl.from_arrow(con.sql(f"SELECT * FROM messages{where}", params=params).to_arrow_table()).lazy()  # type: ignore[union-attr]
 
 
 def _repository_frame(
@@ -231,7 +231,7 @@ def _source_frame(
         return pl.scan_parquet(pattern, hive_partitioning=path.is_dir(), missing_columns="insert")
     if hasattr(source, "scan_rows") and hasattr(source, "import_rows"):
         return _repository_frame(source, since, until, user_id)
-    if type(source).__module__.startswith("duckdb"):
+    if type(source).__name__ == "DuckDBPyConnection":
         return _duckdb_frame(source, since, until, user_id)
     try:
         import pyarrow as pa
