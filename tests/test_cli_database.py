@@ -146,3 +146,22 @@ def test_copy_reports_progress_and_refuses_to_copy_onto_itself(backend: Backend,
             copy_database(source, backend.new_repo())
     line = one_error_line(invoke(backend.url, "copy", "--to", backend.url))
     assert "same database" in line
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mongodb", marks=pytest.mark.mongodb)], indirect=True)
+def test_copy_through_mongodb_round_trips_every_stored_row(backend: Backend, tmp_path: Path) -> None:
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    with chatdb.create_repository(source_url) as source:
+        seed(source, chats=2, messages=3)
+    # The URL's path names the database; the seed's variables name it too.
+    mongo_url = f"{(backend.config.mongodb_url or '').rstrip('/')}/{backend.config.mongodb_name}"
+    env = {"DB_DRIVER": "mongodb", "MONGODB_URL": backend.config.mongodb_url or "",
+           "MONGODB_DB_NAME": backend.config.mongodb_name or ""}
+    to_mongo = invoke(None, "copy", "--from", source_url, "--to", mongo_url, "--json", env=env)
+    assert to_mongo.exit_code == 0, to_mongo.output
+    [facts] = json.loads(invoke(None, "info", "--json", env=env).stdout)
+    assert (facts["backend"], facts["messages_rows"], facts["chats_rows"]) == ("mongodb", 6, 2)
+    back_url = f"sqlite:///{tmp_path / 'back.db'}"
+    result = invoke(None, "copy", "--to", back_url, env=env)
+    assert result.exit_code == 0, result.output
+    assert dump(back_url) == dump(source_url)
