@@ -8,10 +8,12 @@ the test server (tests/backends.py); the rest are pure or need no server at all.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -480,3 +482,25 @@ def test_a_message_over_the_document_limit_is_rejected_before_any_write(repo: Mo
         repo.add_message(chat.id, "user", [{"type": "text", "text": "x" * (16 * 1024 * 1024)}])
     assert repo.get_chat(chat.id, "u1") == chat
     assert repo.get_messages(chat.id).total == 0
+
+
+@pytest.mark.mongodb
+def test_the_node_database_survives_a_trip_through_mongodb_unchanged(
+    repo: MongoRepository, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """SQL rows (JSON text) -> documents (BSON arrays) -> SQL rows again, every value identical."""
+    from chatdb._base import IMPORT_COLUMNS
+    from chatdb.copy import copy_database
+
+    source_path = tmp_path / "node.sqlite"
+    shutil.copy(fixtures_dir / "ccluster-node.sqlite", source_path)
+    with (
+        create_repository(f"sqlite:///{source_path}") as source,
+        create_repository("sqlite:///:memory:") as back,
+    ):
+        copy_database(source, repo)
+        copy_database(repo, back)
+        for table in IMPORT_COLUMNS:
+            original = [row for batch in source.scan_rows(table, stored=True) for row in batch]
+            assert original, table
+            assert [row for batch in back.scan_rows(table, stored=True) for row in batch] == original
