@@ -301,10 +301,11 @@ def generate(
 ) -> DemoSummary:
     """Fill ``repo`` with demo data ending at ``end`` (default: now) and spanning ``days``.
 
-    ``progress`` is called with the number of messages written since its last call. Returns the
-    rows inserted per table (rows whose ids already exist are skipped, so a rerun with the same
-    seed and end inserts nothing). Raises ValidationError for negative sizes or chats without users,
-    and the repository's errors (BackendError, ...) when writing fails.
+    ``progress`` is called with the number of messages written since its last call. Returns how
+    many rows each table gained (rows whose ids already exist are skipped, so a rerun with the
+    same seed and end inserts nothing; concurrent writers would be counted too). Raises
+    ValidationError for negative sizes or chats without users, and the repository's errors
+    (BackendError, ...) when writing fails.
     """
     if min(users, chats, messages) < 0 or days < 1:
         raise ValidationError("users, chats and messages must be >= 0 and days >= 1")
@@ -316,8 +317,10 @@ def generate(
     rng = gen.rng
 
     people = _make_users(gen, users)
-    user_count = repo.import_rows("users", people)
-    key_count = repo.import_rows("api_keys", _make_keys(gen, people))
+    # Inserted rows are counted from the tables: driver row counts of bulk inserts are unreliable.
+    before = repo.count_rows()
+    repo.import_rows("users", people)
+    repo.import_rows("api_keys", _make_keys(gen, people))
 
     # Chats: owner (a few heavy users), start time in the owner's working hours, size.
     owner_weights = [1.0 / (rank + 1) ** 0.9 for rank in range(users)]
@@ -335,13 +338,15 @@ def generate(
     rows = _make_messages(gen, plans, bounds)
     if progress is not None:
         rows = _report_progress(rows, progress)
-    message_count = repo.import_rows("messages", rows)
-    chat_count = repo.import_rows("chats", _make_chats(gen, plans, bounds))
+    repo.import_rows("messages", rows)
+    repo.import_rows("chats", _make_chats(gen, plans, bounds))
+    after = repo.count_rows()
+    added = {table: after[table] - before.get(table, 0) for table in after}
     return DemoSummary(
-        users=user_count,
-        chats=chat_count,
-        messages=message_count,
-        api_keys=key_count,
+        users=added["users"],
+        chats=added["chats"],
+        messages=added["messages"],
+        api_keys=added["api_keys"],
         start=_EPOCH + timedelta(milliseconds=gen.start_ms),
         end=end,
         seed=seed,
