@@ -83,6 +83,8 @@ def usage(
     keys = [c for c in ("period", "model", "user_id", "chat_id") if c in frame.columns]
     columns = [*keys, *analytics.REPORT_COLUMNS]
     rows: Any = frame.iter_rows(named=True)
+    if fmt in ("table", "markdown") and "model" in keys:
+        rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
     if fmt in ("table", "markdown") and frame.height:
         # Exact over the messages (a p95 of p95s would not be), so a second pass: tables are small.
         totals = analytics.usage_totals(repo, **options).row(0, named=True)
