@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from .. import _codec
 from .._base import TABLE_NAMES, RepositoryBase, _DraftMessage
@@ -119,8 +120,9 @@ class MongoRepository(RepositoryBase):
     def _translate(self, exc: Exception) -> ChatDbError:
         from pymongo import errors
 
-        reason = self._clean(str(exc).split(", Timeout:")[0].strip().splitlines()[0] if str(exc) else "")
-        reason = reason or type(exc).__name__
+        # The first line, without pymongo's topology dump after "Timeout:".
+        lines = str(exc).split(", Timeout:")[0].strip().splitlines()
+        reason = self._clean(lines[0]) if lines else type(exc).__name__
         if isinstance(exc, errors.DuplicateKeyError):
             return _DuplicateKey(reason)
         if isinstance(exc, errors.DocumentTooLarge):  # raised by pymongo before sending
@@ -134,8 +136,6 @@ class MongoRepository(RepositoryBase):
         return BackendError(f"mongodb error: {reason}")
 
     def _clean(self, text: str) -> str:
-        from urllib.parse import unquote, urlsplit
-
         try:
             password = urlsplit(self.config.mongodb_url or "").password
         except ValueError:
