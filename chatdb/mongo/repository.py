@@ -312,7 +312,11 @@ class MongoRepository(RepositoryBase):
         """Delete the chat and its messages: in one transaction where the server has them
         (replica set, mongos, Atlas). On a standalone server the chat document goes first, then
         its messages: a failure in between leaves only unreachable messages (they are found by
-        chat id alone, and show in scans with no owner), never a visible chat that lost them."""
+        chat id alone, and show in scans with no owner), never a visible chat that lost them.
+
+        After a transaction, the chat's messages are swept once more: an add_message that
+        inserted after the transaction's snapshot, and saw the chat before the commit, is
+        ordered before this delete, so its message goes too (see ``_append_message``)."""
         chats, messages = self._col("chats"), self._col("messages")
 
         def delete(session: Any = None) -> bool:
@@ -325,7 +329,10 @@ class MongoRepository(RepositoryBase):
             if not self._transactions:
                 return delete()
             with self.client.start_session() as session:
-                return bool(session.with_transaction(delete))
+                deleted = bool(session.with_transaction(delete))
+            if deleted:
+                messages.delete_many({"chatId": chat_id})
+            return deleted
 
     # -- messages -------------------------------------------------------------------------------
 
