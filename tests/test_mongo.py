@@ -423,6 +423,9 @@ def test_scan_rows_yields_decoded_values_and_each_messages_owner(
         row[0] for batch in repo.scan_rows("messages", after=(rows[2][5], rows[2][0])) for row in batch
     ]
     assert resumed == [row[0] for row in rows[3:]]
+    since, until = parse_ts(rows[1][5]), parse_ts(rows[4][5])
+    ranged = [row[0] for batch in repo.scan_rows("messages", since=since, until=until) for row in batch]
+    assert ranged == [row[0] for row in rows[1:4]]
 
     stored = next(repo.scan_rows("users", stored=True), [])
     assert stored == []
