@@ -9,7 +9,9 @@ beside them: files, row counts, filters, time range and chatdb version.
 from __future__ import annotations
 
 import json
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -138,6 +140,41 @@ def export_tables(
 
     started = time.perf_counter()
     summary = ExportSummary(fmt, out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", exporter.ExportWarning)
+        _export(exporter, repo, summary, tables=tables, since=since, until=until, user_id=user_id,
+                include_text=include_text, partition_by=partition_by, append=append, batch_size=batch_size,
+                progress=progress)
+    for warning in caught:
+        if not issubclass(warning.category, exporter.ExportWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif (match := _SKIPPED.match(str(warning.message))) and fmt == "duckdb" and (
+            match["table"] in summary.tables
+        ):  # to_duckdb reports unreadable rows only this way
+            summary.tables[match["table"]].skipped_rows += int(match["rows"])
+    summary.seconds = time.perf_counter() - started
+    if fmt != "duckdb":
+        write_manifest(summary, {"since": since, "until": until, "user_id": user_id,
+                                 "include_text": include_text, "partition_by": partition_by}, append=append)
+    return summary
+
+
+def _export(
+    exporter: Any,
+    repo: ChatRepository,
+    summary: ExportSummary,
+    *,
+    tables: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    user_id: str | None,
+    include_text: bool,
+    partition_by: str | None,
+    append: bool,
+    batch_size: int,
+    progress: Callable[[str], None] | None,
+) -> None:
+    fmt, out = summary.format, summary.out
     filters: dict[str, Any] = {"since": since, "until": until, "user_id": user_id}
     if fmt == "duckdb":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,15 +184,14 @@ def export_tables(
         )
         try:
             for table in tables:
-                rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-                summary.tables[table] = TableExport(table, int(rows[0]) if rows else 0, [out.name])
+                [(rows,)] = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()
+                summary.tables[table] = TableExport(table, int(rows), [out.name])
         finally:
             con.close()
         if progress is not None:
             for table in tables:
                 progress(table)
-        summary.seconds = time.perf_counter() - started
-        return summary
+        return
 
     out.mkdir(parents=True, exist_ok=True)
     for table in tables:
@@ -166,7 +202,7 @@ def export_tables(
             path = out / (table if partitioned else f"{table}.parquet")
             result = exporter.to_parquet(
                 repo, str(path), table=table, partition_by=partitioned,
-                mode="append" if incremental else "overwrite", include_text=text,
+                mode="append" if incremental else "replace", include_text=text,
                 batch_size=batch_size, **filters,
             )
             files = _files_under(path, out)
@@ -176,16 +212,18 @@ def export_tables(
         else:
             reader = exporter.read(repo, table, include_text=text, batch_size=batch_size, **filters)
             path = out / f"{table}.{fmt}"
-            done = _write_text_table(reader, path, fmt)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", exporter.ExportWarning)
+                done = _write_text_table(reader, path, fmt)
+            # read() reports unreadable rows only through its end-of-stream ExportWarning
+            # ("N of M <table> rows had unreadable values ...").
+            done.skipped = sum(_leading_int(str(w.message)) for w in caught
+                               if issubclass(w.category, exporter.ExportWarning))
             summary.tables[table] = TableExport(table, done.rows, [path.name], done.skipped)
             if table == "messages":
                 summary.first_message_at, summary.last_message_at = done.first, done.last
         if progress is not None:
             progress(table)
-    summary.seconds = time.perf_counter() - started
-    write_manifest(summary, filters | {"include_text": include_text, "partition_by": partition_by},
-                   append=append)
-    return summary
 
 
 # -- CSV / NDJSON ----------------------------------------------------------------------------------
@@ -230,7 +268,6 @@ def _write_text_table(reader: pa.RecordBatchReader, path: Path, fmt: str) -> _Wr
 
                 writer = pcsv.CSVWriter(sink, _string_schema(reader.schema))
             writer.close()
-    done.skipped = _skipped(reader)
     return done
 
 
@@ -256,13 +293,13 @@ def _string_schema(schema: pa.Schema) -> pa.Schema:
     )
 
 
-def _skipped(reader: Any) -> int:
-    """Rows the export layer could not fully read, when it says (``skipped_rows``)."""
-    for owner in (reader, getattr(reader, "stats", None)):
-        value = getattr(owner, "skipped_rows", None)
-        if isinstance(value, int):
-            return value
-    return 0
+# The export layer's warning text: "N of M <table> rows had unreadable values ...".
+_SKIPPED = re.compile(r"^(?P<rows>\d+) of \d+ (?P<table>\w+) rows")
+
+
+def _leading_int(text: str) -> int:
+    match = _SKIPPED.match(text)
+    return int(match["rows"]) if match else 0
 
 
 # -- Parquet helpers and the manifest --------------------------------------------------------------
@@ -282,13 +319,13 @@ def _parquet_time_range(path: Path) -> tuple[datetime | None, datetime | None]:
         return None, None
     con = duckdb.connect()
     try:
-        row = con.execute(
+        [row] = con.execute(
             "SELECT min(created_at), max(created_at) FROM read_parquet(?, hive_partitioning = true)",
             [pattern],
-        ).fetchone()
+        ).fetchall()
     finally:
         con.close()
-    if row is None or row[0] is None:
+    if row[0] is None:
         return None, None
     return _utc(row[0]), _utc(row[1])
 
