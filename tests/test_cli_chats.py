@@ -44,7 +44,8 @@ def test_chats_list_matches_sql_and_pages(backend: Backend, repo: ChatRepository
         u=alice,
     )
     assert listed == expected and len(listed) == 3
-    result = invoke(backend.url, "chats", "list", "--user", "alice", "--limit", "1", "--offset", "1", "--format=nl")
+    page = ("--limit", "1", "--offset", "1", "--format=nl")
+    result = invoke(backend.url, "chats", "list", "--user", "alice", *page)
     assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == [expected[1]["id"]]
     assert "chats 2-2 of 3" in result.stderr
 

@@ -55,7 +55,7 @@ class ExportSummary:
 
     def line(self) -> str:
         rows = ", ".join(f"{t.table} {t.rows:,}" for t in self.tables.values())
-        files = sum(len(t.files) for t in self.tables.values()) or 1
+        files = len({f for t in self.tables.values() for f in t.files}) or 1
         skipped = sum(t.skipped_rows for t in self.tables.values())
         return (
             f"exported {rows} rows to {self.out} ({self.format}): {files} file{'s' if files != 1 else ''}, "
