@@ -63,6 +63,8 @@ def format_ts(value: datetime) -> str:
 
 
 def parse_ts(text: str) -> datetime:
+    if len(text) == 24 and text[23] == "Z":  # the stored form: already UTC, whole milliseconds
+        return datetime.fromisoformat(text)
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)

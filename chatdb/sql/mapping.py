@@ -1,4 +1,7 @@
-"""Pure row → model mappers for the SQL backends (testable without a database)."""
+"""Pure row → model mappers for the SQL backends (testable without a database).
+
+Rows are plain tuples in the column order of the SELECTs in repository.py.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +11,28 @@ from .._codec import load_content, load_metadata, parse_ts, parse_ts_or_none
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 
 
-def load_chat(row: Any) -> Chat:
-    return Chat(
-        row.id, row.title, row.session_id, row.user_id, parse_ts(row.created_at), parse_ts(row.updated_at)
-    )
+def load_chat(row: tuple[Any, ...]) -> Chat:
+    """(id, title, session_id, user_id, created_at, updated_at)"""
+    return Chat(row[0], row[1], row[2], row[3], parse_ts(row[4]), parse_ts(row[5]))
 
 
-def load_message(row: Any) -> Message:
-    return Message(
-        row.id,
-        row.chat_id,
-        row.role,
-        load_content(row.content),
-        parse_ts(row.created_at),
-        load_metadata(row.metadata),
-    )
+def load_message(row: tuple[Any, ...]) -> Message:
+    """(id, chat_id, role, content, created_at, metadata)"""
+    return Message(row[0], row[1], row[2], load_content(row[3]), parse_ts(row[4]), load_metadata(row[5]))
 
 
-def load_user(row: Any) -> User:
-    return User(row.id, row.username, parse_ts(row.created_at), parse_ts(row.updated_at))
+def load_user(row: tuple[Any, ...]) -> User:
+    """(id, username, created_at, updated_at)"""
+    return User(row[0], row[1], parse_ts(row[2]), parse_ts(row[3]))
 
 
-def load_user_with_hash(row: Any) -> UserWithPasswordHash:
-    return UserWithPasswordHash(
-        row.id,
-        row.username,
-        parse_ts(row.created_at),
-        parse_ts(row.updated_at),
-        password_hash=row.password_hash,
-    )
+def load_user_with_hash(row: tuple[Any, ...]) -> UserWithPasswordHash:
+    """(id, username, created_at, updated_at, password_hash)"""
+    return UserWithPasswordHash(row[0], row[1], parse_ts(row[2]), parse_ts(row[3]), password_hash=row[4])
 
 
-def load_api_key(row: Any) -> ApiKey:
+def load_api_key(row: tuple[Any, ...]) -> ApiKey:
+    """(id, user_id, name, key_prefix, created_at, last_used_at, revoked_at)"""
     return ApiKey(
-        row.id,
-        row.user_id,
-        row.name,
-        row.key_prefix,
-        parse_ts(row.created_at),
-        parse_ts_or_none(row.last_used_at),
-        parse_ts_or_none(row.revoked_at),
+        row[0], row[1], row[2], row[3], parse_ts(row[4]), parse_ts_or_none(row[5]), parse_ts_or_none(row[6])
     )

@@ -1,0 +1,283 @@
+"""How SqlRepository talks to the database: transactions, retries, error translation.
+
+CRUD calls are a few small statements each, so SQLAlchemy's per-statement machinery would cost
+more than the database work (measured: 3-8x the raw driver on SQLite). The hot path therefore
+compiles each Core statement once per dialect and runs it on the pooled DB-API connection
+(:meth:`Executor.run`); schema changes and bulk inserts keep SQLAlchemy's Connection
+(:meth:`Executor.run_core`). Both translate driver errors in one place.
+
+Connections: even a pool checkout costs several times a point query on SQLite, so the hot path
+keeps one DB-API connection per thread (as Django does), made through the engine so the same
+connect hooks run, closed by ``dispose()`` or when its thread ends. A connection idle for a
+while is pinged before use, and a transaction that fails because its connection died before
+COMMIT was sent is run once more on a fresh connection: a server restart costs a reconnect, not
+an exception. ``:memory:`` is one shared connection, so calls on it take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import BackendUnavailableError, ChatDbError
+from .dialects import RetryableError, SqlDialect, serialized
+
+T = TypeVar("T")
+_DEADLOCK_RETRIES = 5
+
+
+class Tx:
+    """One transaction on a DB-API cursor; statements are Core objects compiled once."""
+
+    __slots__ = ("_compiled", "cursor")
+
+    def __init__(self, cursor: Any, compiled: Callable[[Any], tuple[str, tuple[str, ...] | None]]) -> None:
+        self.cursor = cursor
+        self._compiled = compiled
+
+    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        sql, names = self._compiled(statement)
+        if names is None:
+            self.cursor.execute(sql, params or {})
+        else:
+            values = params or {}
+            self.cursor.execute(sql, tuple([values[name] for name in names]))
+        return self.cursor
+
+    def first(self, statement: Any, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.execute(statement, params).fetchone()
+        return row
+
+    def all(self, statement: Any, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return list(self.execute(statement, params).fetchall())
+
+    def scalar(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        row = self.first(statement, params)
+        return None if row is None else row[0]
+
+    def rowcount(self, statement: Any, params: dict[str, Any] | None = None) -> int:
+        return int(self.execute(statement, params).rowcount)
+
+
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+class _Held:
+    """A thread's own DB-API connection."""
+
+    __slots__ = ("conn", "dead", "last_used")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.last_used = time.monotonic()
+        self.dead = False
+
+    def close(self) -> None:
+        self.dead = True
+        with contextlib.suppress(Exception):  # a dead connection may fail to close; it is gone
+            self.conn.close()
+
+
+class Executor:
+    """Owns the engine (made on first use) and runs transactions on it."""
+
+    def __init__(self, dialect: SqlDialect) -> None:
+        self.dialect = dialect
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        # :memory: is a single shared connection: calls take turns on it.
+        self._lock = threading.RLock() if dialect.serialize else None
+        self._sql: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+        self._local = threading.local()
+        self._held: set[_Held] = set()
+        self._held_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = self.dialect.create_engine()
+        return self._engine
+
+    def dispose(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held, set()
+        for each in held:
+            each.close()
+        self._local = threading.local()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def compiled(self, statement: Any) -> tuple[str, tuple[str, ...] | None]:
+        """SQL text and positional parameter order (None: named) for this dialect, cached."""
+        key = id(statement)
+        found = self._sql.get(key)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            names = tuple(compiled.positiontup or ()) if compiled.positional else None
+            found = self._sql[key] = (str(compiled), names)
+        return found
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def run(self, work: Callable[[Tx], T], *, write: bool = False) -> T:
+        """``work`` in one transaction on this thread's connection; retried on deadlocks and,
+        once, on a connection that died before anything was committed."""
+        if self._lock is not None:
+            with self._lock:
+                return self._run(work, write)
+        return self._run(work, write)
+
+    def _run(self, work: Callable[[Tx], T], write: bool) -> T:
+        begin = self.dialect.begin_statement(write)
+        reconnected = False
+        for attempt in range(_DEADLOCK_RETRIES):
+            held = self._acquire()
+            conn = held.conn
+            committing = False
+            try:
+                cursor = conn.cursor()
+                try:
+                    if begin:
+                        cursor.execute(begin)
+                    result = work(Tx(cursor, self.compiled))
+                    committing = True
+                    if begin:
+                        cursor.execute("COMMIT")
+                    else:
+                        conn.commit()
+                finally:
+                    cursor.close()
+                held.last_used = time.monotonic()
+                return result
+            except ChatDbError:
+                self._rollback(held, begin)
+                raise
+            except Exception as exc:
+                error = self._translate(exc, conn)
+                if isinstance(error, BackendUnavailableError):
+                    self._forget(held)
+                else:
+                    self._rollback(held, begin)
+                if isinstance(error, RetryableError) and attempt < _DEADLOCK_RETRIES - 1:
+                    continue
+                if isinstance(error, BackendUnavailableError) and not committing and not reconnected:
+                    reconnected = True
+                    continue
+                raise error from exc
+        raise AssertionError("unreachable")
+
+    def _acquire(self) -> _Held:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and not held.dead:
+            if time.monotonic() - held.last_used < PING_AFTER_IDLE_SECONDS or self._alive(held):
+                return held
+            self._forget(held)
+        try:
+            proxy = self.engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise self.dialect.translate(exc, connecting=True) from exc
+        if self._lock is None:
+            proxy.detach()  # ours for this thread's lifetime, not the pool's
+        held = _Held(proxy.dbapi_connection)
+        self._local.held = held
+        with self._held_lock:
+            self._held.add(held)
+        if self._lock is None:
+            weakref.finalize(threading.current_thread(), self._forget, held)
+        return held
+
+    def _alive(self, held: _Held) -> bool:
+        if self.dialect.backend == "sqlite":
+            return True
+        try:
+            return bool(self.engine.dialect.do_ping(held.conn))
+        except Exception:  # any failure means: reconnect
+            return False
+
+    def _forget(self, held: _Held) -> None:
+        with self._held_lock:
+            self._held.discard(held)
+        if getattr(self._local, "held", None) is held:
+            self._local.held = None
+        if self._lock is None:
+            held.close()
+        else:
+            held.dead = True
+
+    def _rollback(self, held: _Held, begin: str | None) -> None:
+        try:
+            if begin:
+                held.conn.cursor().execute("ROLLBACK")
+            else:
+                held.conn.rollback()
+        except Exception:  # the original error is what the caller needs
+            self._forget(held)
+
+    def _translate(self, exc: Exception, conn: Any) -> ChatDbError:
+        if isinstance(exc, SQLAlchemyError):
+            return self.dialect.translate(exc)
+        dbapi = self.engine.dialect.loaded_dbapi
+        if not isinstance(exc, dbapi.Error):
+            raise exc
+        gone = self.engine.dialect.is_disconnect(exc, conn, None)
+        wrapped = DBAPIError(None, None, exc, connection_invalidated=gone)
+        return self.dialect.translate(wrapped)
+
+    # -- SQLAlchemy Connection path: DDL, bulk inserts ------------------------------------------
+
+    def run_core(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                with serialized(self._lock), self._connect() as conn:
+                    if write:
+                        self.dialect.mark_write(conn)
+                    try:
+                        with conn.begin():
+                            return work(conn)
+                    except SQLAlchemyError as exc:
+                        raise self.dialect.translate(exc) from exc
+            except RetryableError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise self.dialect.translate(exc, connecting=True) from exc
+
+    def stream(self, statement: Any, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows of a SELECT as lists of plain tuples from a server-side cursor, in one read
+        transaction; the driver's ``fetchmany`` keeps bulk reads near a raw driver scan."""
+        compiled = statement.compile(dialect=self.engine.dialect)
+        params: Any = compiled.params
+        if compiled.positional:
+            params = tuple(params[name] for name in compiled.positiontup or ())
+        with serialized(self._lock), self._connect() as conn:
+            try:
+                with conn.begin():
+                    cursor = self.dialect.server_cursor(conn.connection.dbapi_connection)
+                    try:
+                        cursor.execute(str(compiled), params)
+                        while rows := cursor.fetchmany(batch_size):
+                            yield rows
+                    finally:
+                        cursor.close()
+            except SQLAlchemyError as exc:
+                raise self.dialect.translate(exc) from exc
+            except Exception as exc:
+                if isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
+                    raise self.dialect.translate(DBAPIError(str(compiled), None, exc)) from exc
+                raise
