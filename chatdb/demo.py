@@ -25,13 +25,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from . import _codec
 from ._base import RepositoryBase
 from ._validate import DEFAULT_TITLE
 from .analytics.pricing import Price, PriceTable, bundled_prices
 from .errors import ValidationError
+from .repository import ChatRepository
 
 __all__ = ["DemoSummary", "generate"]
 
@@ -83,6 +84,7 @@ _NO_METADATA = 0.06  # assistant messages stored without metadata (older app ver
 _NO_COST = 0.09  # assistant messages whose metadata lacks totalCostUsd
 _NO_DURATION = 0.03
 _CACHED_CHATS = 0.35  # chats that use prompt caching
+_MAX_CONTEXT = 40_000  # the application sends at most this much history (tokens)
 _IMAGE_SHARE = 0.03  # user messages with an image part
 _SESSION_SHARE = 0.2
 _REVOKED_KEYS = 0.3
@@ -289,7 +291,7 @@ def _split(total: int, parts: int, rng: random.Random) -> list[int]:
 
 
 def generate(
-    repo: RepositoryBase,
+    repo: ChatRepository,
     *,
     users: int = 20,
     chats: int = 500,
@@ -311,6 +313,7 @@ def generate(
         raise ValidationError("users, chats and messages must be >= 0 and days >= 1")
     if chats and not users:
         raise ValidationError("chats need at least one user")
+    bulk = cast(RepositoryBase, repo)  # every backend is one; the bulk path is not in the protocol
     started = time.perf_counter()
     end = _codec.parse_ts(_codec.format_ts(end or _codec.utcnow()))
     gen = _Generator(seed, end, days, bundled_prices())
@@ -318,9 +321,9 @@ def generate(
 
     people = _make_users(gen, users)
     # Inserted rows are counted from the tables: driver row counts of bulk inserts are unreliable.
-    before = repo.count_rows()
-    repo.import_rows("users", people)
-    repo.import_rows("api_keys", _make_keys(gen, people))
+    before = bulk.count_rows()
+    bulk.import_rows("users", people)
+    bulk.import_rows("api_keys", _make_keys(gen, people))
 
     # Chats: owner (a few heavy users), start time in the owner's working hours, size.
     owner_weights = [1.0 / (rank + 1) ** 0.9 for rank in range(users)]
@@ -338,9 +341,9 @@ def generate(
     rows = _make_messages(gen, plans, bounds)
     if progress is not None:
         rows = _report_progress(rows, progress)
-    repo.import_rows("messages", rows)
-    repo.import_rows("chats", _make_chats(gen, plans, bounds))
-    after = repo.count_rows()
+    bulk.import_rows("messages", rows)
+    bulk.import_rows("chats", _make_chats(gen, plans, bounds))
+    after = bulk.count_rows()
     added = {table: after[table] - before.get(table, 0) for table in after}
     return DemoSummary(
         users=added["users"],
@@ -461,7 +464,7 @@ def _make_messages(
                 role = "assistant"
                 content = rng.choice(gen.assistant_contents)
                 metadata = _assistant_metadata(
-                    gen, model, created, context, outputs[i], durations[i], cached, i
+                    gen, model, created, min(context, _MAX_CONTEXT), outputs[i], durations[i], cached, i
                 )
                 context += outputs[i]
             yield {

@@ -17,19 +17,49 @@ A message whose model has no price is never counted as $0: it is counted in ``un
 Charts live in :mod:`chatdb.analytics.plots` (matplotlib, Agg backend).
 """
 
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
 from .pricing import Price, PriceTable, load_prices
-from .usage import (
-    GROUPINGS,
-    REPORT_COLUMNS,
-    cost_reported_vs_estimated,
-    latency_percentiles,
-    messages_frame,
-    token_mix,
-    top_chats,
-    top_users,
-    usage_report,
-    usage_totals,
-)
+
+if TYPE_CHECKING:
+    from .usage import (
+        GROUPINGS,
+        REPORT_COLUMNS,
+        cost_reported_vs_estimated,
+        latency_percentiles,
+        messages_frame,
+        token_mix,
+        top_chats,
+        top_users,
+        usage_report,
+        usage_totals,
+    )
+
+_USAGE_NAMES = {
+    "GROUPINGS",
+    "REPORT_COLUMNS",
+    "cost_reported_vs_estimated",
+    "latency_percentiles",
+    "messages_frame",
+    "token_mix",
+    "top_chats",
+    "top_users",
+    "usage_report",
+    "usage_totals",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Reports load Polars on first use, so prices (and ``chatdb demo``) work without it."""
+    if name not in _USAGE_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import usage
+    except ImportError as exc:
+        raise ConfigError(f"usage reports need Polars: pip install 'chatdb[analytics]' ({exc})") from None
+    return getattr(usage, name)
+
 
 __all__ = [
     "GROUPINGS",

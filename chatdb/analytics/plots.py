@@ -26,11 +26,12 @@ __all__ = [
     "daily_cost_by_model",
     "latency_by_model",
     "plot_report",
+    "render_demo_daily_cost",
     "save",
     "tokens_per_user",
 ]
 
-_SIZE = (10.0, 5.0)
+_SIZE = (11.0, 5.0)
 _TOKEN_LABELS = {
     "input_tokens": "input",
     "output_tokens": "output",
@@ -96,7 +97,7 @@ def _stacked_bars(figure: Figure, report: pl.DataFrame, value: str, ylabel: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if models:
-        ax.legend(fontsize="small", ncols=2, loc="upper left")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     figure.autofmt_xdate()
     ax.grid(axis="y", alpha=0.3)
     return figure
@@ -231,3 +232,25 @@ def plot_report(report: pl.DataFrame, *, path: str | Path | None = None, title: 
     ax.set_title(title or f"Cost by {key.removesuffix('_id')} (top {top.height})")
     ax.grid(axis="x", alpha=0.3)
     return _finish(figure, path)
+
+
+def render_demo_daily_cost(path: str | Path, *, seed: int = 42, timezone: str = "UTC") -> Figure:
+    """The README picture: the daily cost chart of a default-sized demo database (made in a
+    temporary folder, ending on a fixed date so the picture only changes when the code does)."""
+    import tempfile
+    from datetime import UTC, datetime
+
+    from .. import demo
+    from ..factory import create_repository
+
+    with tempfile.TemporaryDirectory() as folder, create_repository(f"sqlite:///{folder}/demo.db") as repo:
+        demo.generate(repo, seed=seed, end=datetime(2026, 11, 1, tzinfo=UTC))
+        return daily_cost_by_model(repo, timezone=timezone, path=path)
+
+
+if __name__ == "__main__":  # python -m chatdb.analytics.plots docs/daily_cost.png
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "daily_cost.png"
+    render_demo_daily_cost(target)
+    print(target)
