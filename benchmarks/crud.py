@@ -258,11 +258,11 @@ class RawMongoOps:
 
 
 def measure(ops: Any, op: str, n: int, chat_ids: list[str], owners: list[str], tag: str) -> float:
-    """Seconds per operation (best of 3 rounds of ``n``)."""
+    """Seconds per operation (best of 5 rounds of ``n``)."""
     rng = random.Random(11)
     picks = [rng.randrange(len(chat_ids)) for _ in range(n)]
     best = float("inf")
-    for round_ in range(3):
+    for round_ in range(5):
         started = time.perf_counter()
         for i, k in enumerate(picks):
             if op == "create_user":
@@ -417,7 +417,7 @@ def main() -> None:
     parser.add_argument("--url", help="server URL (PostgreSQL/MySQL: any database; a fresh one is created)")
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--chats", type=int, default=2_000)
-    parser.add_argument("-n", type=int, default=2_000, help="reads per round")
+    parser.add_argument("-n", type=int, default=5_000, help="reads per round")
     parser.add_argument("--n-write", type=int, default=1_000, help="writes per round")
     parser.add_argument("--scaling", action="store_true", help="only the get_messages scaling check (SQLite)")
     parser.add_argument("--scaling-messages", type=int, default=1_000_000)

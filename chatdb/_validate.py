@@ -68,8 +68,9 @@ def lookup_id(field: str, value: Any) -> str | None:
         raise ValidationError(f"{field} must be a string, not {type(value).__name__}")
     if "\x00" in value:
         return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
     return value

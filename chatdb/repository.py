@@ -18,7 +18,8 @@ Rules that hold everywhere:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -115,6 +116,29 @@ class ChatRepository(Protocol):
 
     def update_api_key_last_used(self, key_id: str) -> None:
         """Record a use now; a missing key is a no-op."""
+        ...
+
+    # storage level: export, copy, demo data (see RepositoryBase for the details)
+    def scan_rows(
+        self,
+        table: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        batch_size: int = 10_000,
+        stored: bool = False,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Stream stored rows in batches ordered by ``(created_at, id)``, filtered in the database."""
+        ...
+
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
+        """Bulk-insert stored-format rows, skipping existing ids; returns how many were inserted."""
+        ...
+
+    def count_rows(self) -> dict[str, int]:
+        """Row count of every table."""
         ...
 
     # lifecycle

@@ -96,6 +96,8 @@ class Executor:
         # :memory: is a single shared connection: calls take turns on it.
         self._lock = threading.RLock() if dialect.serialize else None
         self._sql: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+        self._begin_write = dialect.begin_statement(True)
+        self._begin_read = dialect.begin_statement(False)
         self._local = threading.local()
         self._held: set[_Held] = set()
         self._held_lock = threading.Lock()
@@ -139,7 +141,7 @@ class Executor:
         return self._run(work, write)
 
     def _run(self, work: Callable[[Tx], T], write: bool) -> T:
-        begin = self.dialect.begin_statement(write)
+        begin = self._begin_write if write else self._begin_read
         reconnected = False
         for attempt in range(_DEADLOCK_RETRIES):
             held = self._acquire()

@@ -175,8 +175,13 @@ def _stored_value(value: Any) -> Any:
     return value
 
 
-def _execute_many(conn: Connection, statement: Any, params: list[dict[str, Any]]) -> int:
-    return max(conn.execute(statement, params).rowcount, 0)
+def _insert_new(conn: Connection, table: Any, statement: Any, params: list[dict[str, Any]]) -> int:
+    """Insert, skipping existing ids; returns the rows inserted. Counted, not taken from the
+    driver: executemany's rowcount is -1 on psycopg and counts matches on MySQL."""
+    ids = {row["id"] for row in params}
+    existing = conn.execute(select(func.count()).select_from(table).where(table.c.id.in_(ids))).scalar_one()
+    conn.execute(statement, params)
+    return len(ids) - int(existing)
 
 
 def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -271,7 +276,7 @@ class SqlRepository(RepositoryBase):
         for chunk in _chunks(rows, batch_size):
             params = [{name: _stored_value(row.get(name)) for name in columns} for row in chunk]
             inserted += self._executor.run_core(
-                partial(_execute_many, statement=statement, params=params), write=True
+                partial(_insert_new, table=target, statement=statement, params=params), write=True
             )
         return inserted
 
