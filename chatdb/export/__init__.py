@@ -1,0 +1,235 @@
+"""Stream the application's tables into Arrow, Polars, DuckDB, Parquet and Ibis.
+
+Every function here is built on :func:`read`, which scans the database in ordered batches
+(``repo.scan_rows``: server-side cursors on SQL, a batched cursor on MongoDB; filters run in the
+database) and converts each batch to Arrow in bulk, so no table is ever loaded into Python
+objects or into memory at once. Column names and types are fixed (see :mod:`chatdb.export.schemas`
+and ``docs/export.md``).
+
+Rows written by other programs may hold invalid JSON or values of the wrong type: such a value is
+exported as null (an exact number stored as a string is converted), the row is counted in
+``ExportResult.skipped_rows`` and an :class:`ExportWarning` says how many rows were affected;
+the export never stops for it.
+
+Needs the ``analytics`` extra (pyarrow, polars, duckdb); :func:`to_ibis` also the ``ibis`` extra.
+Missing ones raise :class:`~chatdb.errors.ConfigError` naming the ``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import ValidationError
+from ._stream import ExportWarning, Scan, require
+from .schemas import EXPORT_TABLES, schema
+
+if TYPE_CHECKING:
+    import duckdb
+    import polars
+    import pyarrow as pa
+
+__all__ = [
+    "EXPORT_TABLES",
+    "ExportResult",
+    "ExportWarning",
+    "read",
+    "schema",
+    "to_duckdb",
+    "to_ibis",
+    "to_parquet",
+    "to_polars",
+]
+
+Mode = Literal["replace", "append"]
+_LOAD_ORDER = ("users", "chats", "api_keys", "messages")
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What :func:`to_parquet` wrote: rows, files, rows with unreadable values, wall seconds."""
+
+    rows: int
+    files: int
+    skipped_rows: int
+    seconds: float
+
+
+def read(
+    repo: Any,
+    table: str = "messages",
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user_id: str | None = None,
+    include_text: bool = False,
+    include_extra: bool = False,
+    batch_size: int = 50_000,
+) -> pa.RecordBatchReader:
+    """A stream of ``table`` as Arrow record batches in ``(created_at, id)`` order.
+
+    ``since`` (inclusive) and ``until`` (exclusive) filter ``created_at``; ``user_id`` keeps
+    one user's rows (a message's user is its chat's owner). ``include_text`` adds ``text`` (the
+    message's text parts joined by newlines); ``include_extra`` adds ``metadata_extra``, a JSON
+    object of the metadata keys without a column of their own. Rows are fetched as the reader is
+    consumed, ``batch_size`` at a time. Raises ValidationError for a bad argument, ConfigError
+    when pyarrow/duckdb are missing, BackendError when the database fails.
+    """
+    scan = Scan(
+        repo,
+        table,
+        since=since,
+        until=until,
+        user_id=user_id,
+        include_text=include_text,
+        include_extra=include_extra,
+        batch_size=batch_size,
+    )
+    return scan.reader()
+
+
+def to_polars(repo: Any, table: str = "messages", **filters: Any) -> polars.DataFrame:
+    """``table`` as a Polars DataFrame (one chunk per batch); options as for :func:`read`."""
+    pl = require("polars")
+    reader = read(repo, table, **filters)
+    frame: polars.DataFrame = pl.from_arrow(reader.read_all(), rechunk=False)
+    return frame
+
+
+def to_parquet(
+    repo: Any,
+    path: str | os.PathLike[str],
+    table: str = "messages",
+    *,
+    partition_by: str | None = None,
+    mode: Mode = "replace",
+    compression: str = "zstd",
+    **filters: Any,
+) -> ExportResult:
+    """Stream ``table`` into Parquet at ``path`` and return what was written.
+
+    A path ending in ``.parquet`` (without ``partition_by``) is one file; any other path is a
+    dataset directory. ``partition_by="month"``/``"day"``/``"user_id"`` writes a hive-partitioned
+    dataset (``month=2025-01/part-....parquet``) that DuckDB, Polars and Spark read directly.
+    ``mode="replace"`` swaps the new export in atomically; ``mode="append"`` (messages only)
+    adds only the messages after the newest one already exported, by ``(created_at,
+    message_id)``, so a repeated job never duplicates or skips one. Other options as for
+    :func:`read`. Raises ValidationError, ConfigError, BackendError.
+    """
+    from ._sinks import PARTITIONS, parquet_watermark, write_parquet
+
+    require("pyarrow")
+    if partition_by is not None and partition_by not in PARTITIONS:
+        raise ValidationError(
+            f"partition_by must be one of {', '.join(PARTITIONS)} or None, not {partition_by!r}"
+        )
+    _check_mode(mode, table)
+    target = Path(path)
+    started = time.perf_counter()
+    after = parquet_watermark(target, partition_by) if mode == "append" else None
+    scan = _scan(repo, table, filters, after=after)
+    files = write_parquet(
+        scan, target, partition_by=partition_by, append=mode == "append", compression=compression
+    )
+    _warn(scan)
+    return ExportResult(scan.rows, files, scan.skipped_rows, time.perf_counter() - started)
+
+
+def to_duckdb(
+    repo: Any,
+    con: duckdb.DuckDBPyConnection | str | os.PathLike[str] | None = None,
+    tables: tuple[str, ...] | list[str] = ("messages", "chats", "users"),
+    *,
+    mode: Mode = "replace",
+    **filters: Any,
+) -> duckdb.DuckDBPyConnection:
+    """Load ``tables`` into DuckDB (tables named as exported) and return the connection.
+
+    ``con`` is a connection, a path to a DuckDB file, or None for a new in-memory database.
+    Each table is created or replaced in one transaction, batch by batch. With
+    ``mode="append"``, ``messages`` only receives the messages after the newest one it holds;
+    the other tables, whose rows change (titles, revocations), are replaced. ``since``/``until``
+    filter messages only, so every exported message finds its chat; ``user_id`` filters all.
+    Tables load in the order users, chats, api_keys, messages: a chat deleted during the
+    export has no messages left to load, so none of them lacks its chat.
+    """
+    from ._sinks import duckdb_watermark, load_duckdb
+
+    duckdb_module = require("duckdb")
+    names = _tables(tables)
+    _check_mode(mode, "messages")
+    connection: duckdb.DuckDBPyConnection
+    if con is None:
+        connection = duckdb_module.connect()
+    elif isinstance(con, (str, os.PathLike)):
+        connection = duckdb_module.connect(os.fspath(con))
+    else:
+        connection = con
+    for name in names:
+        append = mode == "append" and name == "messages"
+        after = duckdb_watermark(connection, name) if append else None
+        table_filters = filters if name == "messages" else _owner_filters(filters)
+        scan = _scan(repo, name, table_filters, after=after)
+        load_duckdb(connection, scan, append=append)
+        _warn(scan)
+    return connection
+
+
+def to_ibis(
+    repo: Any,
+    table: str = "messages",
+    *,
+    con: duckdb.DuckDBPyConnection | str | os.PathLike[str] | None = None,
+    **filters: Any,
+) -> Any:
+    """``table`` as an Ibis table expression over an in-process DuckDB holding the export.
+
+    Needs the ``ibis`` extra (ConfigError naming ``pip install 'chatdb[ibis]'`` otherwise).
+    The DuckDB database also holds chats and users, to join with.
+    """
+    ibis = require("ibis")
+    names = tuple(dict.fromkeys((table, "chats", "users")))
+    connection = to_duckdb(repo, con, names, **filters)
+    backend = ibis.duckdb.from_connection(connection)
+    return backend.table(table)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _scan(repo: Any, table: str, filters: dict[str, Any], *, after: tuple[str, str] | None) -> Scan:
+    allowed = {"since", "until", "user_id", "include_text", "include_extra", "batch_size"}
+    unknown = sorted(set(filters) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown export option(s): {', '.join(unknown)}")
+    return Scan(repo, table, after=after, **filters)
+
+
+def _owner_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in filters.items() if key in ("user_id", "batch_size")}
+
+
+def _tables(tables: tuple[str, ...] | list[str]) -> list[str]:
+    if isinstance(tables, str):
+        tables = (tables,)
+    for name in tables:
+        if name not in EXPORT_TABLES:
+            raise ValidationError(f"tables must be among {', '.join(EXPORT_TABLES)}, not {name!r}")
+    return sorted(set(tables), key=_LOAD_ORDER.index)
+
+
+def _check_mode(mode: str, table: str) -> None:
+    if mode not in ("replace", "append"):
+        raise ValidationError(f"mode must be 'replace' or 'append', not {mode!r}")
+    if mode == "append" and table != "messages":
+        raise ValidationError("mode='append' is for messages; other tables change in place, replace them")
+
+
+def _warn(scan: Scan) -> None:
+    if scan.skipped_rows:
+        warnings.warn(scan.warning(), ExportWarning, stacklevel=3)

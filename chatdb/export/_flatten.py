@@ -1,0 +1,249 @@
+"""Stored rows → Arrow record batches, vectorised (pure: no repository, no I/O).
+
+A batch of ``scan_rows`` tuples is turned column-wise into Arrow string arrays, then one DuckDB
+query (in-process, over the Arrow batch without copying it) parses every JSON value in bulk,
+validates types and computes the derived columns; building a Python object per row is what
+makes the naive way slow, and this never does it for text values. Content is read with a
+schema that only keeps each part's ``type`` and ``text``, so a 10 MB base64 image is skipped
+by the parser instead of becoming a Python string.
+
+Lenient by design: a value that cannot be read becomes null and its row is flagged, so one bad
+row written by another program never stops an export.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .._codec import format_ts
+from .schemas import METADATA_COLUMNS, schema
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+__all__ = ["Flattener", "messages_sql", "table_sql"]
+
+# scan_rows column → exported column, for the tables without JSON.
+_RENAMES: dict[str, dict[str, str]] = {
+    "chats": {"id": "chat_id"},
+    "users": {"id": "user_id"},
+    "api_keys": {"id": "key_id"},
+}
+_TIMESTAMPS = {"created_at", "updated_at", "last_used_at", "revoked_at"}
+_INT64_MAX = 9.2e18  # below 2**63: larger values cannot be int64 and are unreadable
+_PARTS_SCHEMA = '[{"type":"VARCHAR","text":"VARCHAR"}]'
+
+
+def _timestamp(column: str) -> tuple[str, str]:
+    """(value, is-bad) SQL for a stored ISO timestamp: UTC, truncated to milliseconds."""
+    parsed = f"try_cast({column} AS TIMESTAMPTZ)"
+    return f"date_trunc('millisecond', {parsed})", f"({column} IS NOT NULL AND {parsed} IS NULL)"
+
+
+def _exact_int(d: str) -> str:
+    return f"CASE WHEN {d} >= 0 AND {d} < {_INT64_MAX} AND {d} = trunc({d}) THEN CAST({d} AS BIGINT) END"
+
+
+def _finite(d: str) -> str:
+    return f"CASE WHEN {d} >= 0 AND isfinite({d}) THEN {d} END"
+
+
+def _metadata_field(index: int, key: str, kind: str) -> str:
+    """SQL for one metadata field, from the fast typed read when the stored JSON type is the
+    expected one, else (rare rows only: CASE evaluates a branch only for the rows taking it)
+    from its text: an exact number in a JSON string is converted (and flags the row, see
+    ``_bad_field``); a fraction where an integer belongs, a negative number or a bool is null."""
+    found = f"meta_kinds[{index}]"
+    typed = f"meta_typed.{key}"
+    text_number = f"try_cast(json_extract_string(metadata, '$.{key}') AS DOUBLE)"
+    if kind == "string":
+        return f"CASE WHEN {found} = 'VARCHAR' THEN {typed} END"
+    if kind == "int":
+        return (
+            f"CASE WHEN {found} = 'UBIGINT' THEN try_cast({typed} AS BIGINT) "
+            f"WHEN {found} IN ('DOUBLE', 'VARCHAR') THEN {_exact_int(text_number)} END"
+        )
+    return (
+        f"CASE WHEN {found} IN ('UBIGINT', 'DOUBLE') THEN {_finite(typed)} "
+        f"WHEN {found} = 'VARCHAR' THEN {_finite(text_number)} END"
+    )
+
+
+def _bad_field(index: int, name: str, kind: str) -> str:
+    """A present, non-null value that was unreadable (null) or converted from a string."""
+    found = f"meta_kinds[{index}]"
+    if kind == "string":
+        return f"({found} IS NOT NULL AND {found} NOT IN ('NULL', 'VARCHAR'))"
+    return f"({found} IS NOT NULL AND {found} <> 'NULL' AND ({name} IS NULL OR {found} = 'VARCHAR'))"
+
+
+def messages_sql(*, include_text: bool, include_extra: bool) -> str:
+    """The query turning a batch of stored message columns into the ``messages`` schema plus a
+    boolean ``_bad`` column (the row had an unreadable or converted value).
+
+    Each JSON value is parsed a few times at most, all in DuckDB's vectorised JSON reader:
+    metadata once for its kind, once for the JSON type of every field, once typed; content once,
+    keeping only each part's type and text.
+    """
+    paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
+    typed = (
+        "{"
+        + ",".join(
+            f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
+            for _, key, kind in METADATA_COLUMNS
+        )
+        + "}"
+    )
+    created, created_bad = _timestamp("created_at")
+    fields = [
+        f"{_metadata_field(i, key, kind)} AS {name}"
+        for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1)
+    ]
+    text_lengths = (
+        "list_transform(parts, lambda p: "
+        "CASE WHEN p.type = 'text' THEN coalesce(length(p.text), 0) ELSE 0 END)"
+    )
+    derived = [
+        f"CASE WHEN parts IS NOT NULL THEN coalesce(list_sum({text_lengths}), 0) END AS content_chars",
+        "len(parts) AS content_parts",
+        "list_contains(list_transform(parts, lambda p: p.type), 'image') AS has_image",
+    ]
+    if include_text:
+        texts = (
+            "list_transform(list_filter(parts, lambda p: p.type = 'text' AND p.text IS NOT NULL), "
+            "lambda p: p.text)"
+        )
+        derived.append(f"CASE WHEN parts IS NOT NULL THEN array_to_string({texts}, chr(10)) END AS text")
+    if include_extra:
+        rest = "metadata"
+        for _, key, _ in METADATA_COLUMNS:
+            rest = f"json_remove({rest}, '$.{key}')"
+        derived.append(
+            f"CASE WHEN meta_kind = 'OBJECT' THEN nullif(CAST({rest} AS VARCHAR), '{{}}') END "
+            "AS metadata_extra"
+        )
+    bads = [
+        "created_bad",
+        "(metadata IS NOT NULL AND (meta_kind IS NULL OR meta_kind NOT IN ('OBJECT', 'NULL')))",
+        "(content IS NOT NULL AND parts IS NULL)",
+        *(_bad_field(i, name, kind) for i, (name, _, kind) in enumerate(METADATA_COLUMNS, start=1)),
+    ]
+    output = ["message_id", "chat_id", "user_id", "role", "created_ts AS created_at"]
+    output += [name for name, _, _ in METADATA_COLUMNS]
+    output += ["content_chars", "content_parts", "has_image"]
+    output += ["text"] * include_text + ["metadata_extra"] * include_extra
+    return (
+        f"SELECT {', '.join(output)}, ({' OR '.join(bads)}) AS _bad FROM ("
+        f"SELECT id AS message_id, chat_id, user_id, role, "
+        f"{created} AS created_ts, {created_bad} AS created_bad, "
+        f"metadata, content, meta_kind, meta_kinds, parts, {', '.join(fields + derived)} FROM ("
+        f"SELECT *, CASE WHEN meta_kind = 'OBJECT' THEN json_type(metadata, [{paths}]) END AS meta_kinds, "
+        f"CASE WHEN meta_kind = 'OBJECT' THEN json_transform(metadata, '{typed}') END AS meta_typed "
+        f"FROM (SELECT *, TRY(json_type(metadata)) AS meta_kind, "
+        f"TRY(json_transform(content, '{_PARTS_SCHEMA}')) AS parts FROM batch)))"
+    )
+
+
+def table_sql(table: str, columns: Sequence[str]) -> str:
+    """The query for a table without JSON: renames, timestamps parsed, ``_bad`` flag."""
+    selects, bads = [], []
+    for column in columns:
+        name = _RENAMES.get(table, {}).get(column, column)
+        if column in _TIMESTAMPS:
+            value, bad = _timestamp(column)
+            selects.append(f"{value} AS {name}")
+            bads.append(bad)
+        else:
+            selects.append(f"{column} AS {name}")
+    return f"SELECT {', '.join(selects)}, ({' OR '.join(bads) or 'false'}) AS _bad FROM batch"
+
+
+class Flattener:
+    """Converts batches of one table's ``scan_rows`` tuples; owns a private in-process DuckDB."""
+
+    def __init__(self, table: str, columns: Sequence[str], *, include_text: bool, include_extra: bool):
+        self.table = table
+        self.columns = tuple(columns)
+        self.schema = schema(table, include_text=include_text, include_extra=include_extra)
+        if table == "messages":
+            self._sql = messages_sql(include_text=include_text, include_extra=include_extra)
+        else:
+            self._sql = table_sql(table, self.columns)
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            import duckdb
+
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            self._con = con
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def to_arrow(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
+        """Stored values as Arrow text columns: the only step that touches Python objects."""
+        import pyarrow as pa
+
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(self.columns)
+        arrays = [_string_array(name, values) for name, values in zip(self.columns, columns, strict=True)]
+        return pa.table(arrays, names=list(self.columns))
+
+    def convert(self, source: pa.Table) -> tuple[pa.Table, int]:
+        """The batch in the table's schema and how many of its rows had unreadable values."""
+        import pyarrow.compute as pc
+
+        if source.num_rows == 0:
+            return self.schema.empty_table(), 0
+        with self._lock:
+            con = self._connection()
+            con.register("batch", source)
+            try:
+                result = con.sql(self._sql).to_arrow_table()
+            finally:
+                con.unregister("batch")
+        skipped = int(pc.sum(result.column("_bad")).as_py() or 0)
+        return result.drop_columns(["_bad"]).cast(self.schema), skipped
+
+
+def _string_array(name: str, values: Sequence[Any]) -> pa.Array:
+    """One scanned column as Arrow text; decoded values (MongoDB) are encoded back to JSON text,
+    image payloads left out, so the same query reads every backend."""
+    import pyarrow as pa
+
+    kind = pa.large_string() if name == "content" else pa.string()
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array([_as_text(name, value) for value in values], type=kind)
+
+
+def _as_text(name: str, value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return format_ts(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if name == "content" and isinstance(value, list):
+        value = [_without_payload(part) for part in value]
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return None
+
+
+def _without_payload(part: Any) -> Any:
+    if isinstance(part, dict) and part.get("type") == "image":
+        return {key: value for key, value in part.items() if key != "imageData"}
+    return part

@@ -1,0 +1,221 @@
+"""Where exported batches go: Parquet files or datasets, DuckDB tables; and append watermarks.
+
+Every writer consumes :class:`~chatdb.export._stream.Scan` batches one at a time, so memory
+stays bounded by the batch size whatever the table size. Replacing is atomic: new data is
+written beside the old (temporary file, directory or transaction) and swapped in at the end, so
+a failed export leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._codec import format_ts
+from ..errors import ValidationError
+from ._stream import Scan
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+__all__ = ["PARTITIONS", "duckdb_watermark", "load_duckdb", "parquet_watermark", "write_parquet"]
+
+PARTITIONS = ("month", "day", "user_id")
+_FORMATS = {"month": "%Y-%m", "day": "%Y-%m-%d"}
+
+
+# -- Parquet -------------------------------------------------------------------------------------
+
+
+def is_single_file(path: Path) -> bool:
+    return path.suffix == ".parquet"
+
+
+def _partition_column(batch: pa.RecordBatch, partition_by: str) -> pa.RecordBatch:
+    """Add the ``month``/``day`` column hive partitioning splits on (UTC, from created_at)."""
+    import pyarrow.compute as pc
+
+    if partition_by == "user_id":
+        return batch
+    stamps = batch.column("created_at")
+    labels = pc.strftime(stamps, format=_FORMATS[partition_by], locale="C")
+    return batch.append_column(partition_by, labels)
+
+
+def write_parquet(
+    scan: Scan,
+    path: Path,
+    *,
+    partition_by: str | None,
+    append: bool,
+    compression: str,
+) -> int:
+    """Write the scan to ``path`` and return how many files were written."""
+    if partition_by is None and is_single_file(path):
+        return _write_file(scan, path, append=append, compression=compression)
+    return _write_dataset(scan, path, partition_by=partition_by, append=append, compression=compression)
+
+
+def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> int:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with pq.ParquetWriter(temporary, scan.schema, compression=compression) as writer:
+            if append and path.exists():
+                # A Parquet file cannot grow in place: stream the old row groups into the new file.
+                old = pq.ParquetFile(path)
+                if not old.schema_arrow.equals(scan.schema):
+                    raise ValidationError(
+                        f"{path} holds a different schema; export it anew with mode='replace'"
+                    )
+                for batch in old.iter_batches(batch_size=scan.batch_size):
+                    writer.write_batch(batch)
+            for batch in scan.batches(warn=False):
+                writer.write_batch(batch)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return 1
+
+
+def _write_dataset(
+    scan: Scan, path: Path, *, partition_by: str | None, append: bool, compression: str
+) -> int:
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    if path.exists() and not path.is_dir():
+        raise ValidationError(f"{path} is a file; a partitioned export needs a directory")
+    if path.is_dir() and not append:
+        _check_dataset_dir(path)
+    target = path if append else path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    schema = scan.schema
+    batches: Iterator[pa.RecordBatch] = scan.batches(warn=False)
+    partitioning = None
+    if partition_by is not None:
+        import pyarrow as pa
+
+        if partition_by != "user_id":
+            schema = schema.append(pa.field(partition_by, pa.string()))
+            batches = (_partition_column(batch, partition_by) for batch in batches)
+        partitioning = ds.partitioning(pa.schema([schema.field(partition_by)]), flavor="hive")
+    written: list[str] = []
+    try:
+        ds.write_dataset(
+            ds.Scanner.from_batches(batches, schema=schema),
+            target,
+            format="parquet",
+            partitioning=partitioning,
+            basename_template=f"part-{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-{{i}}.parquet",
+            existing_data_behavior="overwrite_or_ignore",
+            file_options=ds.ParquetFileFormat().make_write_options(compression=compression),
+            max_rows_per_group=scan.batch_size,
+            min_rows_per_group=min(scan.batch_size, 10_000),
+            max_open_files=256,
+            file_visitor=lambda written_file: written.append(written_file.path),
+        )
+        if not written and not append:
+            # An empty export is still a readable dataset: one file with the schema, no rows.
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(schema.empty_table(), target / "part-empty.parquet", compression=compression)
+            written.append(str(target / "part-empty.parquet"))
+        if not append:
+            _swap_dir(target, path)
+    finally:
+        if not append and target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+    return len(written)
+
+
+def _check_dataset_dir(path: Path) -> None:
+    """Refuse to replace a directory that holds anything but a previous export."""
+    for entry in path.rglob("*"):
+        if entry.is_file() and entry.suffix != ".parquet":
+            raise ValidationError(f"{path} holds {entry.name}, which is not Parquet: refusing to replace it")
+        if entry.is_dir() and "=" not in entry.name:
+            raise ValidationError(
+                f"{path} holds folder {entry.name}, which is not a partition: refusing to replace it"
+            )
+
+
+def _swap_dir(new: Path, path: Path) -> None:
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def parquet_watermark(path: Path, partition_by: str | None) -> tuple[str, str] | None:
+    """``(created_at, message_id)`` of the newest message already in the export, or None."""
+    import duckdb
+
+    if is_single_file(path) and partition_by is None:
+        if not path.exists():
+            return None
+        source = f"read_parquet('{_quote(str(path))}')"
+    else:
+        if not path.is_dir() or not any(path.rglob("*.parquet")):
+            return None
+        source = f"read_parquet('{_quote(str(path / '**' / '*.parquet'))}', hive_partitioning = false)"
+    with duckdb.connect() as con:
+        row = con.execute(
+            f"SELECT created_at, message_id FROM {source} "
+            "WHERE created_at IS NOT NULL ORDER BY created_at DESC, message_id DESC LIMIT 1"
+        ).fetchone()
+    return None if row is None else (format_ts(row[0]), row[1])
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+# -- DuckDB --------------------------------------------------------------------------------------
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str) -> tuple[str, str] | None:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = con.execute(
+        f"SELECT created_at, message_id FROM {_ident(table)} "
+        "WHERE created_at IS NOT NULL ORDER BY created_at DESC, message_id DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else (format_ts(row[0]), row[1])
+
+
+def load_duckdb(con: duckdb.DuckDBPyConnection, scan: Scan, *, append: bool) -> None:
+    """Create (or replace) the scan's table and insert it batch by batch, in one transaction."""
+    name = _ident(scan.table)
+    view = f"chatdb_export_{uuid.uuid4().hex}"
+    con.execute("BEGIN TRANSACTION")
+    try:
+        empty: Any = scan.schema.empty_table()
+        con.register(view, empty)
+        verb = "CREATE TABLE IF NOT EXISTS" if append else "CREATE OR REPLACE TABLE"
+        con.execute(f"{verb} {name} AS SELECT * FROM {_ident(view)}")
+        con.unregister(view)
+        for batch in scan.batches(warn=False):
+            con.register(view, batch)
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {_ident(view)}")
+            con.unregister(view)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

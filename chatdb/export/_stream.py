@@ -1,0 +1,199 @@
+"""The streaming core every sink uses: scan in a background thread, convert, yield Arrow.
+
+The database fetch (driver work) runs in a producer thread one batch ahead of the conversion
+(DuckDB, which releases the GIL), so the two overlap on two cores. At most a few batches are in
+memory at once, whatever the table size. The producer opens, iterates and closes the scan
+itself, so a scan holding a per-thread lock or cursor is never touched from two threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .._base import SCAN_COLUMNS
+from ..errors import ConfigError, ValidationError
+from ._flatten import Flattener
+from .schemas import EXPORT_TABLES
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["ExportWarning", "Scan", "require"]
+
+_EXTRAS = {"pyarrow": "analytics", "polars": "analytics", "duckdb": "analytics", "ibis": "ibis"}
+
+
+class ExportWarning(UserWarning):
+    """Some exported rows held unreadable values (exported as null); the message says how many."""
+
+
+def require(module: str) -> Any:
+    """Import an optional dependency, or raise ConfigError naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = _EXTRAS.get(module, "analytics")
+        raise ConfigError(f"chatdb.export needs {module}: pip install 'chatdb[{extra}]'") from None
+
+
+class Scan:
+    """One export of one table: the filters, the schema, and counters filled while streaming."""
+
+    def __init__(
+        self,
+        repo: Any,
+        table: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        user_id: str | None = None,
+        after: tuple[str, str] | None = None,
+        include_text: bool = False,
+        include_extra: bool = False,
+        batch_size: int = 50_000,
+    ) -> None:
+        for module in ("pyarrow", "duckdb"):
+            require(module)
+        if table not in EXPORT_TABLES:
+            raise ValidationError(f"table must be one of {', '.join(EXPORT_TABLES)}, not {table!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationError("batch_size must be an integer >= 1")
+        for name, value in (("since", since), ("until", until)):
+            if value is not None and not isinstance(value, datetime):
+                raise ValidationError(f"{name} must be a datetime or None")
+        self.repo = repo
+        self.table = table
+        self.filters: dict[str, Any] = {"since": since, "until": until, "user_id": user_id, "after": after}
+        self.batch_size = batch_size
+        self.flattener = Flattener(
+            table, SCAN_COLUMNS[table], include_text=include_text, include_extra=include_extra
+        )
+        self.rows = 0
+        self.skipped_rows = 0
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.flattener.schema
+
+    def batches(self, *, warn: bool = True) -> Iterator[pa.RecordBatch]:
+        """Record batches in ``(created_at, id)`` order; warns (ExportWarning) at the end when
+        rows had unreadable values, unless the caller reports ``skipped_rows`` itself."""
+
+        def scan() -> Iterator[pa.Table]:
+            # Python objects live only in the producer thread: it fetches and turns each batch
+            # into Arrow columns; the consumer's work (DuckDB, writers) runs without the GIL.
+            rows = self.repo.scan_rows(self.table, batch_size=self.batch_size, **self.filters)
+            return _MappedScan(rows, self.flattener.to_arrow)
+
+        # An in-memory SQLite database is one connection shared under a lock: a scan running in
+        # another thread would hold that lock while this thread may need the repository.
+        shared = getattr(getattr(self.repo, "config", None), "is_memory", False)
+        try:
+            for source in inline(scan) if shared else prefetch(scan):
+                table, skipped = self.flattener.convert(source)
+                self.rows += table.num_rows
+                self.skipped_rows += skipped
+                yield from table.to_batches()
+        finally:
+            self.flattener.close()
+        if warn and self.skipped_rows:
+            warnings.warn(self.warning(), ExportWarning, stacklevel=2)
+
+    def warning(self) -> str:
+        return (
+            f"{self.skipped_rows} of {self.rows} {self.table} rows had unreadable values "
+            "(invalid JSON, wrong types or timestamps); those values were exported as null"
+        )
+
+    def reader(self) -> pa.RecordBatchReader:
+        import pyarrow as pa
+
+        return pa.RecordBatchReader.from_batches(self.schema, self.batches())
+
+
+_DONE = object()
+
+
+class _MappedScan:
+    """``map(convert, scan)`` that can still close the scan (releasing its cursor and locks)."""
+
+    def __init__(self, scan: Iterator[Any], convert: Callable[[Any], Any]) -> None:
+        self._scan = iter(scan)
+        self._convert = convert
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return self._convert(next(self._scan))
+
+    def close(self) -> None:
+        close = getattr(self._scan, "close", None)
+        if close is not None:
+            close()
+
+
+def inline(open_scan: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """Iterate ``open_scan()`` in this thread, closing it however the consumer stops."""
+    source = open_scan()
+    try:
+        yield from source
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def prefetch(open_scan: Callable[[], Iterable[Any]], depth: int = 1) -> Iterator[Any]:
+    """Iterate ``open_scan()`` in a producer thread, ``depth`` items ahead of the consumer.
+
+    Errors in the producer are re-raised in the consumer; when the consumer stops early the
+    producer is told to stop and closes its iterator (in its own thread) before we return.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            source = open_scan()
+            try:
+                for item in source:
+                    if not put((item, None)):
+                        break
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_DONE, exc))
+        else:
+            put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="chatdb-export-scan", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()

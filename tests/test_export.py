@@ -1,0 +1,474 @@
+"""chatdb.export on every backend: frames equal the repository API, filters, bad rows, append,
+Parquet datasets, DuckDB joins. Data goes in through the public API or ``import_rows``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from chatdb import export
+from chatdb._codec import format_ts
+from chatdb.errors import ConfigError, ValidationError
+from chatdb.export import ExportWarning
+from chatdb.export._flatten import Flattener
+from chatdb.models import Message
+from chatdb.repository import ChatRepository
+
+from .backends import Backend
+
+IMAGE = {"type": "image", "imageData": "iVBORw0KGgo" * 50, "mimeType": "image/png"}
+METADATA_KEYS = {
+    "cacheCreationInputTokens": "cache_creation_input_tokens",
+    "cacheReadInputTokens": "cache_read_input_tokens",
+}
+
+
+def seed(repo: ChatRepository) -> dict[str, Any]:
+    """Two users, three chats (one of an owner without a user row), mixed messages."""
+    alice = repo.create_user("alice", "secret-hash-alice")
+    bob = repo.create_user("bob", "secret-hash-bob")
+    c1 = repo.create_chat(alice.id, "Alice's chat")
+    c2 = repo.create_chat(bob.id, "Bob's chat")
+    c3 = repo.create_chat("system", None)
+    repo.set_chat_session(c2.id, "session-42", bob.id)
+    repo.add_message(c1.id, "user", [{"type": "text", "text": 'héllo 🙂 "quoted"\nline'}])
+    repo.add_message(
+        c1.id,
+        "assistant",
+        [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}],
+        {
+            "model": "claude-sonnet",
+            "inputTokens": 120,
+            "outputTokens": 45,
+            "totalCostUsd": 0.0125,
+            "durationMs": 2300,
+            "cacheCreationInputTokens": 10,
+            "cacheReadInputTokens": 2000,
+            "stopReason": "end_turn",
+        },
+    )
+    repo.add_message(c2.id, "user", [{"type": "text", "text": "look"}, IMAGE])
+    repo.add_message(c2.id, "assistant", [{"type": "text", "text": "a picture"}])
+    repo.add_message(c3.id, "assistant", [{"type": "text", "text": "x"}], {"model": "m", "totalCostUsd": 1})
+    repo.create_api_key(alice.id, "hash-of-key-1", "ck_live_abcd", "laptop")
+    key = repo.create_api_key(bob.id, "hash-of-key-2", "ck_live_efgh", "ci")
+    repo.revoke_api_key(key.id, bob.id)
+    return {"alice": alice, "bob": bob, "chats": [c1, c2, c3]}
+
+
+def api_messages(repo: ChatRepository, chats: list[Any]) -> list[tuple[Message, str]]:
+    found = []
+    for chat in chats:
+        found += [(m, chat.user_id) for m in repo.get_messages(chat.id, limit=1000).items]
+    return sorted(found, key=lambda pair: (pair[0].created_at, pair[0].id))
+
+
+def expected_message(message: Message, owner: str | None) -> dict[str, Any]:
+    meta = message.metadata
+    extra = dict(meta.extra) if meta is not None else {}
+    texts = [part["text"] for part in message.content if part.get("type") == "text"]
+    row = {
+        "message_id": message.id,
+        "chat_id": message.chat_id,
+        "user_id": owner,
+        "role": message.role,
+        "created_at": message.created_at,
+        "model": meta.model if meta else None,
+        "input_tokens": meta.input_tokens if meta else None,
+        "output_tokens": meta.output_tokens if meta else None,
+        "total_cost_usd": meta.total_cost_usd if meta else None,
+        "duration_ms": meta.duration_ms if meta else None,
+        "content_chars": sum(len(text) for text in texts),
+        "content_parts": len(message.content),
+        "has_image": any(part.get("type") == "image" for part in message.content),
+        "text": "\n".join(texts),
+    }
+    for key, column in METADATA_KEYS.items():
+        row[column] = extra.pop(key, None)
+    row["metadata_extra"] = extra or None
+    return row
+
+
+def frame_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    rows = frame.to_dicts()
+    for row in rows:
+        if row.get("metadata_extra") is not None:
+            row["metadata_extra"] = json.loads(row["metadata_extra"])
+    return rows
+
+
+def _message(
+    n: int, chat_id: str, stamp: str, metadata: str | None = None, content: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": f"m-{n:05d}",
+        "chat_id": chat_id,
+        "role": "assistant",
+        "content": content or json.dumps([{"type": "text", "text": f"message {n}"}]),
+        "created_at": stamp,
+        "metadata": metadata,
+    }
+
+
+def _chat(chat_id: str, user_id: str, stamp: str = "2025-01-01T00:00:00.000Z") -> dict[str, Any]:
+    return {
+        "id": chat_id,
+        "title": chat_id,
+        "session_id": None,
+        "user_id": user_id,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+
+
+# -- frames equal the repository API ---------------------------------------------------------------
+
+
+def test_messages_frame_equals_repository_api(repo: ChatRepository) -> None:
+    data = seed(repo)
+    frame = export.to_polars(repo, include_text=True, include_extra=True)
+    expected = [expected_message(m, owner) for m, owner in api_messages(repo, data["chats"])]
+    assert frame.columns == export.schema("messages", include_text=True, include_extra=True).names
+    assert frame_rows(frame) == expected
+
+
+def test_messages_schema_types_are_fixed(repo: ChatRepository) -> None:
+    seed(repo)
+    table = export.read(repo).read_all()
+    assert table.schema == export.schema("messages")
+    assert table.schema.field("created_at").type == pa.timestamp("ms", tz="UTC")
+    assert table.schema.field("input_tokens").type == pa.int64()
+    assert table.schema.field("total_cost_usd").type == pa.float64()
+    assert "text" not in table.schema.names and "metadata_extra" not in table.schema.names
+
+
+def test_chats_users_and_keys_equal_api_without_hashes(repo: ChatRepository) -> None:
+    data = seed(repo)
+    chats = export.to_polars(repo, "chats").to_dicts()
+    api_chats = sorted(
+        (repo.get_chat(c.id, c.user_id) for c in data["chats"]),
+        key=lambda c: (c.created_at, c.id),  # type: ignore[union-attr]
+    )
+    assert chats == [
+        {
+            "chat_id": c.id,
+            "user_id": c.user_id,
+            "title": c.title,
+            "session_id": c.session_id,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+        }
+        for c in api_chats
+    ]
+    users = export.to_polars(repo, "users")
+    assert users.to_dicts() == [
+        {"user_id": u.id, "username": u.username, "created_at": u.created_at, "updated_at": u.updated_at}
+        for u in repo.list_users().items
+    ]
+    keys = export.to_polars(repo, "api_keys")
+    api_keys = sorted(
+        repo.list_api_keys(data["alice"].id) + repo.list_api_keys(data["bob"].id),
+        key=lambda k: (k.created_at, k.id),
+    )
+    assert keys.to_dicts() == [
+        {
+            "key_id": k.id,
+            "user_id": k.user_id,
+            "name": k.name,
+            "key_prefix": k.key_prefix,
+            "created_at": k.created_at,
+            "last_used_at": k.last_used_at,
+            "revoked_at": k.revoked_at,
+        }
+        for k in api_keys
+    ]
+    dumped = str(users.rows()) + str(keys.rows())
+    assert "secret-hash" not in dumped and "hash-of-key" not in dumped
+
+
+def test_message_of_deleted_chat_has_null_user(repo: ChatRepository) -> None:
+    repo.import_rows("messages", [_message(1, "no-such-chat", "2025-01-01T00:00:00.000Z")])
+    frame = export.to_polars(repo)
+    assert frame["chat_id"].to_list() == ["no-such-chat"]
+    assert frame["user_id"].to_list() == [None]
+
+
+def test_empty_table_exports_schema_without_rows(repo: ChatRepository, tmp_path: Path) -> None:
+    assert export.read(repo).read_all().num_rows == 0
+    result = export.to_parquet(repo, tmp_path / "empty.parquet")
+    assert (result.rows, result.files, result.skipped_rows) == (0, 1, 0)
+    assert pq.read_table(tmp_path / "empty.parquet").schema == export.schema("messages")
+
+
+# -- filters ----------------------------------------------------------------------------------------
+
+
+def test_filters_match_a_direct_query(repo: ChatRepository) -> None:
+    repo.import_rows("chats", [_chat("c-a", "alice"), _chat("c-b", "bob")])
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+    rows = [_message(n, "c-a" if n % 3 else "c-b", format_ts(start + timedelta(hours=n))) for n in range(60)]
+    repo.import_rows("messages", rows)
+    since, until = start + timedelta(hours=10), start + timedelta(hours=40)
+    frame = export.to_polars(repo, since=since, until=until, user_id="bob", batch_size=4)
+    expected = [
+        r["id"]
+        for r in rows
+        if r["chat_id"] == "c-b" and format_ts(since) <= r["created_at"] < format_ts(until)
+    ]
+    assert frame["message_id"].to_list() == expected
+    assert set(frame["user_id"].to_list()) == {"bob"}
+    assert export.to_polars(repo, "chats", user_id="bob")["chat_id"].to_list() == ["c-b"]
+
+
+def test_bad_arguments_raise_validation_error(repo: ChatRepository, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        export.read(repo, "secrets")
+    with pytest.raises(ValidationError):
+        export.read(repo, batch_size=0)
+    with pytest.raises(ValidationError):
+        export.to_parquet(repo, tmp_path / "x", partition_by="week")
+    with pytest.raises(ValidationError):
+        export.to_parquet(repo, tmp_path / "x.parquet", "chats", mode="append")
+    with pytest.raises(ValidationError):
+        export.to_parquet(repo, tmp_path / "x.parquet", colour="red")
+
+
+# -- consistency while the database changes ------------------------------------------------------------
+
+
+def test_chat_deleted_mid_export_leaves_no_orphans(repo: ChatRepository, backend: Backend) -> None:
+    if backend.name == "sqlite_memory":
+        pytest.skip("an in-memory database is one connection: no write can run while a scan reads it")
+    chats = [repo.create_chat(f"user-{n}", f"chat {n}") for n in range(3)]
+    for round_ in range(10):
+        for chat in chats:
+            repo.add_message(chat.id, "user", [{"type": "text", "text": f"r{round_}"}])
+    reader = export.read(repo, batch_size=5)
+    first = reader.read_next_batch()
+    assert repo.delete_chat(chats[1].id, chats[1].user_id)
+    rest = [batch for batch in reader]
+    exported = pa.Table.from_batches([first, *rest])
+    assert exported.column("user_id").null_count == 0
+    survivors = export.to_polars(repo)
+    assert chats[1].id not in survivors["chat_id"].to_list()
+    assert survivors.height == 20
+
+
+# -- bad data ----------------------------------------------------------------------------------------------
+
+
+BAD_ROWS = [
+    # (metadata, content, expected fields) -- stored exactly as another program might write them
+    ('{"inputTokens":"12","outputTokens":7}', None, {"input_tokens": 12, "output_tokens": 7}),
+    ('{"totalCostUsd":"0.5","model":5}', None, {"total_cost_usd": 0.5, "model": None}),
+    (
+        '{"inputTokens":12.5,"durationMs":-3,"outputTokens":true}',
+        None,
+        {"input_tokens": None, "duration_ms": None, "output_tokens": None},
+    ),
+    ("{not json", None, {"model": None, "input_tokens": None}),
+    ('["a", "list"]', None, {"model": None}),
+    (
+        '{"model":"ok","inputTokens":3}',
+        "[{not json",
+        {"model": "ok", "input_tokens": 3, "content_parts": None, "content_chars": None, "has_image": None},
+    ),
+    ('{"inputTokens":"abc"}', None, {"input_tokens": None}),
+]
+
+
+def test_bad_rows_export_with_nulls_and_are_counted(repo: ChatRepository, tmp_path: Path) -> None:
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    good = _message(0, "c-1", "2025-01-01T00:00:00.000Z", '{"model":"m","inputTokens":12.0}')
+    rows = [good] + [
+        _message(n, "c-1", f"2025-01-01T00:00:0{n}.000Z", metadata, content)
+        for n, (metadata, content, _) in enumerate(BAD_ROWS, start=1)
+    ]
+    repo.import_rows("messages", rows)
+    with pytest.warns(ExportWarning, match=f"{len(BAD_ROWS)} of {len(rows)} messages rows"):
+        result = export.to_parquet(repo, tmp_path / "m.parquet")
+    assert (result.rows, result.skipped_rows) == (len(rows), len(BAD_ROWS))
+    frame = pl.read_parquet(tmp_path / "m.parquet")
+    assert frame.row(0, named=True)["input_tokens"] == 12 and frame.row(0, named=True)["model"] == "m"
+    for index, (_, _, fields) in enumerate(BAD_ROWS, start=1):
+        row = frame.row(index, named=True)
+        assert {key: row[key] for key in fields} == fields, BAD_ROWS[index - 1]
+
+
+def test_bad_timestamp_becomes_null(repo: ChatRepository) -> None:
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows("messages", [_message(1, "c-1", "yesterday-ish")])
+    with pytest.warns(ExportWarning, match="1 of 1"):
+        frame = export.to_polars(repo)
+    assert frame["created_at"].to_list() == [None]
+
+
+def test_large_image_is_counted_not_decoded(repo: ChatRepository) -> None:
+    chat = repo.create_chat("alice", "pictures")
+    big = {"type": "image", "imageData": "A" * 10_000_000, "mimeType": "image/png"}
+    repo.add_message(chat.id, "user", [{"type": "text", "text": "see"}, big])
+    frame = export.to_polars(repo, include_text=True)
+    assert frame.select("content_chars", "content_parts", "has_image", "text").row(0) == (3, 2, True, "see")
+
+
+# -- append mode -----------------------------------------------------------------------------------------
+
+
+def _same_millisecond_batches() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    stamp = "2025-06-01T12:00:00.000Z"
+    first = [_message(n, "c-1", stamp) for n in (1, 3, 5)]
+    # arrive later but share the newest exported millisecond; ids sort after and before the last
+    second = [_message(n, "c-1", stamp) for n in (7, 9)] + [_message(11, "c-1", "2025-06-01T12:00:00.001Z")]
+    return first, second
+
+
+@pytest.mark.parametrize("target", ["file.parquet", "dataset", "by_day"])
+def test_parquet_append_neither_duplicates_nor_skips(
+    repo: ChatRepository, tmp_path: Path, target: str
+) -> None:
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    first, second = _same_millisecond_batches()
+    path = tmp_path / target
+    partition = "day" if target == "by_day" else None
+    repo.import_rows("messages", first)
+    assert export.to_parquet(repo, path, partition_by=partition, mode="append").rows == 3
+    repo.import_rows("messages", second)
+    assert export.to_parquet(repo, path, partition_by=partition, mode="append").rows == 3
+    assert export.to_parquet(repo, path, partition_by=partition, mode="append").rows == 0
+    source = str(path) if target.endswith(".parquet") else str(path / "**" / "*.parquet")
+    ids = duckdb.sql(f"SELECT message_id FROM read_parquet('{source}') ORDER BY ALL").fetchall()
+    assert [i for (i,) in ids] == sorted(r["id"] for r in first + second)
+
+
+def test_duckdb_append_neither_duplicates_nor_skips(repo: ChatRepository, tmp_path: Path) -> None:
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    first, second = _same_millisecond_batches()
+    repo.import_rows("messages", first)
+    path = tmp_path / "analytics.duckdb"
+    export.to_duckdb(repo, path, mode="append").close()
+    repo.import_rows("messages", second)
+    con = export.to_duckdb(repo, str(path), mode="append")
+    ids = [
+        i for (i,) in con.sql("SELECT message_id FROM messages ORDER BY created_at, message_id").fetchall()
+    ]
+    assert ids == sorted(r["id"] for r in first + second)
+    assert con.sql("SELECT count(*) FROM chats").fetchall() == [(1,)]
+    con.close()
+
+
+# -- Parquet and DuckDB -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partition_by", ["month", "day", "user_id"])
+def test_partitioned_parquet_reads_back_equal(
+    repo: ChatRepository, tmp_path: Path, partition_by: str
+) -> None:
+    data = seed(repo)
+    repo.import_rows("messages", [_message(1, data["chats"][0].id, "2024-12-31T23:59:59.999Z")])
+    path = tmp_path / "dataset"
+    result = export.to_parquet(repo, path, partition_by=partition_by)
+    original = export.to_polars(repo)
+    assert result.rows == original.height and result.files >= 2
+    assert list(path.glob(f"{partition_by}=*"))
+    columns = original.columns
+    in_duckdb = (
+        duckdb.sql(f"SELECT * FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
+        .pl()
+        .select(columns)
+    )
+    in_polars = pl.read_parquet(path, hive_partitioning=True).select(columns)
+    for frame in (in_duckdb, in_polars):
+        assert frame.sort("created_at", "message_id").to_dicts() == original.to_dicts()
+
+
+def test_parquet_replace_is_atomic_over_previous_export(repo: ChatRepository, tmp_path: Path) -> None:
+    seed(repo)
+    path = tmp_path / "out"
+    export.to_parquet(repo, path, partition_by="month")
+    export.to_parquet(repo, path, partition_by="month")
+    assert pl.read_parquet(path, hive_partitioning=True).height == 5
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(ValidationError, match=r"notes\.txt"):
+        export.to_parquet(repo, path, partition_by="month")
+
+
+def test_to_duckdb_tables_join(repo: ChatRepository) -> None:
+    seed(repo)
+    con = export.to_duckdb(repo)
+    rows = con.sql(
+        "SELECT u.username, c.title, count(*) AS messages, sum(m.total_cost_usd) AS cost "
+        "FROM messages m JOIN chats c USING (chat_id) JOIN users u ON u.user_id = c.user_id "
+        "GROUP BY ALL ORDER BY u.username"
+    ).fetchall()
+    assert rows == [("alice", "Alice's chat", 2, 0.0125), ("bob", "Bob's chat", 2, None)]
+    assert con.sql("SELECT typeof(created_at), typeof(input_tokens) FROM messages LIMIT 1").fetchall() == [
+        ("TIMESTAMP WITH TIME ZONE", "BIGINT")
+    ]
+
+
+def test_to_ibis_returns_table_over_duckdb(repo: ChatRepository) -> None:
+    seed(repo)
+    table = export.to_ibis(repo)
+    assert table.count().execute() == 5
+    assert table.group_by("role").aggregate(n=table.count()).order_by("role").execute()["n"].tolist() == [
+        3,
+        2,
+    ]
+
+
+# -- dependencies and pure conversion (no database) ---------------------------------------------------
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import chatdb
+
+    repo = chatdb.create_repository("sqlite:///:memory:")
+    monkeypatch.setitem(sys.modules, "ibis", None)
+    with pytest.raises(ConfigError, match=r"pip install 'chatdb\[ibis\]'"):
+        export.to_ibis(repo)
+    monkeypatch.setitem(sys.modules, "duckdb", None)
+    with pytest.raises(ConfigError, match=r"pip install 'chatdb\[analytics\]'"):
+        export.read(repo)
+
+
+def test_importing_chatdb_does_not_import_analytics_stack() -> None:
+    import subprocess
+
+    code = (
+        "import chatdb, chatdb.export, sys; print(sorted({'pyarrow', 'polars', 'duckdb'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_decoded_values_convert_like_json_text() -> None:
+    """MongoDB yields content/metadata decoded; they must export exactly like the JSON text."""
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+    parts = [{"type": "text", "text": "hi 🙂"}, IMAGE]
+    meta = {"model": "m", "inputTokens": 5, "other": [1]}
+    as_text = ("m1", "c1", "u1", "user", json.dumps(parts), "2025-01-01T00:00:00.000Z", json.dumps(meta))
+    decoded = ("m1", "c1", "u1", "user", parts, datetime(2025, 1, 1, tzinfo=UTC), meta)
+    flattener = Flattener("messages", columns, include_text=True, include_extra=True)
+    try:
+        results = [flattener.convert(flattener.to_arrow([row])) for row in (as_text, decoded)]
+    finally:
+        flattener.close()
+    assert results[0][0].to_pylist() == results[1][0].to_pylist()
+    assert results[0][1] == results[1][1] == 0
+
+
+def test_warning_is_silent_for_clean_data(repo: ChatRepository) -> None:
+    seed(repo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export.read(repo).read_all()
