@@ -295,6 +295,15 @@ class RepositoryBase(ABC):
     def count_rows(self) -> dict[str, int]:
         """Row count of every table, keyed by table name."""
 
+    def message_time_range(self) -> tuple[datetime | None, datetime | None]:
+        """``created_at`` of the oldest and the newest message; ``(None, None)`` when empty."""
+        self.ensure_schema()
+        first, last = self._message_time_range()
+        return _codec.parse_ts_or_none(first), _codec.parse_ts_or_none(last)
+
+    def _message_time_range(self) -> tuple[str | None, str | None]:
+        raise NotImplementedError
+
     # -- storage hooks (checked input; I/O only) ---------------------------------------------------
 
     @abstractmethod

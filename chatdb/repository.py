@@ -141,6 +141,10 @@ class ChatRepository(Protocol):
         """Row count of every table."""
         ...
 
+    def message_time_range(self) -> tuple[datetime | None, datetime | None]:
+        """``created_at`` of the oldest and newest message, ``(None, None)`` when there are none."""
+        ...
+
     # lifecycle
     def ensure_schema(self) -> None:
         """Create missing tables and indexes (idempotent); done on first use anyway."""

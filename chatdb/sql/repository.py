@@ -287,6 +287,10 @@ class SqlRepository(RepositoryBase):
         self.ensure_schema()
         return self._executor.run(work)
 
+    def _message_time_range(self) -> tuple[str | None, str | None]:
+        row = self._executor.run(lambda tx: tx.first(_MESSAGE_TIME_RANGE))
+        return (None, None) if row is None else (row[0], row[1])
+
     # -- chats ----------------------------------------------------------------------------------
 
     def _insert_chat(self, chat: Chat) -> None:
@@ -447,4 +451,5 @@ class SqlRepository(RepositoryBase):
         self._executor.run(lambda tx: tx.execute(_TOUCH_KEY, {"key_id": key_id, "now": now}), write=True)
 
 
+_MESSAGE_TIME_RANGE = select(func.min(_M.created_at), func.max(_M.created_at))
 _COUNTS = {name: select(func.count()).select_from(TABLES[name]) for name in TABLE_NAMES}
