@@ -6,7 +6,8 @@ measures what chatdb adds (validation, models, error translation), not a differe
 * the same documents (Node shapes, ISO ``Z`` strings, content as an array) and the same indexes;
 * ``add_message``: read the chat, move its ``updatedAt`` forward by compare-and-set, insert the
   message, check the chat still exists (chatdb's guard against a concurrent delete_chat);
-* ``list_chats`` / ``get_messages`` count the total as chatdb's ``Page.total`` does.
+* ``list_chats`` / ``get_messages`` count the total as chatdb's ``Page.total`` does, with the
+  same ``$match`` + ``$count`` aggregation.
 
 Figures on the nx-27017 test server say little about real MongoDB: there, every command is a
 SQLite query behind a Python wire-protocol server.
@@ -47,6 +48,11 @@ def _next_iso(previous: str) -> str:
     floor = datetime.fromisoformat(previous) + _MS
     now = _now()
     return _iso(floor if floor > now else now)
+
+
+def _count(collection: Any, query: dict[str, Any]) -> int:
+    found = next(collection.aggregate([{"$match": query}, {"$count": "n"}]), None)
+    return 0 if found is None else int(found["n"])
 
 
 class RawMongo:
@@ -120,13 +126,13 @@ class RawMongo:
         return self.db.chats.find_one({"_id": chat_id, "userId": user_id})
 
     def list_chats(self, user_id: str, limit: int) -> list[dict[str, Any]]:
-        self.db.chats.count_documents({"userId": user_id})
+        _count(self.db.chats, {"userId": user_id})
         return list(
             self.db.chats.find({"userId": user_id}, sort=[("updatedAt", -1), ("_id", -1)], limit=limit)
         )
 
     def get_messages(self, chat_id: str, limit: int) -> list[dict[str, Any]]:
-        self.db.messages.count_documents({"chatId": chat_id})
+        _count(self.db.messages, {"chatId": chat_id})
         return list(
             self.db.messages.find({"chatId": chat_id}, sort=[("createdAt", 1), ("_id", 1)], limit=limit)
         )

@@ -515,3 +515,16 @@ def test_the_node_database_survives_a_trip_through_mongodb_unchanged(
             original = [row for batch in source.scan_rows(table, stored=True) for row in batch]
             assert original, table
             assert [row for batch in back.scan_rows(table, stored=True) for row in batch] == original
+
+
+def test_import_document_keeps_unreadable_json_text_as_it_was() -> None:
+    row = {
+        "id": "m",
+        "chat_id": "c",
+        "role": "user",
+        "content": "[{not json",
+        "created_at": TS,
+        "metadata": "{x",
+    }
+    document = mapping.import_document("messages", row)
+    assert (document["content"], document["metadata"]) == ("[{not json", "{x")

@@ -26,6 +26,7 @@ __all__ = [
     "INDEXES",
     "api_key_document",
     "chat_document",
+    "count_pipeline",
     "database_name",
     "import_document",
     "load_api_key",
@@ -108,6 +109,13 @@ MESSAGE_ORDER = [("createdAt", ASC), ("_id", ASC)]
 USER_ORDER = [("createdAt", ASC), ("_id", ASC)]
 KEY_ORDER = [("createdAt", DESC), ("_id", DESC)]
 SCAN_ORDER = [("createdAt", ASC), ("_id", ASC)]
+
+
+def count_pipeline(query: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Aggregation that counts the documents matching ``query`` (one ``{"n": count}`` document,
+    none when nothing matches). ``count_documents`` sends ``$group`` with ``$sum`` instead; both
+    are standard, this one is also fast on the nx-27017 test server."""
+    return [{"$match": dict(query)}, {"$count": "n"}]
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -332,12 +340,14 @@ def scan_row(table: str, doc: Mapping[str, Any], stored: bool, owner: str | None
 
 
 def _decoded(value: Any) -> Any:
-    """Content/metadata given as JSON text (as SQL stores it) becomes the BSON value."""
+    """Content/metadata given as JSON text (as SQL stores it) becomes the BSON value. Text that
+    is not JSON (another program's) is kept as the string it was, so a copy changes nothing and
+    exports still count it as unreadable."""
     if isinstance(value, (str, bytes)):
         try:
             return json.loads(value)
         except ValueError:
-            return _codec.load_content(value)
+            return value
     return value
 
 

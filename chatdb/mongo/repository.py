@@ -59,6 +59,11 @@ def _import_pymongo() -> Any:
     return pymongo
 
 
+def _count(collection: Collection[dict[str, Any]], query: dict[str, Any]) -> int:
+    found = next(collection.aggregate(mapping.count_pipeline(query)), None)
+    return 0 if found is None else int(found["n"])
+
+
 class MongoRepository(RepositoryBase):
     """A ``ChatRepository`` on MongoDB 6+ (or Atlas); the client is made on first use."""
 
@@ -261,7 +266,7 @@ class MongoRepository(RepositoryBase):
     def count_rows(self) -> dict[str, int]:
         self.ensure_schema()
         with self._errors():
-            return {table: self._col(mapping.COLLECTIONS[table]).count_documents({}) for table in TABLE_NAMES}
+            return {table: _count(self._col(mapping.COLLECTIONS[table]), {}) for table in TABLE_NAMES}
 
     # -- chats ----------------------------------------------------------------------------------
 
@@ -277,7 +282,7 @@ class MongoRepository(RepositoryBase):
     def _fetch_chats(self, user_id: str, limit: int, offset: int) -> tuple[list[Chat], int]:
         chats = self._col("chats")
         with self._errors():
-            total = chats.count_documents({"userId": user_id})
+            total = _count(chats, {"userId": user_id})
             if total <= offset:
                 return [], total
             docs = list(chats.find({"userId": user_id}, sort=mapping.CHAT_ORDER, skip=offset, limit=limit))
@@ -371,7 +376,7 @@ class MongoRepository(RepositoryBase):
         with self._errors():
             if user_id is not None and not self._owns_chat(chat_id, user_id):
                 return [], 0
-            total = messages.count_documents({"chatId": chat_id})
+            total = _count(messages, {"chatId": chat_id})
             if total <= offset:
                 return [], total
             docs = list(
@@ -406,7 +411,7 @@ class MongoRepository(RepositoryBase):
     def _fetch_users(self, limit: int, offset: int) -> tuple[list[User], int]:
         users = self._col("users")
         with self._errors():
-            total = users.count_documents({})
+            total = _count(users, {})
             if total <= offset:
                 return [], total
             docs = list(
