@@ -29,12 +29,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import chatdb  # noqa: E402
-from chatdb._codec import format_ts, utcnow  # noqa: E402
+import chatdb
+from chatdb._codec import format_ts, utcnow
 
 OPS = ("create_user", "create_chat", "add_message", "get_chat", "list_chats", "get_messages")
 CONTENT = [{"type": "text", "text": "Please refactor the auth middleware and run the tests. " * 4}]
-METADATA = {"model": "claude-sonnet-4-5", "inputTokens": 1234, "outputTokens": 567, "totalCostUsd": 0.0123, "durationMs": 4321}
+METADATA = {
+    "model": "claude-sonnet-4-5",
+    "inputTokens": 1234,
+    "outputTokens": 567,
+    "totalCostUsd": 0.0123,
+    "durationMs": 4321,
+}
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -58,21 +64,37 @@ def seed_rows(chats: int, messages: int, users: int = 20) -> dict[str, Iterator[
     def chat_rows() -> Iterator[dict[str, Any]]:
         for i, cid in enumerate(chat_ids):
             t0 = start + i * 60
-            yield {"id": cid, "title": f"chat {i}", "session_id": None, "user_id": user_ids[i % users],
-                   "created_at": stamp(t0), "updated_at": stamp(t0 + per_chat)}
+            yield {
+                "id": cid,
+                "title": f"chat {i}",
+                "session_id": None,
+                "user_id": user_ids[i % users],
+                "created_at": stamp(t0),
+                "updated_at": stamp(t0 + per_chat),
+            }
 
     def message_rows() -> Iterator[dict[str, Any]]:
         for i, cid in enumerate(chat_ids):
             t0 = start + i * 60
             for j in range(per_chat):
-                yield {"id": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "chat_id": cid,
-                       "role": "user" if j % 2 == 0 else "assistant", "content": content,
-                       "created_at": stamp(t0 + j + 1), "metadata": metadata if j % 2 else None}
+                yield {
+                    "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "chat_id": cid,
+                    "role": "user" if j % 2 == 0 else "assistant",
+                    "content": content,
+                    "created_at": stamp(t0 + j + 1),
+                    "metadata": metadata if j % 2 else None,
+                }
 
     def user_rows() -> Iterator[dict[str, Any]]:
         for i, uid in enumerate(user_ids):
-            yield {"id": uid, "username": f"seed-user-{i}", "password_hash": "x",
-                   "created_at": stamp(start), "updated_at": stamp(start)}
+            yield {
+                "id": uid,
+                "username": f"seed-user-{i}",
+                "password_hash": "x",
+                "created_at": stamp(start),
+                "updated_at": stamp(start),
+            }
 
     return {"users": user_rows(), "chats": chat_rows(), "messages": message_rows()}
 
@@ -114,8 +136,14 @@ class RawSql:
             from sqlalchemy.engine import make_url
 
             u = make_url(url)
-            self.conn = pymysql.connect(host=u.host, port=u.port or 3306, user=u.username, password=u.password or "",
-                                        database=u.database, charset="utf8mb4")
+            self.conn = pymysql.connect(
+                host=u.host,
+                port=u.port or 3306,
+                user=u.username,
+                password=u.password or "",
+                database=u.database,
+                charset="utf8mb4",
+            )
             cur = self.conn.cursor()
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             self.p = "%s"
@@ -142,13 +170,17 @@ class RawSql:
 
     def create_user(self, username: str) -> str:
         uid, now = str(uuid.uuid4()), format_ts(utcnow())
-        sql = self.q("INSERT INTO users (id, username, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?)")
+        sql = self.q(
+            "INSERT INTO users (id, username, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+        )
         self._tx(self.begin_write, lambda c: c.execute(sql, (uid, username, "hash", now, now)))
         return uid
 
     def create_chat(self, user_id: str) -> str:
         cid, now = str(uuid.uuid4()), format_ts(utcnow())
-        sql = self.q("INSERT INTO chats (id, title, session_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+        sql = self.q(
+            "INSERT INTO chats (id, title, session_id, user_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+        )
         self._tx(self.begin_write, lambda c: c.execute(sql, (cid, "New Chat", None, user_id, now, now)))
         return cid
 
@@ -159,17 +191,29 @@ class RawSql:
         metadata = json.dumps(METADATA, ensure_ascii=False, separators=(",", ":"))
 
         def work(c: Any) -> None:
-            c.execute(self.q("SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE id = ?" + self.lock), (chat_id,))
+            c.execute(
+                self.q(
+                    "SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE id = ?"
+                    + self.lock
+                ),
+                (chat_id,),
+            )
             row = c.fetchone()
             created = format_ts(next_ts(row[5]))
-            c.execute(self.q("INSERT INTO messages (id, chat_id, role, content, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?)"),
-                      (str(uuid.uuid4()), chat_id, "assistant", content, created, metadata))
+            c.execute(
+                self.q(
+                    "INSERT INTO messages (id, chat_id, role, content, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?)"
+                ),
+                (str(uuid.uuid4()), chat_id, "assistant", content, created, metadata),
+            )
             c.execute(self.q("UPDATE chats SET updated_at = ? WHERE id = ?"), (created, chat_id))
 
         self._tx(self.begin_write, work)
 
     def get_chat(self, chat_id: str, user_id: str) -> Any:
-        sql = self.q("SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE id = ? AND user_id = ?")
+        sql = self.q(
+            "SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE id = ? AND user_id = ?"
+        )
 
         def work(c: Any) -> Any:
             c.execute(sql, (chat_id, user_id))
@@ -181,8 +225,13 @@ class RawSql:
         def work(c: Any) -> list[Any]:
             c.execute(self.q("SELECT count(*) FROM chats WHERE user_id = ?"), (user_id,))
             c.fetchone()
-            c.execute(self.q("SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE user_id = ? "
-                             "ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?"), (user_id, 50, 0))
+            c.execute(
+                self.q(
+                    "SELECT id, title, session_id, user_id, created_at, updated_at FROM chats WHERE user_id = ? "
+                    "ORDER BY updated_at DESC, id DESC LIMIT ? OFFSET ?"
+                ),
+                (user_id, 50, 0),
+            )
             return c.fetchall()
 
         return self._tx(self.begin_read, work)
@@ -191,8 +240,13 @@ class RawSql:
         def work(c: Any) -> list[Any]:
             c.execute(self.q("SELECT count(*) FROM messages WHERE chat_id = ?"), (chat_id,))
             c.fetchone()
-            c.execute(self.q("SELECT id, chat_id, role, content, created_at, metadata FROM messages WHERE chat_id = ? "
-                             "ORDER BY created_at, id LIMIT ? OFFSET ?"), (chat_id, 50, 0))
+            c.execute(
+                self.q(
+                    "SELECT id, chat_id, role, content, created_at, metadata FROM messages WHERE chat_id = ? "
+                    "ORDER BY created_at, id LIMIT ? OFFSET ?"
+                ),
+                (chat_id, 50, 0),
+            )
             rows = c.fetchall()
             return [(r[0], json.loads(r[3]), r[5] and json.loads(r[5])) for r in rows]
 
@@ -285,8 +339,13 @@ def sql_url(backend: str, args: argparse.Namespace) -> tuple[str, Callable[[], N
     """A fresh database on the server; returns its URL and a function that drops it."""
     from sqlalchemy import create_engine, text
 
-    base = args.url or {"postgres": "postgresql://postgres@127.0.0.1:5432/postgres",
-                        "mysql": "mysql://root@127.0.0.1:3306/mysql"}[backend]
+    base = (
+        args.url
+        or {
+            "postgres": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "mysql": "mysql://root@127.0.0.1:3306/mysql",
+        }[backend]
+    )
     engine_url = chatdb.create_repository(base).engine.url  # type: ignore[attr-defined]
     name = f"chatdb_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(engine_url, isolation_level="AUTOCOMMIT")
@@ -301,7 +360,9 @@ def sql_url(backend: str, args: argparse.Namespace) -> tuple[str, Callable[[], N
     return engine_url.set(database=name).render_as_string(hide_password=False), drop
 
 
-def make_pair(backend: str, args: argparse.Namespace, workdir: Path, chats: int, messages: int) -> tuple[Any, Any, list[str], list[str], Callable[[], None]]:
+def make_pair(
+    backend: str, args: argparse.Namespace, workdir: Path, chats: int, messages: int
+) -> tuple[Any, Any, list[str], list[str], Callable[[], None]]:
     """Two databases with the same rows: one for chatdb, one for the raw driver."""
     cleanups: list[Callable[[], None]] = []
     if backend == "sqlite":
@@ -325,7 +386,12 @@ def make_pair(backend: str, args: argparse.Namespace, workdir: Path, chats: int,
             repo.close()
             urls.append(url)
         ours = ChatdbOps(chatdb.create_repository(urls[0]))
-        raw = RawSql(backend, chatdb.create_repository(urls[1]).engine.url.render_as_string(hide_password=False))  # type: ignore[attr-defined]
+        from sqlalchemy.engine import make_url
+
+        raw_url = make_url(urls[1])
+        if backend == "postgres":
+            raw_url = raw_url.set(drivername="postgresql")
+        raw = RawSql(backend, raw_url.render_as_string(hide_password=False))
     else:
         from raw_mongo import RawMongo  # type: ignore[import-not-found]
 
@@ -334,10 +400,16 @@ def make_pair(backend: str, args: argparse.Namespace, workdir: Path, chats: int,
             cleanups.append(process.terminate)
         names = [f"chatdb_bench_{uuid.uuid4().hex[:8]}" for _ in range(2)]
         for name in names:
-            repo = chatdb.create_repository(chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=name))
+            repo = chatdb.create_repository(
+                chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=name)
+            )
             chat_ids, owners = load(repo, chats, messages)
             repo.close()
-        ours = ChatdbOps(chatdb.create_repository(chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=names[0])))
+        ours = ChatdbOps(
+            chatdb.create_repository(
+                chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=names[0])
+            )
+        )
         raw = RawMongoOps(RawMongo(url, names[1]))
 
     def cleanup() -> None:
@@ -358,9 +430,24 @@ def mongo_url(args: argparse.Namespace, workdir: Path) -> tuple[str, Any]:
     from tests.backends import free_port, wait_for_port
 
     port = free_port()
-    exe = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
-    process = subprocess.Popen([exe, "--db", "memory", "--port", str(port), "--log-file", str(workdir / "nx.log"),
-                                "--pid-file", str(workdir / "nx.pid")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The test harness's launcher: nx-27017 with the fixes listed in tests/README.md.
+    launcher = str(Path(__file__).resolve().parent.parent / "tests" / "_nx27017.py")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            launcher,
+            "--db",
+            "memory",
+            "--port",
+            str(port),
+            "--log-file",
+            str(workdir / "nx.log"),
+            "--pid-file",
+            str(workdir / "nx.pid"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     if not wait_for_port(port, 20):
         raise SystemExit("nx-27017 did not start")
     return f"mongodb://127.0.0.1:{port}/", process
@@ -370,10 +457,16 @@ def run_crud(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="chatdb-bench-"))
     try:
         started = time.perf_counter()
-        ours, raw, chat_ids, owners, cleanup = make_pair(args.backend, args, workdir, args.chats, args.messages)
-        print(f"# {args.backend}: {args.messages:,} messages in {args.chats:,} chats loaded in {time.perf_counter() - started:.1f}s")
-        print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-              f"chatdb {chatdb.__version__}")
+        ours, raw, chat_ids, owners, cleanup = make_pair(
+            args.backend, args, workdir, args.chats, args.messages
+        )
+        print(
+            f"# {args.backend}: {args.messages:,} messages in {args.chats:,} chats loaded in {time.perf_counter() - started:.1f}s"
+        )
+        print(
+            f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"chatdb {chatdb.__version__}"
+        )
         target = 2.0 if args.backend == "sqlite" else 1.5
         print(f"{'operation':<14}{'chatdb ops/s':>14}{'raw ops/s':>12}{'ratio':>8}  target")
         try:
@@ -403,16 +496,22 @@ def run_scaling(args: argparse.Namespace) -> None:
             load_s = time.perf_counter() - started
             results[total] = measure(ChatdbOps(repo), "get_messages", args.n, chat_ids, owners, "s")
             repo.close()
-            print(f"get_messages at {total:>9,} messages: {1 / results[total]:>8,.0f} ops/s "
-                  f"({results[total] * 1e3:.3f} ms; loaded in {load_s:.1f}s)")
+            print(
+                f"get_messages at {total:>9,} messages: {1 / results[total]:>8,.0f} ops/s "
+                f"({results[total] * 1e3:.3f} ms; loaded in {load_s:.1f}s)"
+            )
         ratio = results[args.scaling_messages] / results[10_000]
-        print(f"time ratio {args.scaling_messages:,} / 10,000: {ratio:.2f} (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})")
+        print(
+            f"time ratio {args.scaling_messages:,} / 10,000: {ratio:.2f} (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})"
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=("sqlite", "postgres", "mysql", "mongodb"), default="sqlite")
     parser.add_argument("--url", help="server URL (PostgreSQL/MySQL: any database; a fresh one is created)")
     parser.add_argument("--messages", type=int, default=100_000)

@@ -13,9 +13,8 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from . import _codec
 from .errors import NotFoundError, ValidationError
 from .models import ApiKey, User
 from .repository import ChatRepository
@@ -143,40 +142,5 @@ def database_info(repo: ChatRepository) -> DatabaseInfo:
 
 
 def message_time_range(repo: ChatRepository) -> tuple[datetime | None, datetime | None]:
-    """``(first, last)`` message ``created_at``, or ``(None, None)`` without messages.
-
-    The storage API streams in ascending order only, so the last timestamp is found by bisecting
-    on ``since`` in whole milliseconds (about 40 indexed one-row probes) instead of a full scan.
-    """
-    first = _first_message_at(repo, None)
-    if first is None:
-        return None, None
-    low = first  # invariant: a message exists at ``low``, none at or after ``high``
-    high = max(_codec.utcnow(), first) + timedelta(days=1)
-    # Timestamps in the future (clock skew, imports) push the upper bound out until it is empty.
-    while (probe := _first_message_at(repo, high)) is not None:
-        low, high = probe, probe + (probe - first) + timedelta(days=1)
-    while (span := _ms(high - low)) > 1:
-        middle = low + timedelta(milliseconds=(span + 1) // 2)
-        found = _first_message_at(repo, middle)
-        if found is None:
-            high = middle
-        else:
-            low = found
-    return first, low
-
-
-def _ms(delta: timedelta) -> int:
-    return delta // timedelta(milliseconds=1)
-
-
-def _first_message_at(repo: ChatRepository, since: datetime | None) -> datetime | None:
-    scan = repo.scan_rows("messages", since=since, batch_size=1)  # type: ignore[attr-defined]
-    try:
-        batch = next(scan, None)
-    finally:
-        scan.close()
-    if not batch:
-        return None
-    value = batch[0][5]  # SCAN_COLUMNS["messages"]: created_at
-    return value if isinstance(value, datetime) else _codec.parse_ts(str(value))
+    """``(first, last)`` message ``created_at``, or ``(None, None)`` without messages."""
+    return repo.message_time_range()

@@ -62,7 +62,8 @@ def _check_url(field: str, url: str, driver: Driver) -> SplitResult:
         raise ConfigError(f"{field} is required for driver {driver!r}")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        if "," not in parts.netloc:  # a MongoDB replica set lists several host:port pairs
+            parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
         raise ConfigError(f"{field} is not a valid URL ({exc}): {redact_url(url)}") from None
     scheme = parts.scheme.lower()

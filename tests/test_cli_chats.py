@@ -27,8 +27,13 @@ def seed(repo: ChatRepository) -> tuple[str, str, list[str]]:
         chats[0],
         "assistant",
         [{"type": "text", "text": "hi"}, {"type": "image", "imageData": PNG, "mimeType": "image/png"}],
-        {"model": "claude-sonnet-4", "inputTokens": 12, "outputTokens": 34, "totalCostUsd": 0.0123,
-         "durationMs": 456},
+        {
+            "model": "claude-sonnet-4",
+            "inputTokens": 12,
+            "outputTokens": 34,
+            "totalCostUsd": 0.0123,
+            "durationMs": 456,
+        },
     )
     repo.add_message(chats[0], "user", [{"type": "text", "text": "thanks ✓"}])
     return alice, bob, chats
@@ -64,9 +69,16 @@ def test_chats_show_lists_messages_in_order_with_metadata(backend: Backend, repo
     assert shown[0]["text"] == json.loads(stored[0]["content"])[0]["text"]  # full text in JSON
     meta = json.loads(stored[1]["metadata"])
     assert shown[1] | {"id": None, "created_at": None} == {
-        "id": None, "created_at": None, "role": "assistant", "text": "hi", "images": 1,
-        "model": meta["model"], "input_tokens": meta["inputTokens"], "output_tokens": meta["outputTokens"],
-        "total_cost_usd": meta["totalCostUsd"], "duration_ms": meta["durationMs"],
+        "id": None,
+        "created_at": None,
+        "role": "assistant",
+        "text": "hi",
+        "images": 1,
+        "model": meta["model"],
+        "input_tokens": meta["inputTokens"],
+        "output_tokens": meta["outputTokens"],
+        "total_cost_usd": meta["totalCostUsd"],
+        "duration_ms": meta["durationMs"],
     }
     page = ok_json(backend.url, "chats", "show", chats[0], "--user", "alice", "--limit", "1", "--offset", "2")
     assert [m["text"] for m in page] == ["thanks ✓"]

@@ -99,9 +99,7 @@ def test_seed_env_vars_and_chatdb_url_choose_the_database(tmp_path: Path) -> Non
 
 
 @on_backends
-def test_copy_sqlite_to_server_and_back_is_exact_and_idempotent(
-    backend: Backend, tmp_path: Path
-) -> None:
+def test_copy_sqlite_to_server_and_back_is_exact_and_idempotent(backend: Backend, tmp_path: Path) -> None:
     source_url = f"sqlite:///{tmp_path / 'source.db'}"
     with chatdb.create_repository(source_url) as source:
         seed(source, chats=4, messages=5)
@@ -110,7 +108,10 @@ def test_copy_sqlite_to_server_and_back_is_exact_and_idempotent(
         target_url = f"sqlite:///{tmp_path / 'target.db'}"
     first = ok_json(source_url, "copy", "--to", target_url, "--batch-size", "3")
     assert {r["table"]: (r["read"], r["inserted"]) for r in first} == {
-        "users": (1, 1), "chats": (4, 4), "messages": (20, 20), "api_keys": (1, 1)
+        "users": (1, 1),
+        "chats": (4, 4),
+        "messages": (20, 20),
+        "api_keys": (1, 1),
     }
     second = ok_json(None, "copy", "--from", source_url, "--to", target_url)
     assert all(r["inserted"] == 0 and r["already_present"] == r["read"] for r in second)
@@ -155,8 +156,11 @@ def test_copy_through_mongodb_round_trips_every_stored_row(backend: Backend, tmp
         seed(source, chats=2, messages=3)
     # The URL's path names the database; the seed's variables name it too.
     mongo_url = f"{(backend.config.mongodb_url or '').rstrip('/')}/{backend.config.mongodb_name}"
-    env = {"DB_DRIVER": "mongodb", "MONGODB_URL": backend.config.mongodb_url or "",
-           "MONGODB_DB_NAME": backend.config.mongodb_name or ""}
+    env = {
+        "DB_DRIVER": "mongodb",
+        "MONGODB_URL": backend.config.mongodb_url or "",
+        "MONGODB_DB_NAME": backend.config.mongodb_name or "",
+    }
     to_mongo = invoke(None, "copy", "--from", source_url, "--to", mongo_url, "--json", env=env)
     assert to_mongo.exit_code == 0, to_mongo.output
     [facts] = json.loads(invoke(None, "info", "--json", env=env).stdout)

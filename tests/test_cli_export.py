@@ -31,9 +31,18 @@ def seed(repo: ChatRepository) -> dict[str, str]:
             chat = repo.create_chat(user.id, f"{name} {c}")
             for m in range(3):
                 repo.add_message(chat.id, "user", [{"type": "text", "text": f"q{m} ✓"}])
-                repo.add_message(chat.id, "assistant", [{"type": "text", "text": f"a{m}"}],
-                                 {"model": "claude-sonnet-4", "inputTokens": m + 1, "outputTokens": 10,
-                                  "totalCostUsd": 0.01, "durationMs": 100})
+                repo.add_message(
+                    chat.id,
+                    "assistant",
+                    [{"type": "text", "text": f"a{m}"}],
+                    {
+                        "model": "claude-sonnet-4",
+                        "inputTokens": m + 1,
+                        "outputTokens": 10,
+                        "totalCostUsd": 0.01,
+                        "durationMs": 100,
+                    },
+                )
     return ids
 
 
@@ -101,8 +110,16 @@ def test_csv_and_ndjson_hold_the_stored_values(
     stamps = {i: r["created_at"] for i, r in stored.items()}
     assert {r["message_id"]: r["created_at"] for r in rows} == stamps
     assert {r["text"] for r in rows} >= {"q0 ✓", "a2"}
-    ok(backend.url, "export", "--format", "ndjson", "--out", str(tmp_path / "nd"),
-       "--tables", "messages,users")
+    ok(
+        backend.url,
+        "export",
+        "--format",
+        "ndjson",
+        "--out",
+        str(tmp_path / "nd"),
+        "--tables",
+        "messages,users",
+    )
     lines = [json.loads(x) for x in (tmp_path / "nd" / "messages.ndjson").read_text().splitlines()]
     assert {x["message_id"]: x["created_at"] for x in lines} == stamps
     tokens = sum(x["input_tokens"] or 0 for x in lines)
@@ -121,8 +138,13 @@ def test_filters_match_sql(backend: Backend, repo: ChatRepository, tmp_path: Pat
     since, until = times[5], times[17]
     args = ("export", "--tables", "messages", "--since", since, "--until", until, "--user", "bob")
     ok(backend.url, *args, "--out", str(tmp_path / "f"))
-    expected = sql_ids(backend, "WHERE m.created_at >= :s AND m.created_at < :u AND c.user_id = :o",
-                       s=since, u=until, o=ids["bob"])
+    expected = sql_ids(
+        backend,
+        "WHERE m.created_at >= :s AND m.created_at < :u AND c.user_id = :o",
+        s=since,
+        u=until,
+        o=ids["bob"],
+    )
     assert parquet_ids(tmp_path / "f" / "messages.parquet") == expected
     filters = json.loads((tmp_path / "f" / "manifest.json").read_text())["filters"]
     assert filters["user_id"] == ids["bob"] and filters["since"] == since
@@ -152,9 +174,12 @@ def test_duckdb_export_can_be_joined(backend: Backend, repo: ChatRepository, tmp
     line = ok(backend.url, "export", "--format", "duckdb", "--out", str(target)).stdout
     assert line.startswith("exported messages 24, chats 4, users 2, api_keys 2 rows")
     with duckdb.connect(str(target), read_only=True) as con:
-        per_user = dict(con.execute(
-            "SELECT u.username, count(*) FROM messages m JOIN chats c USING (chat_id) "
-            "JOIN users u ON u.user_id = c.user_id GROUP BY 1").fetchall())
+        per_user = dict(
+            con.execute(
+                "SELECT u.username, count(*) FROM messages m JOIN chats c USING (chat_id) "
+                "JOIN users u ON u.user_id = c.user_id GROUP BY 1"
+            ).fetchall()
+        )
     assert per_user == {"alice": 12, "bob": 12}
     assert not (tmp_path / "manifest.json").exists()
 

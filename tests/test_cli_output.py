@@ -15,9 +15,15 @@ from .backends import Backend
 from .cli_support import CLI_BACKENDS, invoke, ok, sql_rows
 
 ROWS = [
-    {"name": "alice", "n": 1234, "cost_usd": 0.5, "at": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
-     "day": date(2026, 1, 2), "note": None},
-    {"name": "bob, \"the\" builder", "n": 7, "cost_usd": None, "at": None, "day": None, "note": "a\nb"},
+    {
+        "name": "alice",
+        "n": 1234,
+        "cost_usd": 0.5,
+        "at": datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
+        "day": date(2026, 1, 2),
+        "note": None,
+    },
+    {"name": 'bob, "the" builder', "n": 7, "cost_usd": None, "at": None, "day": None, "note": "a\nb"},
 ]
 COLUMNS = ("name", "n", "cost_usd", "at", "day", "note")
 
@@ -30,8 +36,14 @@ def rendered(fmt: str) -> str:
 
 def test_json_is_a_list_of_objects_with_stored_timestamps() -> None:
     assert json.loads(rendered("json")) == [
-        {"name": "alice", "n": 1234, "cost_usd": 0.5, "at": "2026-01-02T03:04:05.006Z",
-         "day": "2026-01-02", "note": None},
+        {
+            "name": "alice",
+            "n": 1234,
+            "cost_usd": 0.5,
+            "at": "2026-01-02T03:04:05.006Z",
+            "day": "2026-01-02",
+            "note": None,
+        },
         {"name": 'bob, "the" builder', "n": 7, "cost_usd": None, "at": None, "day": None, "note": "a\nb"},
     ]
     empty = io.StringIO()
@@ -43,8 +55,14 @@ def test_nl_csv_and_tsv_parse_back() -> None:
     assert [json.loads(line) for line in rendered("nl").splitlines()] == json.loads(rendered("json"))
     for fmt, dialect in (("csv", "excel"), ("tsv", "excel-tab")):
         parsed = list(csv.DictReader(io.StringIO(rendered(fmt)), dialect=dialect))
-        assert parsed[0] == {"name": "alice", "n": "1234", "cost_usd": "0.5",
-                             "at": "2026-01-02T03:04:05.006Z", "day": "2026-01-02", "note": ""}
+        assert parsed[0] == {
+            "name": "alice",
+            "n": "1234",
+            "cost_usd": "0.5",
+            "at": "2026-01-02T03:04:05.006Z",
+            "day": "2026-01-02",
+            "note": "",
+        }
         assert parsed[1]["name"] == 'bob, "the" builder' and parsed[1]["note"] == "a\nb"
 
 

@@ -31,20 +31,34 @@ def clean_env() -> dict[str, str]:
 def test_console_script_runs_in_a_real_process(tmp_path: Path) -> None:
     exe = console_script()
     run = [exe, "--db", f"sqlite:///{tmp_path / 'app.db'}"]
-    created = subprocess.run([*run, "users", "create", "alice", "--password", "pw", "--json"],
-                             capture_output=True, text=True, env=clean_env(), timeout=60, check=True)
+    created = subprocess.run(
+        [*run, "users", "create", "alice", "--password", "pw", "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=True,
+    )
     assert json.loads(created.stdout)[0]["username"] == "alice"
-    info = subprocess.run([*run, "info", "--json"], capture_output=True, text=True, env=clean_env(),
-                          timeout=60, check=True)
+    info = subprocess.run(
+        [*run, "info", "--json"], capture_output=True, text=True, env=clean_env(), timeout=60, check=True
+    )
     assert json.loads(info.stdout)[0]["users_rows"] == 1
-    failed = subprocess.run([*run, "keys", "list", "--user", "ghost"], capture_output=True, text=True,
-                            env=clean_env(), timeout=60)
+    failed = subprocess.run(
+        [*run, "keys", "list", "--user", "ghost"], capture_output=True, text=True, env=clean_env(), timeout=60
+    )
     assert failed.returncode == 1 and failed.stderr == "Error: user 'ghost' not found\n"
 
 
 def test_python_dash_m_chatdb_works_in_the_default_location(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "chatdb", "init"], cwd=tmp_path, capture_output=True,
-                            text=True, env=clean_env(), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "chatdb", "init"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "chat.db").is_file()
 
@@ -64,8 +78,22 @@ COMMANDS = all_commands(cli)
 
 def test_the_issue_commands_all_exist() -> None:
     names = {" ".join(c) for c in COMMANDS}
-    assert {"init", "info", "demo", "export", "usage", "users create", "users list", "keys create",
-            "keys list", "keys revoke", "chats list", "chats show", "chats delete", "copy"} <= names
+    assert {
+        "init",
+        "info",
+        "demo",
+        "export",
+        "usage",
+        "users create",
+        "users list",
+        "keys create",
+        "keys list",
+        "keys revoke",
+        "chats list",
+        "chats show",
+        "chats delete",
+        "copy",
+    } <= names
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "chatdb")

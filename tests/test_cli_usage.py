@@ -53,13 +53,17 @@ def test_usage_json_totals_equal_sql(backend: Backend) -> None:
     report = ok_json(backend.url, "usage", "daily")
     assert all(set(row) == {"period", *REPORT_COLUMNS} for row in report)
     assert sum(r["messages"] for r in report) == len(messages) == 600
-    for column, key in (("input_tokens", "inputTokens"), ("output_tokens", "outputTokens"),
-                        ("cache_creation_input_tokens", "cacheCreationInputTokens"),
-                        ("cache_read_input_tokens", "cacheReadInputTokens")):
+    for column, key in (
+        ("input_tokens", "inputTokens"),
+        ("output_tokens", "outputTokens"),
+        ("cache_creation_input_tokens", "cacheCreationInputTokens"),
+        ("cache_read_input_tokens", "cacheReadInputTokens"),
+    ):
         assert sum(r[column] for r in report) == total(messages, key), column
     assert sum(r["total_tokens"] for r in report) == sum(
-        total(messages, k) for k in ("inputTokens", "outputTokens", "cacheCreationInputTokens",
-                                     "cacheReadInputTokens"))
+        total(messages, k)
+        for k in ("inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens")
+    )
     per_day = Counter(m["created_at"][:10] for m in messages)
     assert {r["period"]: r["messages"] for r in report} == dict(per_day)
     reported = sum(float(m["meta"].get("totalCostUsd") or 0) for m in messages)
@@ -114,8 +118,14 @@ def test_usage_table_has_totals_and_plot_and_prices(backend: Backend, tmp_path: 
     from chatdb.analytics.pricing import bundled_prices
 
     dear = [
-        {"model": p.model, "from": p.effective_from.isoformat(), "input": p.input * 1000,
-         "output": p.output * 1000, "cache_write": p.cache_write * 1000, "cache_read": p.cache_read * 1000}
+        {
+            "model": p.model,
+            "from": p.effective_from.isoformat(),
+            "input": p.input * 1000,
+            "output": p.output * 1000,
+            "cache_write": p.cache_write * 1000,
+            "cache_read": p.cache_read * 1000,
+        }
         for p in bundled_prices().prices
     ]
     prices = tmp_path / "prices.json"

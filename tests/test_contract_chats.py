@@ -61,7 +61,7 @@ def test_list_chats_orders_by_update_time_not_creation(repo: ChatRepository) -> 
     second = repo.create_chat("u1", "second")
     time.sleep(0.002)  # chats updated in the same millisecond are ordered by id instead
     repo.update_chat(first.id, "u1", "renamed")
-    assert [c.id for c in repo.list_chats("u1").items][0] == first.id
+    assert repo.list_chats("u1").items[0].id == first.id
     time.sleep(0.002)
     repo.add_message(second.id, "user", [{"type": "text", "text": "now me"}])
     assert [c.id for c in repo.list_chats("u1").items] == [second.id, first.id]

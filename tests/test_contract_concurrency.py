@@ -24,7 +24,7 @@ def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
         barrier.wait()
         try:
             return work(index)
-        except Exception as exc:  # noqa: BLE001 - the test inspects what each thread got
+        except Exception as exc:
             return exc
 
     with ThreadPoolExecutor(count) as pool:

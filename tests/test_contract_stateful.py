@@ -145,9 +145,12 @@ class ContractMachine(RuleBasedStateMachine):
     def add_message(self, chat_id: str, role: str, text: str, owner: str | None, tokens: int | None) -> None:
         model = self.model_chats.get(chat_id)
         metadata = None if tokens is None else {"model": "m", "inputTokens": tokens}
-        call = lambda: self.repo.add_message(
-            chat_id, role, [{"type": "text", "text": text}], metadata, user_id=owner
-        )  # noqa: E731
+
+        def call() -> Any:
+            return self.repo.add_message(
+                chat_id, role, [{"type": "text", "text": text}], metadata, user_id=owner
+            )
+
         if role == "system" or (tokens is not None and tokens < 0):
             with pytest.raises(errors.ValidationError):
                 call()
@@ -157,10 +160,8 @@ class ContractMachine(RuleBasedStateMachine):
                 call()
             return
         message = call()
-        assert (
-            message.created_at > model.updated_at
-            or not model.messages
-            and message.created_at >= model.updated_at
+        assert message.created_at > model.updated_at or (
+            not model.messages and message.created_at >= model.updated_at
         )
         model.messages.append(message)
         model.updated_at = message.created_at

@@ -268,6 +268,13 @@ class MongoRepository(RepositoryBase):
         with self._errors():
             return {table: _count(self._col(mapping.COLLECTIONS[table]), {}) for table in TABLE_NAMES}
 
+    def _message_time_range(self) -> tuple[str | None, str | None]:
+        messages = self._col("messages")
+        with self._errors():
+            first = messages.find_one({}, {"createdAt": 1}, sort=[("createdAt", 1)])
+            last = messages.find_one({}, {"createdAt": 1}, sort=[("createdAt", -1)])
+        return (first or {}).get("createdAt"), (last or {}).get("createdAt")
+
     # -- chats ----------------------------------------------------------------------------------
 
     def _insert_chat(self, chat: Chat) -> None:
