@@ -41,6 +41,7 @@ def test_get_chat_of_another_user_is_none(repo: ChatRepository) -> None:
 def test_list_chats_is_most_recently_updated_first_and_paginated(repo: ChatRepository) -> None:
     chats = [repo.create_chat("u1", f"chat {i}") for i in range(5)]
     repo.create_chat("u2", "other user's")
+    time.sleep(0.002)  # the bumped chat is then strictly the newest
     repo.add_message(chats[1].id, "user", [{"type": "text", "text": "bump"}])
     current = [repo.get_chat(c.id, "u1") for c in chats]
     # Newest update first; chats updated in the same millisecond fall back to the id, descending.
