@@ -359,19 +359,22 @@ def generate(
 
 def _make_users(gen: _Generator, count: int) -> list[dict[str, Any]]:
     rng, taken, people = gen.rng, set(), []
+    # Demo users share one random password that is never stored or shown: one scrypt per run,
+    # not one per user (each costs ~40 ms, which dominated large demos).
+    secret = rng.getrandbits(128).to_bytes(16, "big").hex()
+    shared_hash = _hash_password(secret, rng.getrandbits(128).to_bytes(16, "big"))
     for _ in range(count):
         name = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}"
         while name in taken:
             name = f"{name}{rng.randrange(10)}"
         taken.add(name)
         created = gen.start_ms - rng.randrange(1, 200) * _DAY_MS - rng.randrange(_DAY_MS)
-        password = rng.getrandbits(128).to_bytes(16, "big").hex()  # random, never stored or shown
         stamp = gen.ts(created)
         people.append(
             {
                 "id": gen.uid(),
                 "username": name,
-                "password_hash": _hash_password(password, rng.getrandbits(128).to_bytes(16, "big")),
+                "password_hash": shared_hash,
                 "created_at": stamp,
                 "updated_at": stamp,
                 "_utc_offset": rng.choice(_TIMEZONES),

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, insert, pool
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, insert, pool
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 
@@ -160,20 +160,6 @@ class SqlDialect:
         orig = getattr(exc, "orig", None)
         return self.backend == "mysql" and _errno(orig) == _MYSQL_DUP_KEYNAME
 
-    def insert_skipping_existing(self, table: Table) -> Any:
-        """INSERT that skips rows whose key already exists and still fails on any other error
-        (MySQL's INSERT IGNORE would also truncate over-long values, so it is not used)."""
-        if self.backend == "sqlite":
-            return insert(table).prefix_with("OR IGNORE")
-        if self.backend == "postgres":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(table).on_conflict_do_nothing()
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        stmt = mysql_insert(table)
-        return stmt.on_duplicate_key_update({"id": stmt.inserted.id})
-
     def server_cursor(self, dbapi_conn: Any) -> Any:
         """A cursor that fetches from the server in batches instead of buffering the result."""
         if self.backend == "postgres":
@@ -294,6 +280,22 @@ def _mysql_session(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')")
     cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     cursor.close()
+
+
+def insert_skipping_existing(backend: str, table: Table) -> Any:
+    """INSERT that skips rows whose key already exists and still fails on any other error
+    (MySQL's INSERT IGNORE would also truncate over-long values, so it is not used)."""
+    values: dict[str, Any] = {column.name: bindparam(column.name) for column in table.c}
+    if backend == "sqlite":
+        return insert(table).values(values).prefix_with("OR IGNORE")
+    if backend == "postgres":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).values(values).on_conflict_do_nothing()
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    stmt = mysql_insert(table).values(values)
+    return stmt.on_duplicate_key_update({"id": stmt.inserted.id})
 
 
 def dialect_for(config: DbConfig) -> SqlDialect:

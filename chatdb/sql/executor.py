@@ -37,11 +37,14 @@ _DEADLOCK_RETRIES = 5
 class Tx:
     """One transaction on a DB-API cursor; statements are Core objects compiled once."""
 
-    __slots__ = ("_compiled", "cursor")
+    __slots__ = ("_compiled", "_dialect", "cursor")
 
-    def __init__(self, cursor: Any, compiled: Callable[[Any], tuple[str, tuple[str, ...] | None]]) -> None:
+    def __init__(
+        self, cursor: Any, compiled: Callable[[Any], tuple[str, tuple[str, ...] | None]], dialect: Any
+    ) -> None:
         self.cursor = cursor
         self._compiled = compiled
+        self._dialect = dialect
 
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         sql, names = self._compiled(statement)
@@ -50,6 +53,22 @@ class Tx:
         else:
             values = params or {}
             self.cursor.execute(sql, tuple([values[name] for name in names]))
+        return self.cursor
+
+    def execute_many(self, statement: Any, rows: list[dict[str, Any]]) -> None:
+        sql, names = self._compiled(statement)
+        if names is None:
+            self.cursor.executemany(sql, rows)
+        else:
+            self.cursor.executemany(sql, [tuple([row[name] for name in names]) for row in rows])
+
+    def execute_once(self, statement: Any) -> Any:
+        """A statement built for one call (values inline as parameters): compiled, not cached."""
+        compiled = statement.compile(dialect=self._dialect, compile_kwargs={"render_postcompile": True})
+        params: Any = compiled.params
+        if compiled.positional:
+            params = tuple(params[name] for name in compiled.positiontup or ())
+        self.cursor.execute(str(compiled), params)
         return self.cursor
 
     def first(self, statement: Any, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
@@ -121,7 +140,8 @@ class Executor:
             self._engine = None
 
     def compiled(self, statement: Any) -> tuple[str, tuple[str, ...] | None]:
-        """SQL text and positional parameter order (None: named) for this dialect, cached."""
+        """SQL text and positional parameter order (None: named) for this dialect, cached by
+        identity: only for the module-level statements, which live as long as the process."""
         key = id(statement)
         found = self._sql.get(key)
         if found is None:
@@ -152,7 +172,7 @@ class Executor:
                 try:
                     if begin:
                         cursor.execute(begin)
-                    result = work(Tx(cursor, self.compiled))
+                    result = work(Tx(cursor, self.compiled, self.engine.dialect))
                     committing = True
                     if begin:
                         cursor.execute("COMMIT")

@@ -39,7 +39,7 @@ from ..config import DbConfig
 from ..errors import BackendError, DuplicateApiKeyError, DuplicateUsernameError, ValidationError
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import mapping
-from .dialects import UniqueViolation, dialect_for
+from .dialects import UniqueViolation, dialect_for, insert_skipping_existing
 from .executor import Executor, Tx
 from .schema import TABLES, api_keys, chats, messages, users
 
@@ -175,12 +175,14 @@ def _stored_value(value: Any) -> Any:
     return value
 
 
-def _insert_new(conn: Connection, table: Any, statement: Any, params: list[dict[str, Any]]) -> int:
+def _insert_new(tx: Tx, table: Any, statement: Any, rows: list[dict[str, Any]]) -> int:
     """Insert, skipping existing ids; returns the rows inserted. Counted, not taken from the
     driver: executemany's rowcount is -1 on psycopg and counts matches on MySQL."""
-    ids = {row["id"] for row in params}
-    existing = conn.execute(select(func.count()).select_from(table).where(table.c.id.in_(ids))).scalar_one()
-    conn.execute(statement, params)
+    ids = {row["id"] for row in rows}
+    existing = tx.execute_once(select(func.count()).select_from(table).where(table.c.id.in_(ids))).fetchone()[
+        0
+    ]
+    tx.execute_many(statement, rows)
     return len(ids) - int(existing)
 
 
@@ -267,16 +269,16 @@ class SqlRepository(RepositoryBase):
         self.ensure_schema()
         return self._executor.stream(statement, batch_size)
 
-    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 20_000) -> int:
         target = TABLES[_table_name(table)]
         columns = IMPORT_COLUMNS[target.name]
-        statement = self._executor.dialect.insert_skipping_existing(target)
+        statement = _INSERT_NEW[target.name][self.backend]
         self.ensure_schema()
         inserted = 0
         for chunk in _chunks(rows, batch_size):
             params = [{name: _stored_value(row.get(name)) for name in columns} for row in chunk]
-            inserted += self._executor.run_core(
-                partial(_insert_new, table=target, statement=statement, params=params), write=True
+            inserted += self._executor.run(
+                partial(_insert_new, table=target, statement=statement, rows=params), write=True
             )
         return inserted
 
@@ -451,5 +453,9 @@ class SqlRepository(RepositoryBase):
         self._executor.run(lambda tx: tx.execute(_TOUCH_KEY, {"key_id": key_id, "now": now}), write=True)
 
 
+_INSERT_NEW = {
+    name: {backend: insert_skipping_existing(backend, table) for backend in ("sqlite", "postgres", "mysql")}
+    for name, table in TABLES.items()
+}
 _MESSAGE_TIME_RANGE = select(func.min(_M.created_at), func.max(_M.created_at))
 _COUNTS = {name: select(func.count()).select_from(TABLES[name]) for name in TABLE_NAMES}
