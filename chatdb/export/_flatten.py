@@ -183,6 +183,11 @@ class Flattener:
 
             con = duckdb.connect()
             con.execute("SET TimeZone = 'UTC'")
+            # One thread: the scan runs on another core, and batches are small. Freed memory is
+            # returned promptly instead of being cached (the defaults keep up to 512 MiB).
+            con.execute("SET threads = 1")
+            con.execute("SET allocator_flush_threshold = '8MiB'")
+            con.execute("SET allocator_bulk_deallocation_flush_threshold = '8MiB'")
             self._con = con
         return self._con
 
@@ -222,10 +227,13 @@ def _string_array(name: str, values: Sequence[Any]) -> pa.Array:
     import pyarrow as pa
 
     kind = pa.large_string() if name == "content" else pa.string()
+    # The system allocator hands freed batch buffers back at once; the default pool caches them,
+    # which costs tens of MB of peak memory when batches are allocated and freed in a stream.
+    pool = pa.system_memory_pool()
     try:
-        return pa.array(values, type=kind)
+        return pa.array(values, type=kind, memory_pool=pool)
     except (pa.ArrowTypeError, pa.ArrowInvalid):
-        return pa.array([_as_text(name, value) for value in values], type=kind)
+        return pa.array([_as_text(name, value) for value in values], type=kind, memory_pool=pool)
 
 
 def _as_text(name: str, value: Any) -> str | None:

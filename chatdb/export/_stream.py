@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportWarning", "Scan", "require"]
 
+# Rows fetched and converted at a time, whatever the output batch size: a fetched batch is
+# held as Python objects (content included) until converted, so this bounds peak memory.
+FETCH_ROWS = 10_000
 _EXTRAS = {"pyarrow": "analytics", "polars": "analytics", "duckdb": "analytics", "ibis": "ibis"}
 
 
@@ -88,18 +91,27 @@ class Scan:
         def scan() -> Iterator[pa.Table]:
             # Python objects live only in the producer thread: it fetches and turns each batch
             # into Arrow columns; the consumer's work (DuckDB, writers) runs without the GIL.
-            rows = self.repo.scan_rows(self.table, batch_size=self.batch_size, **self.filters)
+            fetch = min(self.batch_size, FETCH_ROWS)
+            rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
             return _MappedScan(rows, self.flattener.to_arrow)
 
         # An in-memory SQLite database is one connection shared under a lock: a scan running in
         # another thread would hold that lock while this thread may need the repository.
         shared = getattr(getattr(self.repo, "config", None), "is_memory", False)
+        pending: list[pa.Table] = []
+        pending_rows = 0
         try:
             for source in inline(scan) if shared else prefetch(scan):
                 table, skipped = self.flattener.convert(source)
                 self.rows += table.num_rows
                 self.skipped_rows += skipped
-                yield from table.to_batches()
+                pending.append(table)
+                pending_rows += table.num_rows
+                if pending_rows >= self.batch_size:
+                    yield from _coalesce(pending)
+                    pending, pending_rows = [], 0
+            if pending_rows:
+                yield from _coalesce(pending)
         finally:
             self.flattener.close()
         if warn and self.skipped_rows:
@@ -118,6 +130,13 @@ class Scan:
 
 
 _DONE = object()
+
+
+def _coalesce(tables: list[pa.Table]) -> Iterator[pa.RecordBatch]:
+    """Converted chunks joined into one record batch (they are small: no raw content)."""
+    import pyarrow as pa
+
+    yield from pa.concat_tables(tables).combine_chunks().to_batches()
 
 
 class _MappedScan:

@@ -1,0 +1,86 @@
+"""Exports stream: peak memory does not grow with the number of rows.
+
+Each export runs in a fresh subprocess that reports its own peak RSS (``ru_maxrss``); ten times
+the rows (about 250 MB more message text) must not cost more than a few batches' worth.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import chatdb
+
+pytestmark = [pytest.mark.sqlite, pytest.mark.slow]
+
+EXPORT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import chatdb
+    from chatdb import export
+
+    with chatdb.create_repository(sys.argv[1]) as repo:
+        result = export.to_parquet(repo, sys.argv[2], batch_size=10_000)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": result.rows, "peak_mb": peak}))
+    """
+)
+
+
+def make_database(path: Path, messages: int) -> str:
+    url = f"sqlite:///{path}"
+    with chatdb.create_repository(url) as repo:
+        repo.import_rows(
+            "chats",
+            [
+                {
+                    "id": f"c{n}",
+                    "title": "t",
+                    "session_id": None,
+                    "user_id": f"u{n % 7}",
+                    "created_at": "2025-01-01T00:00:00.000Z",
+                    "updated_at": "2025-01-01T00:00:00.000Z",
+                }
+                for n in range(100)
+            ],
+        )
+    text = "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 9  # ~500 characters
+    meta = '{"model":"m","inputTokens":120,"outputTokens":45,"totalCostUsd":0.01,"durationMs":900}'
+    with sqlite3.connect(path) as con:  # fastest way to a large table; the format is the stored one
+        con.executemany(
+            "INSERT INTO messages (id, chat_id, role, content, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    f"m{n:07d}",
+                    f"c{n % 100}",
+                    "assistant",
+                    f'[{{"type":"text","text":"{text}{n}"}}]',
+                    f"2025-01-01T00:{n // 60000 % 60:02d}:{n // 1000 % 60:02d}.{n % 1000:03d}Z",
+                    meta,
+                )
+                for n in range(messages)
+            ),
+        )
+    return url
+
+
+def peak_export_mb(url: str, out: Path) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", EXPORT, url, str(out)], capture_output=True, text=True, check=True, timeout=300
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return float(report["peak_mb"])
+
+
+def test_peak_rss_does_not_grow_with_rows(tmp_path: Path) -> None:
+    small = peak_export_mb(make_database(tmp_path / "small.db", 50_000), tmp_path / "small.parquet")
+    large = peak_export_mb(make_database(tmp_path / "large.db", 500_000), tmp_path / "large.parquet")
+    # 450,000 more rows hold ~250 MB more text; a streaming export needs no more memory for them
+    # (the margin covers allocator noise between two processes).
+    assert large - small < 50, (small, large)
