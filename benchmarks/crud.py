@@ -424,33 +424,14 @@ def make_pair(
 def mongo_url(args: argparse.Namespace, workdir: Path) -> tuple[str, Any]:
     if args.url or os.environ.get("CHATDB_TEST_MONGODB_URL"):
         return args.url or os.environ["CHATDB_TEST_MONGODB_URL"], None
-    import subprocess
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.backends import free_port, wait_for_port
+    from tests.backends import start_nx27017
 
-    port = free_port()
-    # The test harness's launcher: nx-27017 with the fixes listed in tests/README.md.
-    launcher = str(Path(__file__).resolve().parent.parent / "tests" / "_nx27017.py")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            launcher,
-            "--db",
-            "memory",
-            "--port",
-            str(port),
-            "--log-file",
-            str(workdir / "nx.log"),
-            "--pid-file",
-            str(workdir / "nx.pid"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    if not wait_for_port(port, 20):
+    started = start_nx27017(workdir)
+    if started is None:
         raise SystemExit("nx-27017 did not start")
-    return f"mongodb://127.0.0.1:{port}/", process
+    return started
 
 
 def run_crud(args: argparse.Namespace) -> None:

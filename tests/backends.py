@@ -171,29 +171,10 @@ def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
 
         if importlib.util.find_spec("nx_27017") is None:
             unavailable("mongodb", "no CHATDB_TEST_MONGODB_URL and the nx-27017 test server is not installed")
-        port = free_port()
-        launcher = Path(__file__).with_name("_nx27017.py")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                str(launcher),
-                "--db",
-                "memory",
-                "--port",
-                str(port),
-                "--log-file",
-                str(tmp_dir / "nx-27017.log"),
-                "--pid-file",
-                str(tmp_dir / "nx-27017.pid"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not wait_for_port(port, 20):
-            process.kill()
-            process.wait()
-            unavailable("mongodb", f"nx-27017 did not start on port {port}")
-        url = f"mongodb://127.0.0.1:{port}/"
+        started = start_nx27017(tmp_dir)
+        if started is None:
+            unavailable("mongodb", "nx-27017 did not start")
+        url, process = started
     database = run_id()
     config = DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=database)
     client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
@@ -213,6 +194,21 @@ def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def start_nx27017(work_dir: Path) -> tuple[str, subprocess.Popen[bytes]] | None:
+    """Start the nx-27017 test server (through tests/_nx27017.py) on a free port; None if it
+    does not answer within 20 s. The caller terminates the process."""
+    port = free_port()
+    launcher = Path(__file__).with_name("_nx27017.py")
+    command = [sys.executable, str(launcher), "--db", "memory", "--port", str(port)]
+    command += ["--log-file", str(work_dir / "nx-27017.log"), "--pid-file", str(work_dir / "nx-27017.pid")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_for_port(port, 20):
+        process.kill()
+        process.wait()
+        return None
+    return f"mongodb://127.0.0.1:{port}/", process
 
 
 def temp_dir() -> Iterator[Path]:

@@ -266,6 +266,9 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # few commits but never corrupts the database (docs/durability in the README).
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # 64 MB of page cache (allocated only as used): bulk imports and scans of large databases
+    # otherwise re-read the random-UUID primary key index from the OS for every batch.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
