@@ -46,6 +46,8 @@ METADATA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 _BY_KEY = {camel: attr for attr, camel in METADATA_FIELDS} | {attr: attr for attr, _ in METADATA_FIELDS}
 _STORED_KEYS = {camel: attr for attr, camel in METADATA_FIELDS}
+_STORED_KEY_SET = frozenset(_STORED_KEYS)
+_decode = json.JSONDecoder().decode
 
 
 # -- timestamps --------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def load_content(raw: Any) -> list[ContentPart]:
         return raw
     if isinstance(raw, (str, bytes)):
         try:
-            value = json.loads(raw)
+            value = _decode(raw if isinstance(raw, str) else raw.decode("utf-8"))
         except ValueError:
             value = None
         if isinstance(value, list):
@@ -226,17 +228,38 @@ def dump_metadata(metadata: MessageMetadata | None) -> str | None:
     return None if metadata is None else dump_json(metadata_to_dict(metadata), "metadata")
 
 
+def _count_or_none(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
 def load_metadata(raw: Any) -> MessageMetadata | None:
     """Lenient: a known key of the wrong type stays in ``extra`` unchanged, so nothing is lost."""
     if raw is None:
         return None
     if isinstance(raw, (str, bytes)):
         try:
-            raw = json.loads(raw)
+            raw = _decode(raw if isinstance(raw, str) else raw.decode("utf-8"))
         except ValueError:
             return None
     if not isinstance(raw, Mapping):
         return None
+    if _STORED_KEY_SET.issuperset(raw):  # the common case, read on every page of messages
+        model, cost = raw.get("model"), raw.get("totalCostUsd")
+        tokens_in, tokens_out, duration = (
+            raw.get("inputTokens"),
+            raw.get("outputTokens"),
+            raw.get("durationMs"),
+        )
+        if (
+            (model is None or type(model) is str)
+            and _count_or_none(tokens_in)
+            and _count_or_none(tokens_out)
+            and _count_or_none(duration)
+            and (cost is None or (type(cost) in (int, float) and 0 <= cost < math.inf))
+        ):
+            return MessageMetadata(
+                model, tokens_in, tokens_out, None if cost is None else float(cost), duration, {}
+            )
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in raw.items():

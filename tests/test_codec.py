@@ -1,0 +1,64 @@
+"""The storage format as pure functions: no database needed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from chatdb import MessageMetadata, errors
+from chatdb._codec import (
+    dump_metadata,
+    format_ts,
+    load_content,
+    load_metadata,
+    next_ts,
+    normalize_metadata,
+    parse_ts,
+)
+
+
+def test_timestamps_are_iso_milliseconds_with_z() -> None:
+    value = datetime(2026, 11, 26, 10, 57, 38, 123456, tzinfo=UTC)
+    assert format_ts(value) == "2026-11-26T10:57:38.123Z"
+    assert parse_ts("2026-11-26T10:57:38.123Z") == value.replace(microsecond=123000)
+    assert parse_ts("2026-11-26T11:57:38.123456+01:00") == value.replace(microsecond=123000)
+    assert parse_ts("2026-11-26T10:57:38") == datetime(2026, 11, 26, 10, 57, 38, tzinfo=UTC)
+
+
+def test_next_ts_is_strictly_after_the_previous_stored_time() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert next_ts(None, now) == now
+    assert next_ts("2025-12-31T23:59:59.000Z", now) == now
+    assert next_ts("2026-01-01T00:00:00.000Z", now) == now + timedelta(milliseconds=1)
+    assert next_ts("2026-01-01T00:00:05.000Z", now) == now + timedelta(seconds=5, milliseconds=1)
+    assert next_ts("not a time", now) == now
+
+
+def test_metadata_is_dumped_in_the_node_key_order_without_absent_fields() -> None:
+    meta = normalize_metadata({"durationMs": 5, "model": "m", "totalCostUsd": 1.0, "x": [1]})
+    assert dump_metadata(meta) == '{"model":"m","totalCostUsd":1,"durationMs":5,"x":[1]}'
+    assert dump_metadata(None) is None
+
+
+def test_loading_metadata_keeps_wrongly_typed_known_keys_in_extra() -> None:
+    loaded = load_metadata('{"model":"m","inputTokens":"12","outputTokens":3,"durationMs":4.0}')
+    assert loaded == MessageMetadata(model="m", output_tokens=3, duration_ms=4, extra={"inputTokens": "12"})
+    assert load_metadata("{not json") is None
+    assert load_metadata("[1, 2]") is None
+    assert load_metadata(None) is None
+    assert load_metadata(
+        '{"model":"m","inputTokens":1,"outputTokens":2,"totalCostUsd":0.5,"durationMs":3}'
+    ) == (MessageMetadata("m", 1, 2, 0.5, 3))
+    assert load_metadata('{"inputTokens":true}') == MessageMetadata(extra={"inputTokens": True})
+
+
+def test_unreadable_content_is_shown_as_one_text_part() -> None:
+    assert load_content('[{"type":"text","text":"hi"}]') == [{"type": "text", "text": "hi"}]
+    assert load_content("{broken") == [{"type": "text", "text": "{broken"}]
+    assert load_content('{"type":"text"}') == [{"type": "text", "text": '{"type":"text"}'}]
+
+
+def test_metadata_given_with_an_extra_key_that_names_a_field_is_rejected() -> None:
+    with pytest.raises(errors.ValidationError):
+        normalize_metadata(MessageMetadata(extra={"inputTokens": 3}))
