@@ -79,6 +79,7 @@ _MODELS = (
 )
 # A self-hosted model: tokens and latency are recorded, but there is no price for it.
 _LOCAL_MODEL = _Model("llama-3.1-8b-instruct", 0.015, 220, 250, 120.0)
+_LOCAL_EVERY = 50  # one chat in 50 uses it
 
 _NO_METADATA = 0.06  # assistant messages stored without metadata (older app versions)
 _NO_COST = 0.09  # assistant messages whose metadata lacks totalCostUsd
@@ -274,7 +275,6 @@ def _available_models(gen: _Generator, at_ms: int) -> tuple[list[_Model], list[f
     """Models already released (priced) at ``at_ms``; all of them if the window predates every one."""
     day = (_EPOCH + timedelta(milliseconds=at_ms)).date()
     models = [m for m in _MODELS if gen.prices.price_for(m.name, day) is not None] or list(_MODELS)
-    models.append(_LOCAL_MODEL)
     return models, [m.weight for m in models]
 
 
@@ -423,11 +423,13 @@ def _make_messages(
     """Each chat's messages in order; records each chat's first and last timestamp in ``bounds``."""
     rng = gen.rng
     lognorm, rand = rng.lognormvariate, rng.random
-    for chat_id, _owner, start, size, cached in plans:
+    for index, (chat_id, _owner, start, size, cached) in enumerate(plans):
         if size == 0:
             continue
         models, weights = _available_models(gen, start)
         model = rng.choices(models, weights)[0]
+        if index % _LOCAL_EVERY == _LOCAL_EVERY // 7:  # a fixed share, so even small demos have one
+            model = _LOCAL_MODEL
         # Offsets first: the chat is moved back if it would run past the end of the window.
         offsets, durations, outputs = [], [], []
         clock = rng.randrange(200, 3_000)
