@@ -26,9 +26,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportWarning", "Scan", "require"]
 
-# Rows fetched and converted at a time, whatever the output batch size: a fetched batch is
-# held as Python objects (content included) until converted, so this bounds peak memory.
-FETCH_ROWS = 10_000
+# Rows fetched at a time, whatever the output batch size: a fetched chunk is held as Python
+# objects (content included, often twice: decoded text and its UTF-8 copy) until it is Arrow,
+# so this bounds peak memory. Chunks are then gathered to CONVERT_ROWS for one DuckDB query
+# each, which amortises the query's fixed cost.
+FETCH_ROWS = 2_500
+CONVERT_ROWS = 10_000
 _EXTRAS = {"pyarrow": "analytics", "polars": "analytics", "duckdb": "analytics", "ibis": "ibis"}
 
 
@@ -93,7 +96,7 @@ class Scan:
             # into Arrow columns; the consumer's work (DuckDB, writers) runs without the GIL.
             fetch = min(self.batch_size, FETCH_ROWS)
             rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
-            return _MappedScan(rows, self.flattener.to_arrow)
+            return _ArrowChunks(rows, self.flattener.to_arrow, min(self.batch_size, CONVERT_ROWS))
 
         # An in-memory SQLite database is one connection shared under a lock: a scan running in
         # another thread would hold that lock while this thread may need the repository.
@@ -139,18 +142,31 @@ def _coalesce(tables: list[pa.Table]) -> Iterator[pa.RecordBatch]:
     yield from pa.concat_tables(tables).combine_chunks().to_batches()
 
 
-class _MappedScan:
-    """``map(convert, scan)`` that can still close the scan (releasing its cursor and locks)."""
+class _ArrowChunks:
+    """Fetched row lists turned into Arrow tables of at least ``min_rows`` rows (the last one
+    may be smaller); closing it closes the scan (releasing its cursor and locks)."""
 
-    def __init__(self, scan: Iterator[Any], convert: Callable[[Any], Any]) -> None:
+    def __init__(self, scan: Iterable[Any], to_arrow: Callable[[Any], pa.Table], min_rows: int) -> None:
         self._scan = iter(scan)
-        self._convert = convert
+        self._to_arrow = to_arrow
+        self._min_rows = min_rows
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[pa.Table]:
         return self
 
-    def __next__(self) -> Any:
-        return self._convert(next(self._scan))
+    def __next__(self) -> pa.Table:
+        import pyarrow as pa
+
+        parts: list[pa.Table] = []
+        count = 0
+        for rows in self._scan:
+            parts.append(self._to_arrow(rows))
+            count += len(rows)
+            if count >= self._min_rows:
+                break
+        if not parts:
+            raise StopIteration
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def close(self) -> None:
         close = getattr(self._scan, "close", None)
