@@ -239,7 +239,10 @@ def case_duckdb_sqlite(url: str, workdir: str) -> int:
     if config.driver != "sqlite":
         raise RuntimeError("only for SQLite")
     con = duckdb.connect()
-    con.execute("LOAD sqlite")  # fails offline when the extension is not installed yet
+    try:
+        con.execute("LOAD sqlite")  # downloaded on first use: fails offline unless installed
+    except duckdb.Error as exc:
+        raise RuntimeError("DuckDB's sqlite extension is not installed and cannot be downloaded") from exc
     con.execute(f"ATTACH '{config.sqlite_path}' AS src (TYPE sqlite, READ_ONLY)")
     con.execute("USE src")
     return len(con.execute(scan_sql(url)).to_arrow_table())

@@ -374,7 +374,13 @@ def test_partitioned_parquet_reads_back_equal(
     repo: ChatRepository, tmp_path: Path, partition_by: str
 ) -> None:
     data = seed(repo)
-    repo.import_rows("messages", [_message(1, data["chats"][0].id, "2024-12-31T23:59:59.999Z")])
+    repo.import_rows(
+        "messages",
+        [
+            _message(1, data["chats"][0].id, "2024-12-31T23:59:59.999Z"),
+            _message(2, "gone-chat", "2025-02-01T00:00:00.000Z"),  # null user_id: the hive default
+        ],
+    )
     path = tmp_path / "dataset"
     result = export.to_parquet(repo, path, partition_by=partition_by)
     original = export.to_polars(repo)
