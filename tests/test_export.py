@@ -228,6 +228,8 @@ def test_filters_match_a_direct_query(repo: ChatRepository) -> None:
     assert frame["message_id"].to_list() == expected
     assert set(frame["user_id"].to_list()) == {"bob"}
     assert export.to_polars(repo, "chats", user_id="bob")["chat_id"].to_list() == ["c-b"]
+    sizes = [batch.num_rows for batch in export.read(repo, batch_size=7)]
+    assert sizes == [7] * 8 + [4]
 
 
 def test_bad_arguments_raise_validation_error(repo: ChatRepository, tmp_path: Path) -> None:

@@ -111,10 +111,12 @@ class Scan:
                 pending.append(table)
                 pending_rows += table.num_rows
                 if pending_rows >= self.batch_size:
-                    yield from _coalesce(pending)
-                    pending, pending_rows = [], 0
+                    joined = _join(pending)
+                    full = pending_rows - pending_rows % self.batch_size
+                    yield from joined.slice(0, full).to_batches(max_chunksize=self.batch_size)
+                    pending, pending_rows = [joined.slice(full)], pending_rows - full
             if pending_rows:
-                yield from _coalesce(pending)
+                yield from _join(pending).to_batches()
         finally:
             self.flattener.close()
         if warn and self.skipped_rows:
@@ -135,11 +137,11 @@ class Scan:
 _DONE = object()
 
 
-def _coalesce(tables: list[pa.Table]) -> Iterator[pa.RecordBatch]:
-    """Converted chunks joined into one record batch (they are small: no raw content)."""
+def _join(tables: list[pa.Table]) -> pa.Table:
+    """Converted chunks as one contiguous table (output batches are slices of it)."""
     import pyarrow as pa
 
-    yield from pa.concat_tables(tables).combine_chunks().to_batches()
+    return pa.concat_tables(tables).combine_chunks()
 
 
 class _ArrowChunks:
