@@ -14,7 +14,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._base import SCAN_COLUMNS
 from ..errors import ConfigError, ValidationError
@@ -31,7 +31,7 @@ __all__ = ["ExportWarning", "Scan", "require"]
 # so this bounds peak memory. Chunks are then gathered to CONVERT_ROWS for one DuckDB query
 # each, which amortises the query's fixed cost.
 FETCH_ROWS = 2_500
-CONVERT_ROWS = 10_000
+CONVERT_ROWS = 25_000
 _EXTRAS = {"pyarrow": "analytics", "polars": "analytics", "duckdb": "analytics", "ibis": "ibis"}
 
 
@@ -92,11 +92,18 @@ class Scan:
         rows had unreadable values, unless the caller reports ``skipped_rows`` itself."""
 
         def scan() -> Iterator[pa.Table]:
-            # Python objects live only in the producer thread: it fetches and turns each batch
-            # into Arrow columns; the consumer's work (DuckDB, writers) runs without the GIL.
+            # A backend with an Arrow-native scan (SQLite through ADBC) hands over columns.
+            # Otherwise Python objects live only in the producer thread: it fetches and turns
+            # each batch into Arrow columns; the consumer's work (DuckDB, writers) runs
+            # without the GIL.
+            convert_rows = min(self.batch_size, CONVERT_ROWS)
+            scan_arrow = getattr(self.repo, "scan_arrow", None)
+            native = scan_arrow(self.table, batch_size=convert_rows, **self.filters) if scan_arrow else None
+            if native is not None:
+                return cast(Iterator["pa.Table"], native)
             fetch = min(self.batch_size, FETCH_ROWS)
             rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
-            return _ArrowChunks(rows, self.flattener.to_arrow, min(self.batch_size, CONVERT_ROWS))
+            return _ArrowChunks(rows, self.flattener.to_arrow, convert_rows)
 
         # An in-memory SQLite database is one connection shared under a lock: a scan running in
         # another thread would hold that lock while this thread may need the repository.

@@ -150,6 +150,14 @@ class Executor:
             found = self._sql[key] = (str(compiled), names)
         return found
 
+    def render(self, statement: Any) -> tuple[str, Any]:
+        """SQL text and parameters (tuple or dict, as the driver's paramstyle wants)."""
+        compiled = statement.compile(dialect=self.engine.dialect)
+        params: Any = compiled.params
+        if compiled.positional:
+            params = tuple(params[name] for name in compiled.positiontup or ())
+        return str(compiled), params
+
     # -- the hot path ---------------------------------------------------------------------------
 
     def run(self, work: Callable[[Tx], T], *, write: bool = False) -> T:
@@ -283,16 +291,13 @@ class Executor:
     def stream(self, statement: Any, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
         """Rows of a SELECT as lists of plain tuples from a server-side cursor, in one read
         transaction; the driver's ``fetchmany`` keeps bulk reads near a raw driver scan."""
-        compiled = statement.compile(dialect=self.engine.dialect)
-        params: Any = compiled.params
-        if compiled.positional:
-            params = tuple(params[name] for name in compiled.positiontup or ())
+        sql, params = self.render(statement)
         with serialized(self._lock), self._connect() as conn:
             try:
                 with conn.begin():
                     cursor = self.dialect.server_cursor(conn.connection.dbapi_connection)
                     try:
-                        cursor.execute(str(compiled), params)
+                        cursor.execute(sql, params)
                         while rows := cursor.fetchmany(batch_size):
                             yield rows
                     finally:
@@ -301,5 +306,5 @@ class Executor:
                 raise self.dialect.translate(exc) from exc
             except Exception as exc:
                 if isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
-                    raise self.dialect.translate(DBAPIError(str(compiled), None, exc)) from exc
+                    raise self.dialect.translate(DBAPIError(sql, None, exc)) from exc
                 raise

@@ -1,0 +1,96 @@
+"""Large SQLite exports read through ADBC in a child process (chatdb.sql.arrow_scan); the result
+must be exactly what the sqlite3 path gives, bad rows, NULLs and filters included."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import chatdb
+from chatdb import export
+from chatdb.sql import SqlRepository
+
+from .test_export import BAD_ROWS, _chat, _message
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> SqlRepository:
+    repository = chatdb.create_repository(f"sqlite:///{tmp_path / 'native.db'}")
+    assert isinstance(repository, SqlRepository)
+    repository.import_rows("chats", [_chat("c-1", "alice"), _chat("c-2", "bob")])
+    rows = [
+        _message(n, "c-1" if n % 3 else "c-2", f"2025-01-0{1 + n % 5}T00:00:00.{n:03d}Z",
+                 None if n % 2 else json.dumps({"model": "m", "inputTokens": n}))
+        for n in range(200)
+    ]  # fmt: skip
+    rows += [
+        _message(500 + n, "c-1", f"2025-02-01T00:00:0{n}.000Z", metadata, content)
+        for n, (metadata, content, _) in enumerate(BAD_ROWS)
+    ]
+    rows.append(_message(900, "gone", "2025-03-01T00:00:00.000Z"))
+    rows.append(
+        _message(901, "c-2", "2025-03-02T00:00:00.000Z",
+                 content=json.dumps([{"type": "image", "imageData": "A" * 100_000, "mimeType": "image/png"}]))
+    )  # fmt: skip
+    repository.import_rows("messages", rows)
+    return repository
+
+
+def both_paths(repo: SqlRepository, table: str = "messages", **filters: object) -> tuple[pa.Table, pa.Table]:
+    repo.arrow_scan_min_rows = 10**9
+    plain = export.read(repo, table, **filters).read_all()
+    repo.arrow_scan_min_rows = 0
+    assert repo.scan_arrow(table) is not None, "ADBC is part of the analytics extra"
+    native = export.read(repo, table, **filters).read_all()
+    return plain, native
+
+
+@pytest.mark.sqlite
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"include_text": True, "include_extra": True},
+        {"user_id": "bob"},
+        {"since": datetime(2025, 1, 2, tzinfo=UTC), "until": datetime(2025, 1, 4, tzinfo=UTC)},
+    ],
+)
+def test_native_scan_exports_exactly_what_the_sqlite3_path_does(
+    repo: SqlRepository, filters: dict[str, object]
+) -> None:
+    plain, native = both_paths(repo, **filters)
+    assert plain.num_rows > 0
+    assert native.equals(plain)
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("table", ["chats", "users", "api_keys"])
+def test_native_scan_of_the_other_tables_matches(repo: SqlRepository, table: str) -> None:
+    repo.create_user("carol", "hash")
+    repo.create_api_key("alice", "h" * 64, "cck_x", "k")
+    plain, native = both_paths(repo, table)
+    assert native.equals(plain)
+
+
+@pytest.mark.sqlite
+def test_small_scans_stay_in_process(repo: SqlRepository) -> None:
+    repo.arrow_scan_min_rows = 10_000
+    assert repo.scan_arrow("messages") is None
+    repo.arrow_scan_min_rows = 100
+    assert repo.scan_arrow("messages") is not None
+
+
+@pytest.mark.sqlite
+def test_a_native_scan_of_a_broken_file_is_a_backend_error(tmp_path: Path) -> None:
+    from chatdb.errors import BackendError
+    from chatdb.sql import arrow_scan
+
+    target = tmp_path / "not-a-db.sqlite"
+    target.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BackendError):
+        list(arrow_scan.sqlite_batches(str(target), "SELECT 1", (), 10))
