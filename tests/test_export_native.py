@@ -1,9 +1,11 @@
-"""Large SQLite exports read through ADBC in a child process (chatdb.sql.arrow_scan); the result
-must be exactly what the sqlite3 path gives, bad rows, NULLs and filters included."""
+"""Exports through native ADBC drivers (chatdb.sql.arrow_scan) — large SQLite scans in a child
+process, PostgreSQL in process — must give exactly what the DB-API path gives, bad rows, NULLs
+and filters included."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,12 +16,23 @@ import chatdb
 from chatdb import export
 from chatdb.sql import SqlRepository
 
+from .backends import Backend
 from .test_export import BAD_ROWS, _chat, _message
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> SqlRepository:
-    repository = chatdb.create_repository(f"sqlite:///{tmp_path / 'native.db'}")
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
+def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlRepository]:
+    if request.param == "sqlite":
+        repository = chatdb.create_repository(f"sqlite:///{tmp_path / 'native.db'}")
+    else:
+        backend: Backend = request.getfixturevalue("postgres_backend")
+        backend.reset()
+        repository = backend.new_repo()
     assert isinstance(repository, SqlRepository)
     repository.import_rows("chats", [_chat("c-1", "alice"), _chat("c-2", "bob")])
     rows = [
@@ -37,19 +50,19 @@ def repo(tmp_path: Path) -> SqlRepository:
                  content=json.dumps([{"type": "image", "imageData": "A" * 100_000, "mimeType": "image/png"}]))
     )  # fmt: skip
     repository.import_rows("messages", rows)
-    return repository
+    yield repository
+    repository.close()
 
 
 def both_paths(repo: SqlRepository, table: str = "messages", **filters: object) -> tuple[pa.Table, pa.Table]:
-    repo.arrow_scan_min_rows = 10**9
+    repo.native_scans = False
     plain = export.read(repo, table, **filters).read_all()
-    repo.arrow_scan_min_rows = 0
-    assert repo.scan_arrow(table) is not None, "ADBC is part of the analytics extra"
+    repo.native_scans, repo.arrow_scan_min_rows = True, 0
+    assert repo.scan_arrow(table) is not None, "the ADBC drivers are part of the analytics extra"
     native = export.read(repo, table, **filters).read_all()
     return plain, native
 
 
-@pytest.mark.sqlite
 @pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
 @pytest.mark.parametrize(
     "filters",
@@ -68,7 +81,6 @@ def test_native_scan_exports_exactly_what_the_sqlite3_path_does(
     assert native.equals(plain)
 
 
-@pytest.mark.sqlite
 @pytest.mark.parametrize("table", ["chats", "users", "api_keys"])
 def test_native_scan_of_the_other_tables_matches(repo: SqlRepository, table: str) -> None:
     repo.create_user("carol", "hash")
@@ -78,7 +90,10 @@ def test_native_scan_of_the_other_tables_matches(repo: SqlRepository, table: str
 
 
 @pytest.mark.sqlite
-def test_small_scans_stay_in_process(repo: SqlRepository) -> None:
+def test_small_sqlite_scans_stay_in_process(tmp_path: Path) -> None:
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'small.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("messages", [_message(n, "c", f"2025-01-01T00:00:00.{n:03d}Z") for n in range(200)])
     repo.arrow_scan_min_rows = 10_000
     assert repo.scan_arrow("messages") is None
     repo.arrow_scan_min_rows = 100

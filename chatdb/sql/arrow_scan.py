@@ -1,4 +1,7 @@
-"""Arrow-native scans for large exports of SQLite files: columns, not Python row objects.
+"""Arrow-native scans for exports: the driver fills Arrow columns, no Python row objects.
+
+PostgreSQL is read with the ADBC PostgreSQL driver (``adbc-driver-postgresql``) in process:
+libpq's binary protocol straight into Arrow, about twice as fast as psycopg's rows.
 
 The ADBC SQLite driver (``adbc-driver-sqlite``, in the ``analytics`` extra) reads a query
 straight into Arrow, about twice as fast as ``sqlite3`` rows turned into Arrow. It bundles its
@@ -23,13 +26,57 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import BackendError
+from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
 
 
-def available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("adbc_driver_sqlite", "pyarrow"))
+def available(backend: str) -> bool:
+    driver = {"sqlite": "adbc_driver_sqlite", "postgres": "adbc_driver_postgresql"}.get(backend)
+    return driver is not None and all(
+        importlib.util.find_spec(name) is not None for name in (driver, "pyarrow")
+    )
+
+
+def postgres_batches(
+    uri: str, sql: str, params: tuple[Any, ...], batch_rows: int, location: str
+) -> Iterator[Any]:
+    """Arrow tables of at least ``batch_rows`` rows (the last may be smaller) for ``sql`` (with
+    ``$n`` parameters) on PostgreSQL; ``location`` (host and port) names the server in errors."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import pyarrow as pa
+
+    try:
+        conn = adbc.connect(uri)
+    except Exception as exc:
+        raise BackendUnavailableError(f"cannot reach {location}: {_first_line(exc, uri)}") from None
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql, params)
+        pending: list[Any] = []
+        count = 0
+        for batch in cursor.fetch_record_batch():
+            pending.append(batch)
+            count += batch.num_rows
+            if count >= batch_rows:
+                yield pa.Table.from_batches(pending)
+                pending, count = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending)
+        cursor.close()
+    except Exception as exc:
+        if type(exc).__module__.startswith(("adbc_driver", "pyarrow")):
+            raise BackendError(f"postgres error during export scan: {_first_line(exc, uri)}") from None
+        raise
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException, uri: str) -> str:
+    from ..config import redact_url
+
+    text = str(exc).replace(uri, redact_url(uri)).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def sqlite_batches(path: str, sql: str, params: tuple[Any, ...], batch_rows: int) -> Iterator[Any]:

@@ -276,7 +276,9 @@ class SqlRepository(RepositoryBase):
         self.ensure_schema()
         return self._executor.stream(statement, batch_size)
 
-    # Below this many rows a native scan's process start-up costs more than it saves.
+    # Whether exports may use a native driver at all (False: always scan_rows).
+    native_scans = True
+    # SQLite: below this many rows the native scan's child process costs more than it saves.
     arrow_scan_min_rows = 50_000
 
     def scan_arrow(
@@ -289,25 +291,30 @@ class SqlRepository(RepositoryBase):
         after: tuple[str, str] | None = None,
         batch_size: int = 10_000,
     ) -> Iterator[Any] | None:
-        """``scan_rows`` as Arrow tables straight from a native driver, or None where there is
-        none or the scan is small (then use ``scan_rows``). Large scans of SQLite files go
-        through ADBC (see :mod:`chatdb.sql.arrow_scan`), about twice as fast."""
-        if self.backend != "sqlite" or self.config.is_memory or not arrow_scan.available():
+        """``scan_rows`` as Arrow tables straight from a native (ADBC) driver, or None where
+        there is none or the scan is small (then use ``scan_rows``). See
+        :mod:`chatdb.sql.arrow_scan`: PostgreSQL in process; large scans of SQLite files in a
+        child process; MySQL has no such driver."""
+        if not self.native_scans or self.config.is_memory or not arrow_scan.available(self.backend):
             return None
         filters = {"since": since, "until": until, "user_id": user_id, "after": after}
-        statement = build_scan(table, **filters)
         self.ensure_schema()
+        if self.backend == "postgres":
+            from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
+
+            compiled = build_scan(table, **filters).compile(dialect=asyncpg.dialect())  # type: ignore[arg-type,no-untyped-call]
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            uri = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            location = self._executor.dialect.location
+            return arrow_scan.postgres_batches(uri, str(compiled), params, batch_size, location)
+        statement = build_scan(table, **filters)  # type: ignore[arg-type]
         if self.arrow_scan_min_rows > 0:
-            counted = select(func.count()).select_from(
-                statement.order_by(None).limit(self.arrow_scan_min_rows).subquery()
-            )
-            sql, params = self._executor.render(counted)
-            if (
-                self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])
-                < self.arrow_scan_min_rows
-            ):
+            bounded = statement.order_by(None).limit(self.arrow_scan_min_rows).subquery()
+            sql, params = self._executor.render(select(func.count()).select_from(bounded))
+            rows = self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])
+            if rows < self.arrow_scan_min_rows:
                 return None
-        sql, params = self._executor.render(build_scan(table, **filters, null_as=arrow_scan.NULL))
+        sql, params = self._executor.render(build_scan(table, **filters, null_as=arrow_scan.NULL))  # type: ignore[arg-type]
         return arrow_scan.sqlite_batches(self.config.sqlite_path, sql, params, batch_size)
 
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 20_000) -> int:
