@@ -47,7 +47,20 @@ METADATA_FIELDS: tuple[tuple[str, str], ...] = (
 _BY_KEY = {camel: attr for attr, camel in METADATA_FIELDS} | {attr: attr for attr, _ in METADATA_FIELDS}
 _STORED_KEYS = {camel: attr for attr, camel in METADATA_FIELDS}
 _STORED_KEY_SET = frozenset(_STORED_KEYS)
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_raw_decode = _decoder.raw_decode
+
+
+def _decode(text: str) -> Any:
+    """``json.loads`` for stored JSON: the C scanner directly (stored JSON is compact), the full
+    decoder only for text with surrounding whitespace or errors (which it raises)."""
+    try:
+        value, end = _raw_decode(text)
+        if end == len(text):
+            return value
+    except ValueError:
+        pass
+    return _decoder.decode(text)
 
 
 # -- timestamps --------------------------------------------------------------------------------
