@@ -25,6 +25,7 @@ from chatdb.models import Message
 from chatdb.repository import ChatRepository
 
 from .backends import Backend
+from .conftest import ALL_BACKENDS
 
 IMAGE = {"type": "image", "imageData": "iVBORw0KGgo" * 50, "mimeType": "image/png"}
 METADATA_KEYS = {
@@ -248,9 +249,9 @@ def test_bad_arguments_raise_validation_error(repo: ChatRepository, tmp_path: Pa
 # -- consistency while the database changes ------------------------------------------------------------
 
 
+# An in-memory SQLite database is one connection: no write can run while a scan reads it.
+@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.values[0] != "sqlite_memory"], indirect=True)
 def test_chat_deleted_mid_export_leaves_no_orphans(repo: ChatRepository, backend: Backend) -> None:
-    if backend.name == "sqlite_memory":
-        pytest.skip("an in-memory database is one connection: no write can run while a scan reads it")
     chats = [repo.create_chat(f"user-{n}", f"chat {n}") for n in range(3)]
     for round_ in range(10):
         for chat in chats:
