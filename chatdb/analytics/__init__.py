@@ -36,18 +36,6 @@ if TYPE_CHECKING:
         usage_totals,
     )
 
-_USAGE_NAMES = {
-    "GROUPINGS",
-    "REPORT_COLUMNS",
-    "cost_reported_vs_estimated",
-    "latency_percentiles",
-    "messages_frame",
-    "token_mix",
-    "top_chats",
-    "top_users",
-    "usage_report",
-    "usage_totals",
-}
 
 
 def __getattr__(name: str) -> Any:
@@ -76,3 +64,6 @@ __all__ = [
     "usage_report",
     "usage_totals",
 ]
+
+# Everything but prices lives in .usage, imported on first use.
+_USAGE_NAMES = frozenset(__all__) - {"Price", "PriceTable", "load_prices"}
