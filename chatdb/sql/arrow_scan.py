@@ -31,11 +31,43 @@ from ..errors import BackendError, BackendUnavailableError
 NULL = "\x00"
 
 
-def available(backend: str) -> bool:
-    driver = {"sqlite": "adbc_driver_sqlite", "postgres": "adbc_driver_postgresql"}.get(backend)
-    return driver is not None and all(
-        importlib.util.find_spec(name) is not None for name in (driver, "pyarrow")
-    )
+class NativeScan:
+    """How one backend's ADBC driver runs a scan (the repository asks, it does not branch)."""
+
+    def __init__(self, backend: str, module: str, *, null_as: str | None, start_up_cost: bool) -> None:
+        self.backend = backend
+        self.module = module
+        self.null_as = null_as  # select ifnull(column, null_as): for drivers that infer types
+        self.start_up_cost = start_up_cost  # small scans are cheaper without it
+
+    def batches(self, url: Any, config: Any, statement: Any, batch_rows: int, location: str) -> Iterator[Any]:
+        """Arrow tables for ``statement`` (a Core SELECT), read by this backend's driver."""
+        if self.backend == "postgres":
+            from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
+
+            compiled = statement.compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
+            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+            uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            return postgres_batches(uri, str(compiled), params, batch_rows, location)
+        from sqlalchemy.dialects import sqlite
+
+        compiled = statement.compile(dialect=sqlite.dialect())
+        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+        return sqlite_batches(config.sqlite_path, str(compiled), params, batch_rows)
+
+
+_NATIVE = {
+    "sqlite": NativeScan("sqlite", "adbc_driver_sqlite", null_as=NULL, start_up_cost=True),
+    "postgres": NativeScan("postgres", "adbc_driver_postgresql", null_as=None, start_up_cost=False),
+}
+
+
+def for_backend(backend: str) -> NativeScan | None:
+    """The native scan for ``backend`` when its driver is installed, else None."""
+    native = _NATIVE.get(backend)
+    if native is None or any(importlib.util.find_spec(name) is None for name in (native.module, "pyarrow")):
+        return None
+    return native
 
 
 def postgres_batches(

@@ -295,27 +295,25 @@ class SqlRepository(RepositoryBase):
         there is none or the scan is small (then use ``scan_rows``). See
         :mod:`chatdb.sql.arrow_scan`: PostgreSQL in process; large scans of SQLite files in a
         child process; MySQL has no such driver."""
-        if not self.native_scans or self.config.is_memory or not arrow_scan.available(self.backend):
+        native = arrow_scan.for_backend(self.backend)
+        if not self.native_scans or self.config.is_memory or native is None:
             return None
-        filters = {"since": since, "until": until, "user_id": user_id, "after": after}
         self.ensure_schema()
-        if self.backend == "postgres":
-            from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
+        scan = partial(build_scan, table, since=since, until=until, user_id=user_id, after=after)
+        if native.start_up_cost and self._has_fewer_rows(scan(), self.arrow_scan_min_rows):
+            return None
+        location = self._executor.dialect.location
+        return native.batches(
+            self.engine.url, self.config, scan(null_as=native.null_as), batch_size, location
+        )
 
-            compiled = build_scan(table, **filters).compile(dialect=asyncpg.dialect())  # type: ignore[arg-type,no-untyped-call]
-            params = tuple(compiled.params[name] for name in compiled.positiontup or ())
-            uri = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            location = self._executor.dialect.location
-            return arrow_scan.postgres_batches(uri, str(compiled), params, batch_size, location)
-        statement = build_scan(table, **filters)  # type: ignore[arg-type]
-        if self.arrow_scan_min_rows > 0:
-            bounded = statement.order_by(None).limit(self.arrow_scan_min_rows).subquery()
-            sql, params = self._executor.render(select(func.count()).select_from(bounded))
-            rows = self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])
-            if rows < self.arrow_scan_min_rows:
-                return None
-        sql, params = self._executor.render(build_scan(table, **filters, null_as=arrow_scan.NULL))  # type: ignore[arg-type]
-        return arrow_scan.sqlite_batches(self.config.sqlite_path, sql, params, batch_size)
+    def _has_fewer_rows(self, statement: Select[Any], rows: int) -> bool:
+        """Whether ``statement`` returns fewer than ``rows`` rows (reading at most that many)."""
+        if rows <= 0:
+            return False
+        bounded = statement.order_by(None).limit(rows).subquery()
+        sql, params = self._executor.render(select(func.count()).select_from(bounded))
+        return int(self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])) < rows
 
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 20_000) -> int:
         target = TABLES[_table_name(table)]
