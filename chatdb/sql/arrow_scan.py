@@ -154,6 +154,7 @@ def _serve() -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    pa.set_memory_pool(pa.system_memory_pool())  # this process only: freed batches go back at once
     request = json.loads(sys.stdin.buffer.read())
     conn = adbc.connect(request["path"])
     try:
