@@ -129,7 +129,7 @@ def sqlite_batches(path: str, sql: str, params: tuple[Any, ...], batch_rows: int
         child.stdin.write(request.encode())
         child.stdin.close()
         try:
-            reader = pa.ipc.open_stream(child.stdout)
+            reader = pa.ipc.open_stream(child.stdout, memory_pool=pa.system_memory_pool())
             for batch in reader:
                 yield pa.Table.from_batches([batch])
         except pa.ArrowInvalid:
