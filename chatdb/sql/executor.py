@@ -105,6 +105,14 @@ class _Held:
             self.conn.close()
 
 
+def _release(executor: weakref.ref[Executor], held: _Held) -> None:
+    alive = executor()
+    if alive is not None:
+        alive._forget(held)
+    else:
+        held.close()
+
+
 class Executor:
     """Owns the engine (made on first use) and runs transactions on it."""
 
@@ -119,6 +127,7 @@ class Executor:
         self._begin_read = dialect.begin_statement(False)
         self._local = threading.local()
         self._held: set[_Held] = set()
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._held_lock = threading.Lock()
 
     @property
@@ -132,6 +141,9 @@ class Executor:
     def dispose(self) -> None:
         with self._held_lock:
             held, self._held = self._held, set()
+            finalizers, self._finalizers = self._finalizers, []
+        for finalizer in finalizers:
+            finalizer.detach()
         for each in held:
             each.close()
         self._local = threading.local()
@@ -224,7 +236,11 @@ class Executor:
         with self._held_lock:
             self._held.add(held)
         if self._lock is None:
-            weakref.finalize(threading.current_thread(), self._forget, held)
+            # When the thread ends its connection closes; the finalizer holds the executor weakly,
+            # so it never keeps a repository alive, and dispose() detaches it.
+            finalizer = weakref.finalize(threading.current_thread(), _release, weakref.ref(self), held)
+            with self._held_lock:
+                self._finalizers.append(finalizer)
         return held
 
     def _alive(self, held: _Held) -> bool:
