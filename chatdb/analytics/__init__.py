@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     )
 
 
-
 def __getattr__(name: str) -> Any:
     """Reports load Polars on first use, so prices (and ``chatdb demo``) work without it."""
     if name not in _USAGE_NAMES:

@@ -42,8 +42,14 @@ def _register() -> None:
     from .export import COMMANDS as export_commands
     from .usage import COMMANDS as usage_commands
 
-    for commands in (database_commands, demo_commands, export_commands, usage_commands, admin_commands,
-                     chat_commands):
+    for commands in (
+        database_commands,
+        demo_commands,
+        export_commands,
+        usage_commands,
+        admin_commands,
+        chat_commands,
+    ):
         for command in commands:
             cli.add_command(command)
 

@@ -14,8 +14,18 @@ from ._app import state
 from .output import output_options, render
 
 CHAT_COLUMNS = ("id", "title", "session_id", "created_at", "updated_at")
-MESSAGE_COLUMNS = ("id", "created_at", "role", "text", "images", "model", "input_tokens",
-                   "output_tokens", "total_cost_usd", "duration_ms")
+MESSAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "role",
+    "text",
+    "images",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "total_cost_usd",
+    "duration_ms",
+)
 _TEXT_IN_TABLE = 80
 
 user_option = click.option("--user", required=True, help="Username (or user id) that owns the chats.")

@@ -73,19 +73,30 @@ def _tables(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="parquet", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path),
-              help="Directory for parquet/csv/ndjson (default ./export); file for duckdb "
-              "(default ./export.duckdb).")
-@click.option("--tables", default=",".join(ALL_TABLES), show_default=True, callback=_tables,
-              help="Comma list of tables.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Directory for parquet/csv/ndjson (default ./export); file for duckdb (default ./export.duckdb).",
+)
+@click.option(
+    "--tables",
+    default=",".join(ALL_TABLES),
+    show_default=True,
+    callback=_tables,
+    help="Comma list of tables.",
+)
 @click.option("--since", type=DATETIME, help="Messages (and rows) created from this UTC date/time.")
 @click.option("--until", type=DATETIME, help="... and before this one.")
 @click.option("--user", help="Only this user's rows (username or id).")
 @click.option("--include-text", is_flag=True, help="Add the messages' text (off: metadata only).")
-@click.option("--partition-by", type=click.Choice(["month", "day", "user_id"]),
-              help="Parquet only: write messages as a hive-partitioned dataset.")
-@click.option("--append", is_flag=True,
-              help="Parquet/DuckDB: add only messages newer than those already exported.")
+@click.option(
+    "--partition-by",
+    type=click.Choice(["month", "day", "user_id"]),
+    help="Parquet only: write messages as a hive-partitioned dataset.",
+)
+@click.option(
+    "--append", is_flag=True, help="Parquet/DuckDB: add only messages newer than those already exported."
+)
 @click.option("--batch-size", type=click.IntRange(1), default=50_000, show_default=True)
 def export(
     fmt: str,
@@ -112,8 +123,17 @@ def export(
     target = out or Path("export.duckdb" if fmt == "duckdb" else "export")
     with app.progress(len(tables), "exporting") as bar:
         summary = export_tables(
-            repo, target, fmt=fmt, tables=tables, since=since, until=until, user_id=user_id,
-            include_text=include_text, partition_by=partition_by, append=append, batch_size=batch_size,
+            repo,
+            target,
+            fmt=fmt,
+            tables=tables,
+            since=since,
+            until=until,
+            user_id=user_id,
+            include_text=include_text,
+            partition_by=partition_by,
+            append=append,
+            batch_size=batch_size,
             progress=lambda _table: bar.update(1),
         )
     click.echo(summary.line())
@@ -142,20 +162,42 @@ def export_tables(
     summary = ExportSummary(fmt, out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", exporter.ExportWarning)
-        _export(exporter, repo, summary, tables=tables, since=since, until=until, user_id=user_id,
-                include_text=include_text, partition_by=partition_by, append=append, batch_size=batch_size,
-                progress=progress)
+        _export(
+            exporter,
+            repo,
+            summary,
+            tables=tables,
+            since=since,
+            until=until,
+            user_id=user_id,
+            include_text=include_text,
+            partition_by=partition_by,
+            append=append,
+            batch_size=batch_size,
+            progress=progress,
+        )
     for warning in caught:
         if not issubclass(warning.category, exporter.ExportWarning):
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif (match := _SKIPPED.match(str(warning.message))) and fmt == "duckdb" and (
-            match["table"] in summary.tables
+        elif (
+            (match := _SKIPPED.match(str(warning.message)))
+            and fmt == "duckdb"
+            and (match["table"] in summary.tables)
         ):  # to_duckdb reports unreadable rows only this way
             summary.tables[match["table"]].skipped_rows += int(match["rows"])
     summary.seconds = time.perf_counter() - started
     if fmt != "duckdb":
-        write_manifest(summary, {"since": since, "until": until, "user_id": user_id,
-                                 "include_text": include_text, "partition_by": partition_by}, append=append)
+        write_manifest(
+            summary,
+            {
+                "since": since,
+                "until": until,
+                "user_id": user_id,
+                "include_text": include_text,
+                "partition_by": partition_by,
+            },
+            append=append,
+        )
     return summary
 
 
@@ -179,8 +221,13 @@ def _export(
     if fmt == "duckdb":
         out.parent.mkdir(parents=True, exist_ok=True)
         con = exporter.to_duckdb(
-            repo, str(out), tables=tables, mode="append" if append else "replace",
-            include_text=include_text, batch_size=batch_size, **filters,
+            repo,
+            str(out),
+            tables=tables,
+            mode="append" if append else "replace",
+            include_text=include_text,
+            batch_size=batch_size,
+            **filters,
         )
         try:
             for table in tables:
@@ -201,9 +248,14 @@ def _export(
             partitioned = partition_by if table == "messages" else None
             path = out / (table if partitioned else f"{table}.parquet")
             result = exporter.to_parquet(
-                repo, str(path), table=table, partition_by=partitioned,
-                mode="append" if incremental else "replace", include_text=text,
-                batch_size=batch_size, **filters,
+                repo,
+                str(path),
+                table=table,
+                partition_by=partitioned,
+                mode="append" if incremental else "replace",
+                include_text=text,
+                batch_size=batch_size,
+                **filters,
             )
             files = _files_under(path, out)
             summary.tables[table] = TableExport(table, result.rows, files, result.skipped_rows)
@@ -217,8 +269,9 @@ def _export(
                 done = _write_text_table(reader, path, fmt)
             # read() reports unreadable rows only through its end-of-stream ExportWarning
             # ("N of M <table> rows had unreadable values ...").
-            done.skipped = sum(_leading_int(str(w.message)) for w in caught
-                               if issubclass(w.category, exporter.ExportWarning))
+            done.skipped = sum(
+                _leading_int(str(w.message)) for w in caught if issubclass(w.category, exporter.ExportWarning)
+            )
             summary.tables[table] = TableExport(table, done.rows, [path.name], done.skipped)
             if table == "messages":
                 summary.first_message_at, summary.last_message_at = done.first, done.last
@@ -288,9 +341,7 @@ def _iso_timestamps(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
 def _string_schema(schema: pa.Schema) -> pa.Schema:
     import pyarrow as pa
 
-    return pa.schema(
-        [pa.field(f.name, pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema]
-    )
+    return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_timestamp(f.type) else f for f in schema])
 
 
 # The export layer's warning text: "N of M <table> rows had unreadable values ...".

@@ -167,8 +167,13 @@ def _grid(columns: Sequence[str], cells: list[list[str]], numeric: list[bool], *
         return ("| " + " | ".join(padded) + " |") if markdown else "  ".join(padded).rstrip()
 
     if markdown:
-        rule = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(
-            widths, right, strict=True)) + "|"
+        rule = (
+            "|"
+            + "|".join(
+                ("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right, strict=True)
+            )
+            + "|"
+        )
     else:
         rule = "  ".join("-" * w for w in widths)
     body = [line(row) for row in cells]

@@ -40,17 +40,33 @@ def _zone(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--until", type=DATETIME, help="Up to this date/time (exclusive; in --timezone).")
 @click.option("--user", help="Only this user's messages (username or id).")
 @click.option("--model", help="Only this model (a dated snapshot name matches its family).")
-@click.option("--timezone", "tz", default="UTC", show_default=True, callback=_zone,
-              help="IANA zone in which hours, days and weeks are cut.")
+@click.option(
+    "--timezone",
+    "tz",
+    default="UTC",
+    show_default=True,
+    callback=_zone,
+    help="IANA zone in which hours, days and weeks are cut.",
+)
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
-@click.option("--cost-mode", type=click.Choice(["auto", "calculate", "display"]), default="auto",
-              show_default=True,
-              help="auto: reported cost, else estimated from prices; calculate: always estimate; "
-              "display: reported cost only.")
-@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Price table (JSON or CSV) overriding the bundled one.")
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True, path_type=Path),
-              help="Also write the matching chart as a PNG.")
+@click.option(
+    "--cost-mode",
+    type=click.Choice(["auto", "calculate", "display"]),
+    default="auto",
+    show_default=True,
+    help="auto: reported cost, else estimated from prices; calculate: always estimate; "
+    "display: reported cost only.",
+)
+@click.option(
+    "--prices",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Price table (JSON or CSV) overriding the bundled one.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the matching chart as a PNG.",
+)
 @output_options
 def usage(
     report: str,
@@ -76,8 +92,13 @@ def usage(
     repo = state().open()
     user_id = admin.resolve_user(repo, user).id if user is not None else None
     options: dict[str, Any] = {
-        "timezone": tz, "since": since, "until": until, "user_id": user_id, "model": model,
-        "cost_mode": cost_mode, "prices": analytics.load_prices(prices) if prices is not None else None,
+        "timezone": tz,
+        "since": since,
+        "until": until,
+        "user_id": user_id,
+        "model": model,
+        "cost_mode": cost_mode,
+        "prices": analytics.load_prices(prices) if prices is not None else None,
     }
     frame = analytics.usage_report(repo, REPORTS[report], breakdown=breakdown, order=order, **options)
     keys = [c for c in ("period", "model", "user_id", "chat_id") if c in frame.columns]
