@@ -128,8 +128,8 @@ def server_backend(name: str) -> Iterator[Backend]:
         "mysql": "mysql://root@127.0.0.1:3306/mysql",
     }[name]
     server_url = os.environ.get(env) or default
-    probe = chatdb.create_repository(server_url)
-    engine_url = probe.engine.url  # type: ignore[attr-defined]
+    with chatdb.create_repository(server_url) as probe:  # only to learn the driver URL
+        engine_url = probe.engine.url  # type: ignore[attr-defined]
     admin_url = engine_url.set(database="postgres" if name == "postgres" else "mysql")
     database = run_id()
     try:

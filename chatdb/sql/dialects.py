@@ -10,7 +10,6 @@ import importlib
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, insert, pool
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..config import DbConfig, redact_url
 from ..errors import BackendError, BackendUnavailableError, ChatDbError, ConfigError
@@ -91,10 +90,12 @@ class SqlDialect:
                 self._url(),
                 pool_size=8,
                 max_overflow=16,
+                # Pool checkouts are rare (schema, streams, each thread's first connection: see
+                # executor.py, which pings its per-thread connections itself), so always ping.
+                pool_pre_ping=True,
                 pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK
                 connect_args={"connect_timeout": max(1, round(timeout))},
             )
-            _ping_idle_connections(engine)
         else:
             driver = self._url().drivername.partition("+")[2]
             _require({"mysqldb": "MySQLdb"}.get(driver, driver), "mysql", "MySQL/MariaDB")
@@ -103,11 +104,11 @@ class SqlDialect:
                 pool_size=8,
                 max_overflow=16,
                 pool_recycle=3600,
+                pool_pre_ping=True,
                 pool_reset_on_return=None,
                 connect_args={"connect_timeout": max(1, round(timeout))},
             )
             event.listen(engine, "connect", _mysql_session)
-            _ping_idle_connections(engine)
         return engine
 
     def _sqlite_engine(self) -> Engine:
@@ -230,31 +231,6 @@ def _errno(orig: Any) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-PING_AFTER_IDLE_SECONDS = 5.0
-
-
-def _ping_idle_connections(engine: Engine) -> None:
-    """Pre-ping on checkout, for connections that sat idle in the pool: those are the ones a
-    server restart or an idle timeout has killed. A busy connection skips the round trip (it
-    would double the cost of a point query); if it died anyway, Executor.run reconnects."""
-
-    @event.listens_for(engine, "checkin")
-    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
-        record.info["chatdb_idle_since"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get("chatdb_idle_since")
-        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            alive = engine.dialect.do_ping(dbapi_conn)
-        except Exception as exc:
-            raise DisconnectionError() from exc
-        if not alive:
-            raise DisconnectionError()
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

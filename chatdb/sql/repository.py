@@ -228,10 +228,6 @@ class SqlRepository(RepositoryBase):
         if self.config.is_memory:
             self._schema_ready = False  # the next use opens a new, empty database
 
-    def stream(self, statement: Any, batch_size: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
-        """Yield the rows of any Core SELECT in lists of plain tuples, from a server-side cursor."""
-        return self._executor.stream(statement, batch_size)
-
     # -- schema ---------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
