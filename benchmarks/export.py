@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -259,7 +260,7 @@ CASES = {
 }
 
 
-_ARROW = ("pyarrow", "pyarrow.parquet", "pyarrow.dataset", "duckdb", "chatdb.export")
+_ARROW = ("pyarrow", "pyarrow.parquet", "duckdb", "chatdb.export", "chatdb.sql")
 NEEDS = {
     "chatdb to_parquet": _ARROW,
     "chatdb to_polars": (*_ARROW, "polars"),
@@ -281,11 +282,10 @@ def run_case(name: str, url: str, workdir: str) -> None:
     started = time.perf_counter()
     rows = CASES[name](url, workdir)
     seconds = time.perf_counter() - started
-    # A native scan reads in a child process (chatdb.sql.arrow_scan): the largest process counts.
-    rss_mb = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    ) / 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "rss_mb": rss_mb}))
+    # A native SQLite scan reads in a child process (chatdb._sqlite_arrow): reported apart.
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rows": rows, "rss_mb": rss_mb, "child_mb": child_mb}))
 
 
 def measure(name: str, url: str, workdir: str) -> dict[str, Any]:
@@ -301,17 +301,48 @@ def measure(name: str, url: str, workdir: str) -> dict[str, Any]:
     return result
 
 
+def measure_all(names: list[str], url: str, workdir: str, repeat: int) -> dict[str, dict[str, Any]]:
+    """Each case ``repeat`` times, the cases interleaved (a slow spell of the machine hits them
+    all alike); the median time and the highest peak RSS of each."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            runs[name].append(measure(name, url, workdir))
+    results: dict[str, dict[str, Any]] = {}
+    for name, done in runs.items():
+        failed = [run for run in done if "error" in run]
+        if failed:
+            results[name] = failed[0]
+            continue
+        results[name] = {
+            "seconds": statistics.median(run["seconds"] for run in done),
+            "all": [run["seconds"] for run in done],
+            "rows": done[0]["rows"],
+            "rss_mb": max(run["rss_mb"] for run in done),
+            "child_mb": max(run.get("child_mb", 0) for run in done),
+        }
+    return results
+
+
 def report(results: dict[str, dict[str, Any]], title: str) -> None:
     naive = results.get("naive json.loads loop", {}).get("seconds")
+    cx = results.get("connectorx", {}).get("seconds")
     print(f"\n{title}")
-    print(f"{'case':26s} {'seconds':>9s} {'peak RSS MB':>12s} {'rows':>10s} {'naive / case':>13s}")
+    print(
+        f"{'case':26s} {'median s':>9s} {'runs':>18s} {'RSS MB':>7s} {'child MB':>9s} {'rows':>10s} "
+        f"{'naive/case':>11s} {'cx/case':>8s}"
+    )
     for name, result in results.items():
         if "error" in result:
             print(f"{name:26s} {'n/a':>9s}   ({result['error']})")
             continue
         ratio = f"{naive / result['seconds']:.1f}x" if naive else ""
+        versus = f"{cx / result['seconds']:.2f}x" if cx else ""
+        runs = " ".join(f"{value:.2f}" for value in result.get("all", [result["seconds"]]))
+        child = f"{result['child_mb']:9.0f}" if result.get("child_mb") else f"{'-':>9s}"
         print(
-            f"{name:26s} {result['seconds']:9.2f} {result['rss_mb']:12.0f} {result['rows']:10,d} {ratio:>13s}"
+            f"{name:26s} {result['seconds']:9.2f} {runs:>18s} {result['rss_mb']:7.0f} {child} "
+            f"{result['rows']:10,d} {ratio:>11s} {versus:>8s}"
         )
 
 
@@ -328,6 +359,7 @@ def main() -> None:
     parser.add_argument(
         "--rss-scale", action="store_true", help="peak RSS of to_parquet at 1M and 3M messages"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case, interleaved (median)")
     parser.add_argument("--run-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_case:
@@ -340,13 +372,15 @@ def main() -> None:
             args.messages = count
             url = database_url(args)
             ensure_database(url, count, args.chats)
-            results[f"to_parquet {count:,}"] = measure("chatdb to_parquet", url, args.workdir)
+            results[f"to_parquet {count:,}"] = measure_all(
+                ["chatdb to_parquet"], url, args.workdir, args.repeat
+            )["chatdb to_parquet"]
         report(results, f"to_parquet peak RSS by size ({args.backend}, {os.cpu_count()} cores)")
         return
     url = database_url(args)
     ensure_database(url, args.messages, args.chats)
     names = [name.strip() for name in args.cases.split(",")] if args.cases else list(CASES)
-    results = {name: measure(name, url, args.workdir) for name in names}
+    results = measure_all(names, url, args.workdir, args.repeat)
     report(
         results, f"{args.messages:,} messages, {args.chats:,} chats, {args.backend}, {os.cpu_count()} cores"
     )

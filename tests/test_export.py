@@ -250,7 +250,9 @@ def test_bad_arguments_raise_validation_error(repo: ChatRepository, tmp_path: Pa
 
 
 # An in-memory SQLite database is one connection: no write can run while a scan reads it.
-@pytest.mark.parametrize("backend", [p for p in ALL_BACKENDS if p.values[0] != "sqlite_memory"], indirect=True)
+@pytest.mark.parametrize(
+    "backend", [p for p in ALL_BACKENDS if p.values[0] != "sqlite_memory"], indirect=True
+)
 def test_chat_deleted_mid_export_leaves_no_orphans(repo: ChatRepository, backend: Backend) -> None:
     chats = [repo.create_chat(f"user-{n}", f"chat {n}") for n in range(3)]
     for round_ in range(10):

@@ -109,3 +109,31 @@ def test_a_native_scan_of_a_broken_file_is_a_backend_error(tmp_path: Path) -> No
     target.write_bytes(b"this is not a database" * 100)
     with pytest.raises(BackendError):
         list(arrow_scan.sqlite_batches(str(target), "SELECT 1", (), 10))
+
+
+@pytest.mark.sqlite
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+@pytest.mark.parametrize("repo", ["sqlite"], indirect=True)
+def test_owners_from_a_join_or_a_lookup_export_the_same(repo: SqlRepository) -> None:
+    _, lookup = both_paths(repo)
+    repo.owner_lookup_max_chats = 0  # more chats than this: SQLite joins
+    _, joined = both_paths(repo)
+    assert lookup.equals(joined)
+    assert lookup.filter(pa.compute.equal(lookup["chat_id"], "gone"))["user_id"].null_count == 1
+
+
+@pytest.mark.sqlite
+def test_the_sqlite_child_parses_content_so_it_never_crosses_the_pipe(tmp_path: Path) -> None:
+    from chatdb.export._flatten import content_sql
+
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'staged.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.arrow_scan_min_rows = 0
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows("messages", [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z") for n in range(10)])
+    batches = repo.scan_arrow("messages", stage=content_sql(include_text=False))
+    assert batches is not None
+    table = pa.concat_tables(list(batches))
+    assert "content" not in table.column_names
+    assert table.num_rows == 10 and table["content_chars"].null_count == 0
+    assert set(table["user_id"].to_pylist()) == {"alice"}

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["Flattener", "messages_sql", "table_sql"]
+__all__ = ["Flattener", "content_sql", "messages_sql", "table_sql"]
 
 # scan_rows column → exported column, for the tables without JSON.
 _RENAMES: dict[str, dict[str, str]] = {
@@ -82,28 +82,12 @@ def _bad_field(index: int, name: str, kind: str) -> str:
     return f"({found} IS NOT NULL AND {found} <> 'NULL' AND ({name} IS NULL OR {found} = 'VARCHAR'))"
 
 
-def messages_sql(*, include_text: bool, include_extra: bool) -> str:
-    """The query turning a batch of stored message columns into the ``messages`` schema plus a
-    boolean ``_bad`` column (the row had an unreadable or converted value).
-
-    Each JSON value is parsed a few times at most, all in DuckDB's vectorised JSON reader:
-    metadata once for its kind, once for the JSON type of every field, once typed; content once,
-    keeping only each part's type and text.
-    """
-    paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
-    typed = (
-        "{"
-        + ",".join(
-            f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
-            for _, key, kind in METADATA_COLUMNS
-        )
-        + "}"
-    )
-    created, created_bad = _timestamp("created_at")
-    fields = [
-        f"{_metadata_field(i, key, kind)} AS {name}"
-        for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1)
-    ]
+def content_sql(*, include_text: bool) -> str:
+    """The first stage of ``messages``: a batch's ``content`` replaced by what is derived from
+    it (``content_chars``, ``content_parts``, ``has_image``, optionally ``text``, and the flag
+    ``content_bad``). Content is parsed once, keeping only each part's type and text. It is the
+    bulk of the bytes and of the parsing, so a scan that reads in another process may run this
+    stage there (see ``Flattener.stage_sql``) and send only its small result."""
     text_lengths = (
         "list_transform(parts, lambda p: "
         "CASE WHEN p.type = 'text' THEN coalesce(length(p.text), 0) ELSE 0 END)"
@@ -119,33 +103,64 @@ def messages_sql(*, include_text: bool, include_extra: bool) -> str:
             "lambda p: p.text)"
         )
         derived.append(f"CASE WHEN parts IS NOT NULL THEN array_to_string({texts}, chr(10)) END AS text")
+    derived.append("(content IS NOT NULL AND parts IS NULL) AS content_bad")
+    return (
+        f"SELECT * EXCLUDE (content, parts), {', '.join(derived)} FROM ("
+        f"SELECT *, TRY(json_transform(content, '{_PARTS_SCHEMA}')) AS parts FROM batch)"
+    )
+
+
+def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = False) -> str:
+    """The query turning a batch of stored message columns into the ``messages`` schema plus a
+    boolean ``_bad`` column (the row had an unreadable or converted value). With ``staged``,
+    the batch has been through :func:`content_sql` already.
+
+    Each JSON value is parsed a few times at most, all in DuckDB's vectorised JSON reader:
+    metadata once for its kind, once for the JSON type of every field, once typed; content once
+    (in :func:`content_sql`).
+    """
+    paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
+    typed = (
+        "{"
+        + ",".join(
+            f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
+            for _, key, kind in METADATA_COLUMNS
+        )
+        + "}"
+    )
+    created, created_bad = _timestamp("created_at")
+    fields = [
+        f"{_metadata_field(i, key, kind)} AS {name}"
+        for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1)
+    ]
     if include_extra:
         rest = "metadata"
         for _, key, _ in METADATA_COLUMNS:
             rest = f"json_remove({rest}, '$.{key}')"
-        derived.append(
+        fields.append(
             f"CASE WHEN meta_kind = 'OBJECT' THEN nullif(CAST({rest} AS VARCHAR), '{{}}') END "
             "AS metadata_extra"
         )
     bads = [
         "created_bad",
         "(metadata IS NOT NULL AND (meta_kind IS NULL OR meta_kind NOT IN ('OBJECT', 'NULL')))",
-        "(content IS NOT NULL AND parts IS NULL)",
+        "content_bad",
         *(_bad_field(i, name, kind) for i, (name, _, kind) in enumerate(METADATA_COLUMNS, start=1)),
     ]
     output = ["message_id", "chat_id", "user_id", "role", "created_ts AS created_at"]
     output += [name for name, _, _ in METADATA_COLUMNS]
     output += ["content_chars", "content_parts", "has_image"]
     output += ["text"] * include_text + ["metadata_extra"] * include_extra
+    source = "batch" if staged else f"({content_sql(include_text=include_text)})"
     return (
         f"SELECT {', '.join(output)}, ({' OR '.join(bads)}) AS _bad FROM ("
         f"SELECT id AS message_id, chat_id, user_id, role, "
         f"{created} AS created_ts, {created_bad} AS created_bad, "
-        f"metadata, content, meta_kind, meta_kinds, parts, {', '.join(fields + derived)} FROM ("
+        f"metadata, meta_kind, meta_kinds, content_chars, content_parts, has_image, content_bad, "
+        f"{'text, ' * include_text}{', '.join(fields)} FROM ("
         f"SELECT *, CASE WHEN meta_kind = 'OBJECT' THEN json_type(metadata, [{paths}]) END AS meta_kinds, "
         f"CASE WHEN meta_kind = 'OBJECT' THEN json_transform(metadata, '{typed}') END AS meta_typed "
-        f"FROM (SELECT *, TRY(json_type(metadata)) AS meta_kind, "
-        f"TRY(json_transform(content, '{_PARTS_SCHEMA}')) AS parts FROM batch)))"
+        f"FROM (SELECT *, TRY(json_type(metadata)) AS meta_kind FROM {source})))"
     )
 
 
@@ -170,8 +185,15 @@ class Flattener:
         self.table = table
         self.columns = tuple(columns)
         self.schema = schema(table, include_text=include_text, include_extra=include_extra)
+        # stage_sql: what a scan may apply to each batch before handing it over (None: nothing).
+        self.stage_sql: str | None = None
+        self._staged_sql: str | None = None
         if table == "messages":
             self._sql = messages_sql(include_text=include_text, include_extra=include_extra)
+            self.stage_sql = content_sql(include_text=include_text)
+            self._staged_sql = messages_sql(
+                include_text=include_text, include_extra=include_extra, staged=True
+            )
         else:
             self._sql = table_sql(table, self.columns)
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -210,11 +232,14 @@ class Flattener:
 
         if source.num_rows == 0:
             return self.schema.empty_table(), 0
+        sql = self._sql
+        if self._staged_sql is not None and "content_bad" in source.schema.names:
+            sql = self._staged_sql  # the scan ran the content stage already
         with self._lock:
             con = self._connection()
             con.register("batch", source)
             try:
-                result = con.sql(self._sql).to_arrow_table()
+                result = con.sql(sql).to_arrow_table()
             finally:
                 con.unregister("batch")
         skipped = int(pc.sum(result.column("_bad")).as_py() or 0)

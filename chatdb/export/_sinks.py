@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .._codec import format_ts
 from ..errors import ValidationError
 from ._stream import Scan
+from .schemas import REPEATED_COLUMNS
 
 if TYPE_CHECKING:
     import duckdb
@@ -62,13 +63,19 @@ def write_parquet(
     return _write_dataset(scan, path, partition_by=partition_by, append=append, compression=compression)
 
 
+def _dictionary(scan: Scan) -> list[str]:
+    return list(REPEATED_COLUMNS[scan.table])
+
+
 def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> int:
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with pq.ParquetWriter(temporary, scan.schema, compression=compression) as writer:
+        with pq.ParquetWriter(
+            temporary, scan.schema, compression=compression, use_dictionary=_dictionary(scan)
+        ) as writer:
             if append and path.exists():
                 # A Parquet file cannot grow in place: stream the old row groups into the new file.
                 old = pq.ParquetFile(path)
@@ -116,7 +123,9 @@ def _write_dataset(
             partitioning=partitioning,
             basename_template=f"part-{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-{{i}}.parquet",
             existing_data_behavior="overwrite_or_ignore",
-            file_options=ds.ParquetFileFormat().make_write_options(compression=compression),
+            file_options=ds.ParquetFileFormat().make_write_options(
+                compression=compression, use_dictionary=_dictionary(scan)
+            ),
             max_rows_per_group=scan.batch_size,
             min_rows_per_group=min(scan.batch_size, 10_000),
             max_open_files=256,

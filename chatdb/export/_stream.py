@@ -98,7 +98,13 @@ class Scan:
             # without the GIL.
             convert_rows = min(self.batch_size, CONVERT_ROWS)
             scan_arrow = getattr(self.repo, "scan_arrow", None)
-            native = scan_arrow(self.table, batch_size=convert_rows, **self.filters) if scan_arrow else None
+            native = (
+                scan_arrow(
+                    self.table, batch_size=convert_rows, stage=self.flattener.stage_sql, **self.filters
+                )
+                if scan_arrow
+                else None
+            )
             if native is not None:
                 return cast(Iterator["pa.Table"], native)
             fetch = min(self.batch_size, FETCH_ROWS)

@@ -138,13 +138,17 @@ def build_scan(
     after: tuple[str, str] | None = None,
     stored: bool = False,
     null_as: str | None = None,
+    owner: bool = True,
 ) -> Select[Any]:
     """The ordered, filtered SELECT behind ``scan_rows`` (pure; filters become WHERE clauses).
     ``null_as`` selects every column as ``ifnull(column, null_as)`` (for Arrow drivers that
-    infer a column's type from its first values)."""
+    infer a column's type from its first values). ``owner=False`` leaves out the messages'
+    ``user_id`` (and the join with chats that finds it) for a caller that adds it itself."""
     source = TABLES[_table_name(table)]
     names = IMPORT_COLUMNS[source.name] if stored else SCAN_COLUMNS[source.name]
     joined = source is messages and not stored
+    if joined and not owner:
+        names, joined = tuple(name for name in names if name != "user_id"), user_id is not None
     columns: list[Any] = [_C.user_id if joined and name == "user_id" else source.c[name] for name in names]
     if null_as is not None:
         columns = [
@@ -159,8 +163,8 @@ def build_scan(
     if until is not None:
         statement = statement.where(created < _codec.format_ts(until))
     if user_id is not None:
-        owner = _C.user_id if source is messages else source.c.get("user_id", source.c.id)
-        statement = statement.where(owner == user_id)
+        owned_by = _C.user_id if source is messages else source.c.get("user_id", source.c.id)
+        statement = statement.where(owned_by == user_id)
     if after is not None:
         stamp, last_id = after
         statement = statement.where(or_(created > stamp, and_(created == stamp, key > last_id)))
@@ -276,6 +280,8 @@ class SqlRepository(RepositoryBase):
     native_scans = True
     # SQLite: below this many rows the native scan's child process costs more than it saves.
     arrow_scan_min_rows = 50_000
+    # SQLite: up to this many chats, message owners come from a lookup instead of a join.
+    owner_lookup_max_chats = 200_000
 
     def scan_arrow(
         self,
@@ -286,11 +292,13 @@ class SqlRepository(RepositoryBase):
         user_id: str | None = None,
         after: tuple[str, str] | None = None,
         batch_size: int = 10_000,
+        stage: str | None = None,
     ) -> Iterator[Any] | None:
         """``scan_rows`` as Arrow tables straight from a native (ADBC) driver, or None where
         there is none or the scan is small (then use ``scan_rows``). See
         :mod:`chatdb.sql.arrow_scan`: PostgreSQL in process; large scans of SQLite files in a
-        child process; MySQL has no such driver."""
+        child process; MySQL has no such driver. ``stage``: DuckDB SQL over ``batch`` that a
+        scan in a child process applies to each batch there (the caller handles both)."""
         native = arrow_scan.for_backend(self.backend)
         if not self.native_scans or self.config.is_memory or native is None:
             return None
@@ -299,9 +307,18 @@ class SqlRepository(RepositoryBase):
         if native.start_up_cost and self._has_fewer_rows(scan(), self.arrow_scan_min_rows):
             return None
         location = self._executor.dialect.location
-        return native.batches(
-            self.engine.url, self.config, scan(null_as=native.null_as), batch_size, location
-        )
+        statement, lookup = scan(null_as=native.null_as), None
+        # The chat owner of every message from a hash lookup in the scan, not a join in SQLite
+        # (unless there are so many chats that reading them all costs more).
+        if (
+            native.owner_lookup
+            and table == "messages"
+            and user_id is None
+            and self._has_fewer_rows(select(_C.id), self.owner_lookup_max_chats + 1)
+        ):
+            statement = scan(null_as=native.null_as, owner=False)
+            lookup = arrow_scan.Lookup(select(_C.id, _C.user_id), key="chat_id", name="user_id", position=2)
+        return native.batches(self.engine.url, self.config, statement, batch_size, location, lookup, stage)
 
     def _has_fewer_rows(self, statement: Select[Any], rows: int) -> bool:
         """Whether ``statement`` returns fewer than ``rows`` rows (reading at most that many)."""
