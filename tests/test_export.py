@@ -483,3 +483,64 @@ def test_warning_is_silent_for_clean_data(repo: ChatRepository) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         export.read(repo).read_all()
+
+
+CLEAN_METADATA = [
+    None,
+    "null",
+    "{}",
+    '{"model":"claude-sonnet-4-5","inputTokens":10,"outputTokens":0,"totalCostUsd":0.0012,"durationMs":5}',
+    '{"model":null,"inputTokens":null,"totalCostUsd":1}',
+    '{"cacheCreationInputTokens":7,"cacheReadInputTokens":9223372036854775807,"extra":{"a":[1]}}',
+    '{"totalCostUsd":1e-7,"durationMs":0,"model":"ünïcode 🙂"}',
+]
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_fast_and_exact_conversions_agree_on_every_clean_row(staged: bool) -> None:
+    """Clean batches take the fast query; it must give exactly what the exact query gives."""
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+    contents = [json.dumps([{"type": "text", "text": 'a\\nb "q" 🙂'}]), json.dumps([IMAGE]), "[]"]
+    rows = [
+        (f"m{n}", "c1", None if n % 4 == 0 else "u1", "assistant", contents[n % 3],
+         f"2025-01-01T00:00:0{n}.12{n}Z", metadata)
+        for n, metadata in enumerate(CLEAN_METADATA)
+    ]  # fmt: skip
+    flattener = Flattener("messages", columns, include_text=True, include_extra=False)
+    try:
+        source = flattener.to_arrow(rows)
+        con = flattener._connection()
+        if staged:
+            con.register("batch", source)
+            source = con.sql(flattener.stage_sql or "").to_arrow_table()
+            con.unregister("batch")
+        fast, exact = flattener._queries[staged]
+        assert fast is not None
+        con.register("batch", source)
+        quick, slow = con.sql(fast).to_arrow_table(), con.sql(exact).to_arrow_table()
+    finally:
+        flattener.close()
+    assert quick.column("_ok").to_pylist() == [True] * len(rows)
+    assert slow.column("_bad").to_pylist() == [False] * len(rows)
+    assert quick.drop_columns(["_ok"]).to_pylist() == slow.drop_columns(["_bad"]).to_pylist()
+
+
+@pytest.mark.parametrize("metadata, _content, _expected", BAD_ROWS)
+def test_the_fast_query_never_passes_a_row_with_unexpected_types(
+    metadata: str, _content: str | None, _expected: dict[str, Any]
+) -> None:
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+    row = ("m1", "c1", "u1", "user", _content or "[]", "2025-01-01T00:00:00.000Z", metadata)
+    flattener = Flattener("messages", columns, include_text=False, include_extra=False)
+    try:
+        con = flattener._connection()
+        con.register("batch", flattener.to_arrow([row]))
+        fast, _ = flattener._queries[False]
+        assert fast is not None
+        try:
+            ok = con.sql(fast).to_arrow_table().column("_ok").to_pylist()
+        except duckdb.Error:
+            ok = [False]  # invalid JSON: the query raises, and the exact query runs
+    finally:
+        flattener.close()
+    assert ok == [False]
