@@ -12,9 +12,9 @@ so NULLs are selected as this string and turned back into nulls here), and optio
 first, whose value is added to every batch as column ``name`` at ``position``, matched on
 column ``key`` (null where absent). The lookup replaces a join SQLite would do per row
 (chat owner per message: ~40% of the scan's time) by a hash lookup per batch. And optionally
-``stage``: DuckDB SQL over a relation ``batch`` applied to every batch before it is sent (the
-export's content stage: the message text, most of the bytes, is parsed here and never crosses
-the pipe; the parent's work halves and the two processes share it).
+``stage``: ``{"columns", "queries"}`` applied to every batch before it is sent (see
+:func:`apply_stage`; the export's content stage: the message text, most of the bytes, is
+parsed here and never crosses the pipe, and the two processes share the work).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import importlib.abc
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -56,10 +57,35 @@ def _nulls(batch: Any, null: str) -> list[Any]:
     return columns
 
 
-def _stage(sql: str) -> Any:
-    """A function applying ``sql`` to a batch, in a private in-process DuckDB."""
+def apply_stage(con: Any, stage: Mapping[str, Any], batch: Any) -> Any:
+    """``batch`` (an Arrow record batch or table) with ``stage["columns"]`` replaced by the
+    result of the first of ``stage["queries"]`` (DuckDB SQL over a relation ``batch`` holding
+    only those columns) that does not raise; the other columns pass through uncopied."""
     import duckdb
     import pyarrow as pa
+
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    con.register("batch", table.select(stage["columns"]))
+    try:
+        *strict, last = stage["queries"]
+        for sql in strict:
+            try:
+                result = con.sql(sql).to_arrow_table()
+                break
+            except duckdb.Error:
+                continue
+        else:
+            result = con.sql(last).to_arrow_table()
+    finally:
+        con.unregister("batch")
+    kept = table.drop_columns(stage["columns"])
+    columns = [*kept.columns, *result.columns]
+    return pa.table(columns, names=[*kept.column_names, *result.column_names])
+
+
+def _stager(stage: Mapping[str, Any]) -> Any:
+    """A function applying ``stage`` to a batch, in a private in-process DuckDB."""
+    import duckdb
 
     con = duckdb.connect()
     # One thread (the parent has the other core); freed memory goes back promptly.
@@ -69,15 +95,7 @@ def _stage(sql: str) -> Any:
         "allocator_bulk_deallocation_flush_threshold = '8MiB'",
     ):
         con.execute(f"SET {setting}")
-
-    def apply(batch: Any) -> list[Any]:
-        con.register("batch", pa.Table.from_batches([batch]))
-        try:
-            return list(con.sql(sql).to_arrow_table().to_batches())
-        finally:
-            con.unregister("batch")
-
-    return apply
+    return lambda batch: apply_stage(con, stage, batch).to_batches()
 
 
 def serve(request: dict[str, Any], out: Any) -> None:
@@ -102,7 +120,7 @@ def serve(request: dict[str, Any], out: Any) -> None:
         statements.append(adbc_driver_manager.AdbcStatement(connection))
         reader = _read(statements[-1], request["sql"], request["params"], request["batch_rows"])
         names = list(reader.schema.names)
-        stage = _stage(request["stage"]) if request.get("stage") else None
+        stage = _stager(request["stage"]) if request.get("stage") else None
         writer = None
         for batch in reader:
             columns = _nulls(batch, request["null"])

@@ -18,6 +18,7 @@ import pytest
 
 from chatdb import export
 from chatdb._codec import format_ts
+from chatdb._sqlite_arrow import apply_stage
 from chatdb.errors import ConfigError, ValidationError
 from chatdb.export import ExportWarning
 from chatdb.export._flatten import Flattener
@@ -511,9 +512,8 @@ def test_fast_and_exact_conversions_agree_on_every_clean_row(staged: bool) -> No
         source = flattener.to_arrow(rows)
         con = flattener._connection()
         if staged:
-            con.register("batch", source)
-            source = con.sql(flattener.stage_sql or "").to_arrow_table()
-            con.unregister("batch")
+            assert flattener.stage is not None
+            source = apply_stage(con, flattener.stage, source)
         fast, exact = flattener._queries[staged]
         assert fast is not None
         con.register("batch", source)
@@ -544,3 +544,18 @@ def test_the_fast_query_never_passes_a_row_with_unexpected_types(
     finally:
         flattener.close()
     assert ok == [False]
+
+
+def test_the_content_stage_reads_invalid_json_as_null_and_passes_other_columns() -> None:
+    flattener = Flattener("messages", ("id", "content"), include_text=True, include_extra=False)
+    assert flattener.stage is not None
+    source = pa.table({"id": ["a", "b"], "content": [json.dumps([{"type": "text", "text": "hé"}]), "{bad"]})
+    try:
+        staged = apply_stage(flattener._connection(), flattener.stage, source)
+    finally:
+        flattener.close()
+    assert staged.column("id").to_pylist() == ["a", "b"]
+    assert staged.column("content_chars").to_pylist() == [2, None]
+    assert staged.column("content_bad").to_pylist() == [False, True]
+    assert staged.column("text").to_pylist() == ["hé", None]
+    assert "content" not in staged.column_names

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["Flattener", "clean_messages_sql", "content_sql", "messages_sql", "table_sql"]
+__all__ = ["Flattener", "clean_messages_sql", "content_stage", "messages_sql", "table_sql"]
 
 # scan_rows column → exported column, for the tables without JSON.
 _RENAMES: dict[str, dict[str, str]] = {
@@ -82,18 +82,17 @@ def _bad_field(index: int, name: str, kind: str) -> str:
     return f"({found} IS NOT NULL AND {found} <> 'NULL' AND ({name} IS NULL OR {found} = 'VARCHAR'))"
 
 
-def content_sql(*, include_text: bool) -> str:
-    """The first stage of ``messages``: a batch's ``content`` replaced by what is derived from
-    it (``content_chars``, ``content_parts``, ``has_image``, optionally ``text``, and the flag
-    ``content_bad``). Content is parsed once, keeping only each part's type and text. It is the
-    bulk of the bytes and of the parsing, so a scan that reads in another process may run this
-    stage there (see ``Flattener.stage_sql``) and send only its small result."""
+def _content_derived(include_text: bool) -> list[str]:
+    """What ``messages`` derives from ``content``, over its parsed ``parts`` (type and text of
+    each part, parsed once; a 10 MB base64 image is skipped by the parser)."""
     text_lengths = (
         "list_transform(parts, lambda p: "
         "CASE WHEN p.type = 'text' THEN coalesce(length(p.text), 0) ELSE 0 END)"
     )
     derived = [
-        f"CASE WHEN parts IS NOT NULL THEN coalesce(list_sum({text_lengths}), 0) END AS content_chars",
+        # BIGINT: a sum is HUGEINT in DuckDB, a 128-bit decimal in Arrow.
+        f"CASE WHEN parts IS NOT NULL THEN CAST(coalesce(list_sum({text_lengths}), 0) AS BIGINT) END "
+        "AS content_chars",
         "len(parts) AS content_parts",
         "list_contains(list_transform(parts, lambda p: p.type), 'image') AS has_image",
     ]
@@ -104,20 +103,47 @@ def content_sql(*, include_text: bool) -> str:
         )
         derived.append(f"CASE WHEN parts IS NOT NULL THEN array_to_string({texts}, chr(10)) END AS text")
     derived.append("(content IS NOT NULL AND parts IS NULL) AS content_bad")
+    return derived
+
+
+def _parts(*, lenient: bool) -> str:
+    parsed = f"json_transform(content, '{_PARTS_SCHEMA}')"
+    return f"TRY({parsed})" if lenient else parsed
+
+
+def content_stage(*, include_text: bool) -> dict[str, Any]:
+    """The first stage of ``messages`` as a scan may run it before handing batches over: the
+    ``columns`` it reads (``content``) are replaced by what the first of its ``queries`` (DuckDB
+    SQL over a relation ``batch`` of those columns) that does not raise returns:
+    ``content_chars``, ``content_parts``, ``has_image``, optionally ``text``, and the flag
+    ``content_bad``. The first query is strict (and faster), the second reads invalid JSON as
+    null. Content is the bulk of the bytes and of the parsing, so a scan reading in another
+    process runs this there (see :mod:`chatdb._sqlite_arrow`) and sends only the result."""
+    derived = ", ".join(_content_derived(include_text))
+    queries = [
+        f"SELECT {derived} FROM (SELECT content, {_parts(lenient=lenient)} AS parts FROM batch)"
+        for lenient in (False, True)
+    ]
+    return {"columns": ["content"], "queries": queries}
+
+
+def _inline_content(include_text: bool) -> str:
+    """The batch with the content stage applied, as a subquery (for batches not staged)."""
+    derived = ", ".join(_content_derived(include_text))
     return (
-        f"SELECT * EXCLUDE (content, parts), {', '.join(derived)} FROM ("
-        f"SELECT *, TRY(json_transform(content, '{_PARTS_SCHEMA}')) AS parts FROM batch)"
+        f"(SELECT * EXCLUDE (content, parts), {derived} FROM ("
+        f"SELECT *, {_parts(lenient=True)} AS parts FROM batch))"
     )
 
 
 def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = False) -> str:
     """The query turning a batch of stored message columns into the ``messages`` schema plus a
     boolean ``_bad`` column (the row had an unreadable or converted value). With ``staged``,
-    the batch has been through :func:`content_sql` already.
+    the batch has been through :func:`content_stage` already.
 
     Each JSON value is parsed a few times at most, all in DuckDB's vectorised JSON reader:
     metadata once for its kind, once for the JSON type of every field, once typed; content once
-    (in :func:`content_sql`).
+    (see :func:`content_stage`).
     """
     paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
     typed = (
@@ -151,7 +177,7 @@ def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = Fals
     output += [name for name, _, _ in METADATA_COLUMNS]
     output += ["content_chars", "content_parts", "has_image"]
     output += ["text"] * include_text + ["metadata_extra"] * include_extra
-    source = "batch" if staged else f"({content_sql(include_text=include_text)})"
+    source = "batch" if staged else _inline_content(include_text)
     return (
         f"SELECT {', '.join(output)}, ({' OR '.join(bads)}) AS _bad FROM ("
         f"SELECT id AS message_id, chat_id, user_id, role, "
@@ -202,7 +228,7 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
     ]
     output = ["id AS message_id", "chat_id", "user_id", "role", "created_at_ms AS created_at", *values]
     output += ["content_chars", "content_parts", "has_image"] + ["text"] * include_text
-    source = "batch" if staged else f"({content_sql(include_text=include_text)})"
+    source = "batch" if staged else _inline_content(include_text)
     return (
         f"SELECT {', '.join(output)}, coalesce({' AND '.join(checks)}, false) AS _ok FROM ("
         f"SELECT *, json_type(metadata) AS meta_kind, json_type(metadata, [{paths}]) AS meta_kinds, "
@@ -231,12 +257,12 @@ class Flattener:
         self.table = table
         self.columns = tuple(columns)
         self.schema = schema(table, include_text=include_text, include_extra=include_extra)
-        # stage_sql: what a scan may apply to each batch before handing it over (None: nothing).
-        self.stage_sql: str | None = None
+        # What a scan may apply to each batch before handing it over (None: nothing).
+        self.stage: dict[str, Any] | None = None
         # (fast query or None, exact query) for batches as scanned, and as staged.
         self._queries: dict[bool, tuple[str | None, str]] = {}
         if table == "messages":
-            self.stage_sql = content_sql(include_text=include_text)
+            self.stage = content_stage(include_text=include_text)
             for staged in (False, True):
                 fast = None if include_extra else clean_messages_sql(include_text=include_text, staged=staged)
                 exact = messages_sql(include_text=include_text, include_extra=include_extra, staged=staged)

@@ -99,9 +99,7 @@ class Scan:
             convert_rows = min(self.batch_size, CONVERT_ROWS)
             scan_arrow = getattr(self.repo, "scan_arrow", None)
             native = (
-                scan_arrow(
-                    self.table, batch_size=convert_rows, stage=self.flattener.stage_sql, **self.filters
-                )
+                scan_arrow(self.table, batch_size=convert_rows, stage=self.flattener.stage, **self.filters)
                 if scan_arrow
                 else None
             )

@@ -24,7 +24,7 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..errors import BackendError, BackendUnavailableError
@@ -61,11 +61,11 @@ class NativeScan:
         batch_rows: int,
         location: str,
         lookup: Lookup | None = None,
-        stage: str | None = None,
+        stage: Mapping[str, Any] | None = None,
     ) -> Iterator[Any]:
         """Arrow tables for ``statement`` (a Core SELECT), read by this backend's driver;
-        ``stage`` (DuckDB SQL over ``batch``) is applied to them where the scan runs in a child
-        process (SQLite), and ignored otherwise."""
+        ``stage`` (see :mod:`chatdb._sqlite_arrow`) is applied to them where the scan runs in
+        a child process (SQLite), and ignored otherwise."""
         if self.backend == "postgres":
             from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
 
@@ -150,7 +150,7 @@ def sqlite_batches(
     batch_rows: int,
     *,
     lookup: dict[str, Any] | None = None,
-    stage: str | None = None,
+    stage: Mapping[str, Any] | None = None,
 ) -> Iterator[Any]:
     """Arrow tables of about ``batch_rows`` rows for ``sql`` over the SQLite file at ``path``,
     read by a child process in one transaction (one consistent snapshot); ``lookup`` and
@@ -167,7 +167,7 @@ def sqlite_batches(
     if lookup is not None:
         request["lookup"] = lookup
     if stage is not None:
-        request["stage"] = stage
+        request["stage"] = dict(stage)
     child = subprocess.Popen(
         [sys.executable, "-m", "chatdb._sqlite_arrow"],
         stdin=subprocess.PIPE,

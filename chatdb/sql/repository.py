@@ -292,13 +292,14 @@ class SqlRepository(RepositoryBase):
         user_id: str | None = None,
         after: tuple[str, str] | None = None,
         batch_size: int = 10_000,
-        stage: str | None = None,
+        stage: Mapping[str, Any] | None = None,
     ) -> Iterator[Any] | None:
         """``scan_rows`` as Arrow tables straight from a native (ADBC) driver, or None where
         there is none or the scan is small (then use ``scan_rows``). See
         :mod:`chatdb.sql.arrow_scan`: PostgreSQL in process; large scans of SQLite files in a
-        child process; MySQL has no such driver. ``stage``: DuckDB SQL over ``batch`` that a
-        scan in a child process applies to each batch there (the caller handles both)."""
+        child process; MySQL has no such driver. ``stage``: DuckDB queries that a scan in a
+        child process applies to each batch there (see :mod:`chatdb._sqlite_arrow`; the
+        caller handles batches with and without it)."""
         native = arrow_scan.for_backend(self.backend)
         if not self.native_scans or self.config.is_memory or native is None:
             return None
