@@ -59,44 +59,11 @@ def _nulls(batch: Any, null: str) -> list[Any]:
     return columns
 
 
-def apply_stage(con: Any, stage: Mapping[str, Any], batch: Any) -> Any:
-    """``batch`` (an Arrow record batch or table) with ``stage["columns"]`` replaced by the
-    result of the first of ``stage["queries"]`` (DuckDB SQL over a relation ``batch`` holding
-    only those columns) that does not raise; the other columns pass through uncopied."""
-    import duckdb
-    import pyarrow as pa
-
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    con.register("batch", table.select(stage["columns"]))
-    try:
-        *strict, last = stage["queries"]
-        for sql in strict:
-            try:
-                result = con.sql(sql).to_arrow_table()
-                break
-            except duckdb.Error:
-                continue
-        else:
-            result = con.sql(last).to_arrow_table()
-    finally:
-        con.unregister("batch")
-    kept = table.drop_columns(stage["columns"])
-    columns = [*kept.columns, *result.columns]
-    return pa.table(columns, names=[*kept.column_names, *result.column_names])
-
-
 def _stager(stage: Mapping[str, Any]) -> Any:
     """A function applying ``stage`` to a batch, in a private in-process DuckDB."""
-    import duckdb
+    from ._batches import apply_stage, private_duckdb
 
-    con = duckdb.connect()
-    # One thread (the parent has the other core); freed memory goes back promptly.
-    for setting in (
-        "threads = 1",
-        "allocator_flush_threshold = '8MiB'",
-        "allocator_bulk_deallocation_flush_threshold = '8MiB'",
-    ):
-        con.execute(f"SET {setting}")
+    con = private_duckdb()
     return lambda batch: apply_stage(con, stage, batch).to_batches()
 
 
@@ -104,7 +71,8 @@ def serve(request: dict[str, Any], out: Any) -> None:
     import adbc_driver_manager
     import adbc_driver_sqlite
     import pyarrow as pa
-    import pyarrow.compute as pc
+
+    from ._batches import attach_lookup, lookup_table
 
     pa.set_memory_pool(pa.system_memory_pool())  # this process only: freed batches go back at once
     if request.get("stage"):  # import DuckDB (0.1 s) while SQLite starts reading
@@ -119,28 +87,23 @@ def serve(request: dict[str, Any], out: Any) -> None:
         values: Any = None
         if lookup:
             statements.append(adbc_driver_manager.AdbcStatement(connection))
-            table = _read(statements[-1], lookup["sql"], [], 65_536).read_all()
-            keys, values = (table.column(i).combine_chunks().cast(pa.string()) for i in (0, 1))
+            keys, values = lookup_table(_read(statements[-1], lookup["sql"], [], 65_536).read_all())
         statements.append(adbc_driver_manager.AdbcStatement(connection))
         reader = _read(statements[-1], request["sql"], request["params"], request["batch_rows"])
         names = list(reader.schema.names)
+        if lookup:
+            names.insert(lookup["position"], lookup["name"])
         stage = _stager(request["stage"]) if request.get("stage") else None
         writer = None
         for batch in reader:
-            columns = _nulls(batch, request["null"])
-            out_names = names
+            result = pa.RecordBatch.from_arrays(_nulls(batch, request["null"]), names=batch.schema.names)
             if lookup:
-                found = pc.index_in(columns[names.index(lookup["key"])], value_set=keys)
-                columns.insert(lookup["position"], values.take(found))
-                out_names = [*names[: lookup["position"]], lookup["name"], *names[lookup["position"] :]]
-            result = pa.RecordBatch.from_arrays(columns, names=out_names)
+                result = attach_lookup(result, lookup, keys, values)
             for staged in stage(result) if stage else [result]:
                 if writer is None:
                     writer = pa.ipc.new_stream(out, staged.schema)
                 writer.write_batch(staged)
         if writer is None:  # no rows: an empty stream with the right column names
-            if lookup:
-                names.insert(lookup["position"], lookup["name"])
             writer = pa.ipc.new_stream(out, pa.schema([pa.field(name, pa.string()) for name in names]))
         writer.close()
     finally:

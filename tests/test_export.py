@@ -18,7 +18,7 @@ import pytest
 
 from chatdb import export
 from chatdb._codec import format_ts
-from chatdb._sqlite_arrow import apply_stage
+from chatdb._batches import apply_stage
 from chatdb.errors import ConfigError, ValidationError
 from chatdb.export import ExportWarning
 from chatdb.export._flatten import Flattener

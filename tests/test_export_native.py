@@ -111,12 +111,10 @@ def test_a_native_scan_of_a_broken_file_is_a_backend_error(tmp_path: Path) -> No
         list(arrow_scan.sqlite_batches(str(target), "SELECT 1", (), 10))
 
 
-@pytest.mark.sqlite
 @pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
-@pytest.mark.parametrize("repo", ["sqlite"], indirect=True)
 def test_owners_from_a_join_or_a_lookup_export_the_same(repo: SqlRepository) -> None:
     _, lookup = both_paths(repo)
-    repo.owner_lookup_max_chats = 0  # more chats than this: SQLite joins
+    repo.owner_lookup_max_chats = 0  # more chats than this: the database joins
     _, joined = both_paths(repo)
     assert lookup.equals(joined)
     assert lookup.filter(pa.compute.equal(lookup["chat_id"], "gone"))["user_id"].null_count == 1
@@ -138,3 +136,14 @@ def test_the_sqlite_child_parses_content_so_it_never_crosses_the_pipe(tmp_path: 
     assert table.num_rows == 10 and table["content_chars"].null_count == 0
     assert table.schema.field("content_chars").type == pa.int64()
     assert set(table["user_id"].to_pylist()) == {"alice"}
+
+
+@pytest.mark.postgres
+def test_an_unreachable_postgres_native_scan_is_a_backend_unavailable_error() -> None:
+    from chatdb.errors import BackendUnavailableError
+    from chatdb.sql import arrow_scan
+
+    uri = "postgresql://postgres:secret@127.0.0.1:1/nowhere"
+    with pytest.raises(BackendUnavailableError) as caught:
+        list(arrow_scan.postgres_batches(uri, "SELECT 1", (), 10, "127.0.0.1:1"))
+    assert "127.0.0.1:1" in str(caught.value) and "secret" not in str(caught.value)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .._batches import is_staged, private_duckdb
 from .._codec import format_ts
 from .schemas import METADATA_COLUMNS, schema
 
@@ -281,16 +282,7 @@ class Flattener:
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            import duckdb
-
-            con = duckdb.connect()
-            con.execute("SET TimeZone = 'UTC'")
-            # One thread: the scan runs on another core, and batches are small. Freed memory is
-            # returned promptly instead of being cached (the defaults keep up to 512 MiB).
-            con.execute("SET threads = 1")
-            con.execute("SET allocator_flush_threshold = '8MiB'")
-            con.execute("SET allocator_bulk_deallocation_flush_threshold = '8MiB'")
-            self._con = con
+            self._con = private_duckdb()
         return self._con
 
     def close(self) -> None:
@@ -312,8 +304,8 @@ class Flattener:
 
         if source.num_rows == 0:
             return self.schema.empty_table(), 0
-        # A scan that ran the content stage already hands over content_bad instead of content.
-        staged = "content_bad" in source.schema.names
+        # A scan that ran the content stage already hands over its result instead of content.
+        staged = self.stage is not None and is_staged(self.stage, source)
         fast, exact = self._queries[staged]
         with self._lock:
             con = self._connection()

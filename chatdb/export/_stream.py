@@ -12,11 +12,12 @@ import importlib
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from .._base import SCAN_COLUMNS
+from .._batches import apply_stage, is_staged, private_duckdb
 from ..errors import ConfigError, ValidationError
 from ._flatten import Flattener
 from .schemas import EXPORT_TABLES
@@ -98,16 +99,19 @@ class Scan:
             # without the GIL.
             convert_rows = min(self.batch_size, CONVERT_ROWS)
             scan_arrow = getattr(self.repo, "scan_arrow", None)
+            stage = self.flattener.stage
             native = (
-                scan_arrow(self.table, batch_size=convert_rows, stage=self.flattener.stage, **self.filters)
+                scan_arrow(self.table, batch_size=convert_rows, stage=stage, **self.filters)
                 if scan_arrow
                 else None
             )
-            if native is not None:
-                return cast(Iterator["pa.Table"], native)
-            fetch = min(self.batch_size, FETCH_ROWS)
-            rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
-            return _ArrowChunks(rows, self.flattener.to_arrow, convert_rows)
+            if native is None:
+                fetch = min(self.batch_size, FETCH_ROWS)
+                rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
+                native = _ArrowChunks(rows, self.flattener.to_arrow, convert_rows)
+            # The content stage in this (producer) thread where the scan did not run it: the
+            # two threads then share the conversion, DuckDB releasing the GIL in both.
+            return _Staged(cast(Iterator["pa.Table"], native), stage) if stage else native
 
         # An in-memory SQLite database is one connection shared under a lock: a scan running in
         # another thread would hold that lock while this thread may need the repository.
@@ -183,6 +187,35 @@ class _ArrowChunks:
 
     def close(self) -> None:
         close = getattr(self._scan, "close", None)
+        if close is not None:
+            close()
+
+
+class _Staged:
+    """Tables with a content stage applied where the scan did not apply it (in a private
+    DuckDB, created and used in the iterating thread); closing it closes the scan."""
+
+    def __init__(self, tables: Iterator[pa.Table], stage: Mapping[str, Any]) -> None:
+        self._tables = tables
+        self._stage = stage
+        self._con: Any = None
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        return self
+
+    def __next__(self) -> pa.Table:
+        table = next(self._tables)
+        if is_staged(self._stage, table) or table.num_rows == 0:
+            return table
+        if self._con is None:
+            self._con = private_duckdb()
+        return apply_stage(self._con, self._stage, table)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        close = getattr(self._tables, "close", None)
         if close is not None:
             close()
 
