@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatdb import export
-from chatdb._codec import format_ts
 from chatdb._batches import apply_stage
+from chatdb._codec import format_ts
 from chatdb.errors import ConfigError, ValidationError
 from chatdb.export import ExportWarning
 from chatdb.export._flatten import Flattener
