@@ -224,7 +224,9 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
                 f"({found} = 'NULL' OR ({found} IN ('UBIGINT', 'DOUBLE') AND {value} >= 0 AND isfinite({value})))"
             )
     checks += [
-        "(metadata IS NULL OR meta_kind IN ('OBJECT', 'NULL'))",
+        # An object: valid JSON (else the parses below raise) that starts with '{' -- a string
+        # test, not a fourth parse. Leading whitespace only sends the batch the exact way.
+        "(metadata IS NULL OR starts_with(metadata, '{') OR metadata = 'null')",
         "(created_at IS NULL OR created_at_ms IS NOT NULL)",
         "NOT content_bad",
     ]
@@ -234,7 +236,7 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
     source = "batch" if staged else _inline_content(include_text)
     return (
         f"SELECT {', '.join(output)}, coalesce({' AND '.join(checks)}, false) AS _ok FROM ("
-        f"SELECT *, json_type(metadata) AS meta_kind, json_type(metadata, [{paths}]) AS meta_kinds, "
+        f"SELECT *, json_type(metadata, [{paths}]) AS meta_kinds, "
         f"json_transform(metadata, '{typed}') AS meta_typed, {created} AS created_at_ms FROM {source})"
     )
 
