@@ -1,6 +1,6 @@
-"""Exports through native ADBC drivers (chatdb.sql.arrow_scan) — large SQLite scans in a child
-process, PostgreSQL in process — must give exactly what the DB-API path gives, bad rows, NULLs
-and filters included."""
+"""Exports through native Arrow drivers (chatdb.sql.arrow_scan) — large SQLite scans in a child
+process, PostgreSQL (ADBC) and MySQL (connectorx) in process — must give exactly what the DB-API
+path gives, bad rows, NULLs and filters included."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ from .test_export import BAD_ROWS, _chat, _message
     params=[
         pytest.param("sqlite", marks=pytest.mark.sqlite),
         pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
     ]
 )
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlRepository]:
     if request.param == "sqlite":
         repository = chatdb.create_repository(f"sqlite:///{tmp_path / 'native.db'}")
     else:
-        backend: Backend = request.getfixturevalue("postgres_backend")
+        backend: Backend = request.getfixturevalue(f"{request.param}_backend")
         backend.reset()
         repository = backend.new_repo()
     assert isinstance(repository, SqlRepository)
@@ -147,3 +148,20 @@ def test_an_unreachable_postgres_native_scan_is_a_backend_unavailable_error() ->
     with pytest.raises(BackendUnavailableError) as caught:
         list(arrow_scan.postgres_batches(uri, "SELECT 1", (), 10, "127.0.0.1:1"))
     assert "127.0.0.1:1" in str(caught.value) and "secret" not in str(caught.value)
+
+
+def test_a_user_id_with_quotes_and_backslashes_is_matched_exactly(repo: SqlRepository) -> None:
+    owner = "o'brien\\x\"; DROP TABLE messages; --"
+    repo.import_rows("chats", [_chat("c-q", owner)])
+    repo.import_rows("messages", [_message(700 + n, "c-q", f"2025-04-01T00:00:0{n}.000Z") for n in range(2)])
+    plain, native = both_paths(repo, user_id=owner)
+    assert native.num_rows == 2 and native.equals(plain)
+    assert repo.count_rows()["messages"] > 2
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("repo", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_mysql_scans_with_control_characters_take_the_db_api_path(repo: SqlRepository) -> None:
+    repo.native_scans = True
+    assert repo.scan_arrow("messages", user_id="bad\x01id") is None
+    assert repo.scan_arrow("messages", user_id="alice") is not None
