@@ -24,6 +24,7 @@ import importlib
 import importlib.abc
 import json
 import os
+import queue
 import sys
 import threading
 from collections.abc import Mapping
@@ -67,6 +68,31 @@ def _stager(stage: Mapping[str, Any]) -> Any:
     return lambda batch: apply_stage(con, stage, batch).to_batches()
 
 
+def _ahead(items: Any) -> Any:
+    """``items``, produced in a thread one item ahead (errors re-raised here)."""
+    handoff: queue.Queue[tuple[Any, BaseException | None, bool]] = queue.Queue(maxsize=1)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                handoff.put((item, None, False))
+                del item
+        except BaseException as exc:  # handed over and re-raised by the consumer
+            handoff.put((None, exc, True))
+        else:
+            handoff.put((None, None, True))
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item, error, done = handoff.get()
+        if error is not None:
+            raise error
+        if done:
+            return
+        yield item
+        del item
+
+
 def serve(request: dict[str, Any], out: Any) -> None:
     import adbc_driver_manager
     import adbc_driver_sqlite
@@ -94,15 +120,25 @@ def serve(request: dict[str, Any], out: Any) -> None:
         if lookup:
             names.insert(lookup["position"], lookup["name"])
         stage = _stager(request["stage"]) if request.get("stage") else None
+
+        def prepared() -> Any:
+            # (References are dropped as soon as possible: a batch is tens of MB.)
+            for batch in reader:
+                result = pa.RecordBatch.from_arrays(_nulls(batch, request["null"]), names=batch.schema.names)
+                del batch
+                yield result if not lookup else attach_lookup(result, lookup, keys, values)
+                del result
+
         writer = None
-        for batch in reader:
-            result = pa.RecordBatch.from_arrays(_nulls(batch, request["null"]), names=batch.schema.names)
-            if lookup:
-                result = attach_lookup(result, lookup, keys, values)
-            for staged in stage(result) if stage else [result]:
+        # With a stage, SQLite reads the next batch (in a thread) while DuckDB parses this one.
+        for result in _ahead(prepared()) if stage else prepared():
+            output = stage(result) if stage else [result]
+            del result
+            for staged in output:
                 if writer is None:
                     writer = pa.ipc.new_stream(out, staged.schema)
                 writer.write_batch(staged)
+            output = staged = None
         if writer is None:  # no rows: an empty stream with the right column names
             writer = pa.ipc.new_stream(out, pa.schema([pa.field(name, pa.string()) for name in names]))
         writer.close()

@@ -68,13 +68,20 @@ def _dictionary(scan: Scan) -> list[str]:
 
 
 def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> int:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with pq.ParquetWriter(
-            temporary, scan.schema, compression=compression, use_dictionary=_dictionary(scan)
+            temporary,
+            scan.schema,
+            compression=compression,
+            use_dictionary=_dictionary(scan),
+            # The system allocator returns freed buffers at once; the default pool (mimalloc)
+            # keeps tens of MB cached over a long write.
+            memory_pool=pa.system_memory_pool(),
         ) as writer:
             if append and path.exists():
                 # A Parquet file cannot grow in place: stream the old row groups into the new file.

@@ -156,7 +156,8 @@ def _join(tables: list[pa.Table]) -> pa.Table:
     """Converted chunks as one contiguous table (output batches are slices of it)."""
     import pyarrow as pa
 
-    return pa.concat_tables(tables).combine_chunks()
+    # The system allocator: the default pool (mimalloc) caches what a stream of batches frees.
+    return pa.concat_tables(tables).combine_chunks(memory_pool=pa.system_memory_pool())
 
 
 class _ArrowChunks:

@@ -26,12 +26,16 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
+# Rows per batch inside the SQLite child, whatever the caller's batch size: the child holds
+# about four at once (read, queued, parsed, written), so this bounds its memory (25,000: 290 MB
+# peak, 12,500: 230 MB, no slower); its batches are gathered again on this side.
+CHILD_BATCH_ROWS = 25_000
 
 
 class Lookup(NamedTuple):
@@ -166,17 +170,7 @@ def postgres_batches(
         if lookup is not None:
             run("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").read_all()
             keys, values = lookup_table(run(lookup["sql"]).read_all())
-        pending: list[Any] = []
-        count = 0
-        for batch in run(sql, params):
-            pending.append(batch)
-            count += batch.num_rows
-            if count >= batch_rows:
-                table = pa.Table.from_batches(pending)
-                yield table if lookup is None else attach_lookup(table, lookup, keys, values)
-                pending, count = [], 0
-        if pending:
-            table = pa.Table.from_batches(pending)
+        for table in gather(run(sql, params), batch_rows):
             yield table if lookup is None else attach_lookup(table, lookup, keys, values)
     except Exception as exc:
         if type(exc).__module__.startswith(("adbc_driver", "pyarrow")):
@@ -202,6 +196,22 @@ def mysql_batches(uri: str, sql: str, batch_rows: int, location: str) -> Iterato
         yield from reader
     except Exception as exc:
         raise BackendError(f"mysql error during export scan: {_first_line(exc, uri)}") from None
+
+
+def gather(batches: Iterable[Any], rows: int) -> Iterator[Any]:
+    """Record batches as Arrow tables of at least ``rows`` rows (the last may be smaller)."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def _close(handles: list[Any]) -> None:
@@ -238,16 +248,16 @@ def sqlite_batches(
     lookup: dict[str, Any] | None = None,
     stage: Mapping[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """Arrow tables of about ``batch_rows`` rows for ``sql`` over the SQLite file at ``path``,
-    read by a child process in one transaction (one consistent snapshot); ``lookup`` and
-    ``stage`` as in :mod:`chatdb._sqlite_arrow`."""
+    """Arrow tables of at least ``batch_rows`` rows (the last may be smaller) for ``sql`` over
+    the SQLite file at ``path``, read by a child process in one transaction (one consistent
+    snapshot); ``lookup`` and ``stage`` as in :mod:`chatdb._sqlite_arrow`."""
     import pyarrow as pa
 
     request: dict[str, Any] = {
         "path": path,
         "sql": sql,
         "params": list(params),
-        "batch_rows": batch_rows,
+        "batch_rows": min(batch_rows, CHILD_BATCH_ROWS),
         "null": NULL,
     }
     if lookup is not None:
@@ -268,8 +278,7 @@ def sqlite_batches(
         child.stdin.close()
         try:
             reader = pa.ipc.open_stream(child.stdout, memory_pool=pa.system_memory_pool())
-            for batch in reader:
-                yield pa.Table.from_batches([batch])
+            yield from gather(reader, batch_rows)
         except pa.ArrowInvalid:
             pass  # the child failed before or while streaming: its exit status says why
         finished = child.wait() == 0
