@@ -38,6 +38,16 @@ _RENAMES: dict[str, dict[str, str]] = {
 _TIMESTAMPS = {"created_at", "updated_at", "last_used_at", "revoked_at"}
 _INT64_MAX = 9.2e18  # below 2**63: larger values cannot be int64 and are unreadable
 _PARTS_SCHEMA = '[{"type":"VARCHAR","text":"VARCHAR"}]'
+# The metadata fields' JSON paths, and the struct type reading each as its expected type.
+_META_PATHS = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
+_META_TYPED = (
+    "{"
+    + ",".join(
+        f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
+        for _, key, kind in METADATA_COLUMNS
+    )
+    + "}"
+)
 
 
 def _timestamp(column: str) -> tuple[str, str]:
@@ -146,15 +156,7 @@ def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = Fals
     metadata once for its kind, once for the JSON type of every field, once typed; content once
     (see :func:`content_stage`).
     """
-    paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
-    typed = (
-        "{"
-        + ",".join(
-            f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
-            for _, key, kind in METADATA_COLUMNS
-        )
-        + "}"
-    )
+    paths, typed = _META_PATHS, _META_TYPED
     created, created_bad = _timestamp("created_at")
     fields = [
         f"{_metadata_field(i, key, kind)} AS {name}"
@@ -195,19 +197,11 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
     """The fast query for batches where every value is of the expected JSON type (nearly all):
     each metadata field straight from one typed parse, and a column ``_ok`` saying whether the
     row was such a row. It reads only :func:`fast_inputs` and returns only what it computes;
-    the other columns are taken from the batch as they are. Where a row is not, or the batch holds invalid JSON (the query then
-    raises), :func:`messages_sql` converts the batch instead, with exactly the values it gives
-    here for the rows that are. Half the time of :func:`messages_sql`, whose per-field
-    conversions of unexpected types are what costs."""
-    paths = ", ".join(f"'$.{key}'" for _, key, _ in METADATA_COLUMNS)
-    typed = (
-        "{"
-        + ",".join(
-            f'"{key}":"{ {"string": "VARCHAR", "int": "UBIGINT", "float": "DOUBLE"}[kind] }"'
-            for _, key, kind in METADATA_COLUMNS
-        )
-        + "}"
-    )
+    the other columns are taken from the batch as they are. Where a row is not, or the batch
+    holds invalid JSON (the query then raises), :func:`messages_sql` converts the batch
+    instead, with exactly the values it gives here for the rows that are. Half the time of
+    :func:`messages_sql`, whose per-field conversions of unexpected types are what costs."""
+    paths, typed = _META_PATHS, _META_TYPED
     created, _ = _timestamp("created_at")
     values, checks = [], []
     for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1):
