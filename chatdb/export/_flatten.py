@@ -1,11 +1,19 @@
 """Stored rows → Arrow record batches, vectorised (pure: no repository, no I/O).
 
-A batch of ``scan_rows`` tuples is turned column-wise into Arrow string arrays, then one DuckDB
-query (in-process, over the Arrow batch without copying it) parses every JSON value in bulk,
-validates types and computes the derived columns; building a Python object per row is what
-makes the naive way slow, and this never does it for text values. Content is read with a
-schema that only keeps each part's ``type`` and ``text``, so a 10 MB base64 image is skipped
-by the parser instead of becoming a Python string.
+A batch of stored columns (Arrow text; ``scan_rows`` tuples are turned column-wise into it) is
+converted by DuckDB, in process, over the Arrow batch without copying it: every JSON value is
+parsed in bulk, types are checked and the derived columns computed. Building a Python object
+per row is what makes the naive way slow, and this never does it for text values.
+
+Two steps, so that they can run in two places at once:
+
+* the content stage (:func:`content_stage`) parses ``content`` -- most of the bytes -- keeping
+  only each part's ``type`` and ``text`` (a 10 MB base64 image is skipped by the parser), and
+  replaces it by ``content_chars``/``content_parts``/``has_image``/``text``. The SQLite scan
+  runs it in its child process, other scans in the export's producer thread;
+* the rest (metadata, timestamps): a fast query (:func:`clean_messages_sql`) where every value
+  has its expected JSON type, which is nearly always, else the exact one
+  (:func:`messages_sql`), which converts what can be converted and flags the row.
 
 Lenient by design: a value that cannot be read becomes null and its row is flagged, so one bad
 row written by another program never stops an export.

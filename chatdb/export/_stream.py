@@ -1,9 +1,11 @@
 """The streaming core every sink uses: scan in a background thread, convert, yield Arrow.
 
-The database fetch (driver work) runs in a producer thread one batch ahead of the conversion
-(DuckDB, which releases the GIL), so the two overlap on two cores. At most a few batches are in
-memory at once, whatever the table size. The producer opens, iterates and closes the scan
-itself, so a scan holding a per-thread lock or cursor is never touched from two threads.
+The database fetch (driver work) and the content stage of the conversion run in a producer
+thread one batch ahead of the rest of the conversion and the writing (DuckDB and the writers
+release the GIL), so the two overlap on two cores; the SQLite scan does its fetch and content
+stage in a child process instead. At most a few batches are in memory at once, whatever the
+table size. The producer opens, iterates and closes the scan itself, so a scan holding a
+per-thread lock or cursor is never touched from two threads.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class Scan:
         rows had unreadable values, unless the caller reports ``skipped_rows`` itself."""
 
         def scan() -> Iterator[pa.Table]:
-            # A backend with an Arrow-native scan (SQLite through ADBC) hands over columns.
+            # A backend with an Arrow-native scan (ADBC, connectorx) hands over columns.
             # Otherwise Python objects live only in the producer thread: it fetches and turns
             # each batch into Arrow columns; the consumer's work (DuckDB, writers) runs
             # without the GIL.
