@@ -78,7 +78,9 @@ def scan_sql(url: str) -> str:
     from chatdb.sql.repository import build_scan
 
     repo = chatdb.create_repository(url)
-    engine = repo.engine  # type: ignore[attr-defined]
+    engine = getattr(repo, "engine", None)
+    if engine is None:
+        raise RuntimeError("not for MongoDB (no SQL query to run)")
     return str(build_scan("messages").compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
 
 

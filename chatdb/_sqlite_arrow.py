@@ -13,7 +13,7 @@ first, whose value is added to every batch as column ``name`` at ``position``, m
 column ``key`` (null where absent). The lookup replaces a join SQLite would do per row
 (chat owner per message: ~40% of the scan's time) by a hash lookup per batch. And optionally
 ``stage``: ``{"columns", "queries"}`` applied to every batch before it is sent (see
-:func:`apply_stage`; the export's content stage: the message text, most of the bytes, is
+:func:`apply_stage`; the export's text stage: the message text, most of the bytes, is
 parsed here and never crosses the pipe, and the two processes share the work).
 """
 

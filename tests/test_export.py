@@ -542,10 +542,16 @@ def test_the_fast_query_never_passes_a_row_with_unexpected_types(
     assert quick is None
 
 
-def test_the_content_stage_reads_invalid_json_as_null_and_passes_other_columns() -> None:
-    flattener = Flattener("messages", ("id", "content"), include_text=True, include_extra=False)
+def test_the_text_stage_reads_invalid_json_as_null_and_passes_other_columns() -> None:
+    flattener = Flattener("messages", ("id", "content", "created_at"), include_text=True, include_extra=False)
     assert flattener.stage is not None
-    source = pa.table({"id": ["a", "b"], "content": [json.dumps([{"type": "text", "text": "hé"}]), "{bad"]})
+    source = pa.table(
+        {
+            "id": ["a", "b"],
+            "content": [json.dumps([{"type": "text", "text": "hé"}]), "{bad"],
+            "created_at": ["2025-01-01T00:00:00.123Z", "yesterday"],
+        }
+    )
     try:
         staged = apply_stage(flattener._connection(), flattener.stage, source)
     finally:
@@ -554,4 +560,6 @@ def test_the_content_stage_reads_invalid_json_as_null_and_passes_other_columns()
     assert staged.column("content_chars").to_pylist() == [2, None]
     assert staged.column("content_bad").to_pylist() == [False, True]
     assert staged.column("text").to_pylist() == ["hé", None]
-    assert "content" not in staged.column_names
+    assert staged.column("created_bad").to_pylist() == [False, True]
+    assert staged.column("created_ts")[0].as_py() == datetime(2025, 1, 1, 0, 0, 0, 123000, tzinfo=UTC)
+    assert "content" not in staged.column_names and "created_at" not in staged.column_names

@@ -123,14 +123,14 @@ def test_owners_from_a_join_or_a_lookup_export_the_same(repo: SqlRepository) -> 
 
 @pytest.mark.sqlite
 def test_the_sqlite_child_parses_content_so_it_never_crosses_the_pipe(tmp_path: Path) -> None:
-    from chatdb.export._flatten import content_stage
+    from chatdb.export._flatten import text_stage
 
     repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'staged.db'}")
     assert isinstance(repo, SqlRepository)
     repo.arrow_scan_min_rows = 0
     repo.import_rows("chats", [_chat("c-1", "alice")])
     repo.import_rows("messages", [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z") for n in range(10)])
-    batches = repo.scan_arrow("messages", stage=content_stage(include_text=False))
+    batches = repo.scan_arrow("messages", stage=text_stage(include_text=False))
     assert batches is not None
     table = pa.concat_tables(list(batches))
     assert "content" not in table.column_names

@@ -7,11 +7,12 @@ per row is what makes the naive way slow, and this never does it for text values
 
 Two steps, so that they can run in two places at once:
 
-* the content stage (:func:`content_stage`) parses ``content`` -- most of the bytes -- keeping
+* the text stage (:func:`text_stage`) parses ``content`` -- most of the bytes -- keeping
   only each part's ``type`` and ``text`` (a 10 MB base64 image is skipped by the parser), and
-  replaces it by ``content_chars``/``content_parts``/``has_image``/``text``. The SQLite scan
-  runs it in its child process, other scans in the export's producer thread;
-* the rest (metadata, timestamps): a fast query (:func:`clean_messages_sql`) where every value
+  ``created_at``, and replaces them by ``content_chars``/``content_parts``/``has_image``/
+  ``text`` and the timestamp. The SQLite scan runs it in its child process, other scans in the
+  export's producer thread;
+* the rest (metadata): a fast query (:func:`clean_messages_sql`) where every value
   has its expected JSON type, which is nearly always, else the exact one
   (:func:`messages_sql`), which converts what can be converted and flags the row.
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["Flattener", "clean_messages_sql", "content_stage", "messages_sql", "table_sql"]
+__all__ = ["Flattener", "clean_messages_sql", "text_stage", "messages_sql", "table_sql"]
 
 # scan_rows column → exported column, for the tables without JSON.
 _RENAMES: dict[str, dict[str, str]] = {
@@ -101,9 +102,10 @@ def _bad_field(index: int, name: str, kind: str) -> str:
     return f"({found} IS NOT NULL AND {found} <> 'NULL' AND ({name} IS NULL OR {found} = 'VARCHAR'))"
 
 
-def _content_derived(include_text: bool) -> list[str]:
+def _text_derived(include_text: bool) -> list[str]:
     """What ``messages`` derives from ``content``, over its parsed ``parts`` (type and text of
-    each part, parsed once; a 10 MB base64 image is skipped by the parser)."""
+    each part, parsed once; a 10 MB base64 image is skipped by the parser), and from
+    ``created_at`` (parsed: ``created_ts``, ``created_bad``)."""
     text_lengths = (
         "list_transform(parts, lambda p: "
         "CASE WHEN p.type = 'text' THEN coalesce(length(p.text), 0) ELSE 0 END)"
@@ -122,6 +124,8 @@ def _content_derived(include_text: bool) -> list[str]:
         )
         derived.append(f"CASE WHEN parts IS NOT NULL THEN array_to_string({texts}, chr(10)) END AS text")
     derived.append("(content IS NOT NULL AND parts IS NULL) AS content_bad")
+    created, created_bad = _timestamp("created_at")
+    derived += [f"{created} AS created_ts", f"{created_bad} AS created_bad"]
     return derived
 
 
@@ -130,27 +134,28 @@ def _parts(*, lenient: bool) -> str:
     return f"TRY({parsed})" if lenient else parsed
 
 
-def content_stage(*, include_text: bool) -> dict[str, Any]:
+def text_stage(*, include_text: bool) -> dict[str, Any]:
     """The first stage of ``messages`` as a scan may run it before handing batches over: the
-    ``columns`` it reads (``content``) are replaced by what the first of its ``queries`` (DuckDB
-    SQL over a relation ``batch`` of those columns) that does not raise returns:
-    ``content_chars``, ``content_parts``, ``has_image``, optionally ``text``, and the flag
-    ``content_bad``. The first query is strict (and faster), the second reads invalid JSON as
-    null. Content is the bulk of the bytes and of the parsing, so a scan reading in another
-    process runs this there (see :mod:`chatdb._sqlite_arrow`) and sends only the result."""
-    derived = ", ".join(_content_derived(include_text))
+    ``columns`` it reads (``content``, ``created_at``) are replaced by what the first of its
+    ``queries`` (DuckDB SQL over a relation ``batch`` of those columns) that does not raise
+    returns: ``content_chars``, ``content_parts``, ``has_image``, optionally ``text``, the flag
+    ``content_bad``, and ``created_ts``/``created_bad``. The first query is strict (and
+    faster), the second reads invalid JSON as null. Content is the bulk of the bytes and of the
+    parsing, so a scan reading in another process runs this there (see
+    :mod:`chatdb._sqlite_arrow`) and sends only the result."""
+    derived = ", ".join(_text_derived(include_text))
     queries = [
-        f"SELECT {derived} FROM (SELECT content, {_parts(lenient=lenient)} AS parts FROM batch)"
+        f"SELECT {derived} FROM (SELECT content, created_at, {_parts(lenient=lenient)} AS parts FROM batch)"
         for lenient in (False, True)
     ]
-    return {"columns": ["content"], "queries": queries}
+    return {"columns": ["content", "created_at"], "queries": queries}
 
 
-def _inline_content(include_text: bool) -> str:
-    """The batch with the content stage applied, as a subquery (for batches not staged)."""
-    derived = ", ".join(_content_derived(include_text))
+def _inline_stage(include_text: bool) -> str:
+    """The batch with the text stage applied, as a subquery (for batches not staged)."""
+    derived = ", ".join(_text_derived(include_text))
     return (
-        f"(SELECT * EXCLUDE (content, parts), {derived} FROM ("
+        f"(SELECT * EXCLUDE (content, created_at, parts), {derived} FROM ("
         f"SELECT *, {_parts(lenient=True)} AS parts FROM batch))"
     )
 
@@ -158,14 +163,13 @@ def _inline_content(include_text: bool) -> str:
 def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = False) -> str:
     """The query turning a batch of stored message columns into the ``messages`` schema plus a
     boolean ``_bad`` column (the row had an unreadable or converted value). With ``staged``,
-    the batch has been through :func:`content_stage` already.
+    the batch has been through :func:`text_stage` already.
 
     Each JSON value is parsed a few times at most, all in DuckDB's vectorised JSON reader:
     metadata once for its kind, once for the JSON type of every field, once typed; content once
-    (see :func:`content_stage`).
+    (see :func:`text_stage`).
     """
     paths, typed = _META_PATHS, _META_TYPED
-    created, created_bad = _timestamp("created_at")
     fields = [
         f"{_metadata_field(i, key, kind)} AS {name}"
         for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1)
@@ -188,11 +192,10 @@ def messages_sql(*, include_text: bool, include_extra: bool, staged: bool = Fals
     output += [name for name, _, _ in METADATA_COLUMNS]
     output += ["content_chars", "content_parts", "has_image"]
     output += ["text"] * include_text + ["metadata_extra"] * include_extra
-    source = "batch" if staged else _inline_content(include_text)
+    source = "batch" if staged else _inline_stage(include_text)
     return (
         f"SELECT {', '.join(output)}, ({' OR '.join(bads)}) AS _bad FROM ("
-        f"SELECT id AS message_id, chat_id, user_id, role, "
-        f"{created} AS created_ts, {created_bad} AS created_bad, "
+        f"SELECT id AS message_id, chat_id, user_id, role, created_ts, created_bad, "
         f"metadata, meta_kind, meta_kinds, content_chars, content_parts, has_image, content_bad, "
         f"{'text, ' * include_text}{', '.join(fields)} FROM ("
         f"SELECT *, CASE WHEN meta_kind = 'OBJECT' THEN json_type(metadata, [{paths}]) END AS meta_kinds, "
@@ -210,7 +213,6 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
     instead, with exactly the values it gives here for the rows that are. Half the time of
     :func:`messages_sql`, whose per-field conversions of unexpected types are what costs."""
     paths, typed = _META_PATHS, _META_TYPED
-    created, _ = _timestamp("created_at")
     values, checks = [], []
     for i, (name, key, kind) in enumerate(METADATA_COLUMNS, start=1):
         found, value = f"coalesce(meta_kinds[{i}], 'NULL')", f"meta_typed.{key}"
@@ -229,23 +231,25 @@ def clean_messages_sql(*, include_text: bool, staged: bool = False) -> str:
         # An object: valid JSON (else the parses below raise) that starts with '{' -- a string
         # test, not a fourth parse. Leading whitespace only sends the batch the exact way.
         "(metadata IS NULL OR starts_with(metadata, '{') OR metadata = 'null')",
-        "(created_at IS NULL OR created_at_ms IS NOT NULL)",
+        "NOT created_bad",
         "NOT content_bad",
     ]
-    output = ["created_at_ms AS created_at", *values]
+    output = ["created_ts AS created_at", *values]
     if not staged:
         output += ["content_chars", "content_parts", "has_image"] + ["text"] * include_text
-    source = "batch" if staged else _inline_content(include_text)
+    source = "batch" if staged else _inline_stage(include_text)
     return (
         f"SELECT {', '.join(output)}, coalesce({' AND '.join(checks)}, false) AS _ok FROM ("
         f"SELECT *, json_type(metadata, [{paths}]) AS meta_kinds, "
-        f"json_transform(metadata, '{typed}') AS meta_typed, {created} AS created_at_ms FROM {source})"
+        f"json_transform(metadata, '{typed}') AS meta_typed FROM {source})"
     )
 
 
 def fast_inputs(*, staged: bool) -> list[str]:
     """The columns :func:`clean_messages_sql` reads."""
-    return ["created_at", "metadata", "content_bad" if staged else "content"]
+    if staged:
+        return ["created_ts", "created_bad", "metadata", "content_bad"]
+    return ["created_at", "metadata", "content"]
 
 
 def table_sql(table: str, columns: Sequence[str]) -> str:
@@ -274,7 +278,7 @@ class Flattener:
         # (fast query or None, exact query) for batches as scanned, and as staged.
         self._queries: dict[bool, tuple[str | None, str]] = {}
         if table == "messages":
-            self.stage = content_stage(include_text=include_text)
+            self.stage = text_stage(include_text=include_text)
             for staged in (False, True):
                 fast = None if include_extra else clean_messages_sql(include_text=include_text, staged=staged)
                 exact = messages_sql(include_text=include_text, include_extra=include_extra, staged=staged)
@@ -308,7 +312,7 @@ class Flattener:
 
         if source.num_rows == 0:
             return self.schema.empty_table(), 0
-        # A scan that ran the content stage already hands over its result instead of content.
+        # A scan that ran the text stage already hands over its result instead of its input.
         staged = self.stage is not None and is_staged(self.stage, source)
         fast, exact = self._queries[staged]
         with self._lock:

@@ -1,6 +1,6 @@
 """The streaming core every sink uses: scan in a background thread, convert, yield Arrow.
 
-The database fetch (driver work) and the content stage of the conversion run in a producer
+The database fetch (driver work) and the text stage of the conversion run in a producer
 thread one batch ahead of the rest of the conversion and the writing (DuckDB and the writers
 release the GIL), so the two overlap on two cores; the SQLite scan does its fetch and content
 stage in a child process instead. At most a few batches are in memory at once, whatever the
@@ -111,7 +111,7 @@ class Scan:
                 fetch = min(self.batch_size, FETCH_ROWS)
                 rows = self.repo.scan_rows(self.table, batch_size=fetch, **self.filters)
                 native = _ArrowChunks(rows, self.flattener.to_arrow, convert_rows)
-            # The content stage in this (producer) thread where the scan did not run it: the
+            # The text stage in this (producer) thread where the scan did not run it: the
             # two threads then share the conversion, DuckDB releasing the GIL in both.
             return _Staged(cast(Iterator["pa.Table"], native), stage) if stage else native
 
@@ -195,7 +195,7 @@ class _ArrowChunks:
 
 
 class _Staged:
-    """Tables with a content stage applied where the scan did not apply it (in a private
+    """Tables with a text stage applied where the scan did not apply it (in a private
     DuckDB, created and used in the iterating thread); closing it closes the scan."""
 
     def __init__(self, tables: Iterator[pa.Table], stage: Mapping[str, Any]) -> None:
