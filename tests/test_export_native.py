@@ -165,3 +165,28 @@ def test_mysql_scans_with_control_characters_take_the_db_api_path(repo: SqlRepos
     repo.native_scans = True
     assert repo.scan_arrow("messages", user_id="bad\x01id") is None
     assert repo.scan_arrow("messages", user_id="alice") is not None
+
+
+@pytest.mark.sqlite
+def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) -> None:
+    import psutil
+
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'early.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.arrow_scan_min_rows = 0
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows(
+        "messages",
+        [_message(n, "c-1", f"2025-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z") for n in range(30_000)],
+    )
+    reader = export.read(repo, batch_size=1_000)
+    first = reader.read_next_batch()
+    assert first.num_rows == 1_000
+    reader.close()
+    children = [
+        p for p in psutil.Process().children(recursive=True) if "_sqlite_arrow" in " ".join(p.cmdline())
+    ]
+    assert children == [], "the scan's child process must be gone once the export stops"
+    repo.add_message("c-1", "assistant", [{"type": "text", "text": "still writable"}], user_id="alice")
+    assert repo.count_rows()["messages"] == 30_001
+    repo.close()

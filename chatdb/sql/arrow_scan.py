@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -269,6 +270,7 @@ def sqlite_batches(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=_CHILD_ENV | dict(os.environ),
     )
     assert child.stdin is not None and child.stdout is not None
     _widen_pipe(child.stdout)
@@ -293,6 +295,13 @@ def sqlite_batches(
         for stream in (child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
+
+
+# glibc raises its trim threshold as large blocks are freed (up to 64 MB per arena), so a
+# stream of 20 MB batches leaves tens of MB of freed memory mapped in the child; a fixed
+# threshold hands it back (child peak 266 -> 210 MB on 3M messages, same speed). An
+# environment that sets it already wins.
+_CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
 
 
 def _widen_pipe(stream: Any) -> None:
