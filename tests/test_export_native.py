@@ -183,6 +183,7 @@ def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) ->
     first = reader.read_next_batch()
     assert first.num_rows == 1_000
     reader.close()
+    del reader  # the reader holds the export's generator: releasing it stops the scan
     children = [
         p for p in psutil.Process().children(recursive=True) if "_sqlite_arrow" in " ".join(p.cmdline())
     ]
