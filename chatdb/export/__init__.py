@@ -77,8 +77,10 @@ def read(
     one user's rows (a message's user is its chat's owner). ``include_text`` adds ``text`` (the
     message's text parts joined by newlines); ``include_extra`` adds ``metadata_extra``, a JSON
     object of the metadata keys without a column of their own. Rows are fetched as the reader is
-    consumed, ``batch_size`` at a time. Raises ValidationError for a bad argument, ConfigError
-    when pyarrow/duckdb are missing, BackendError when the database fails.
+    consumed, ``batch_size`` at a time; to stop early, drop the reader (``del reader``): its
+    scan (cursor, transaction, SQLite child process) ends then -- pyarrow's ``close()`` alone
+    keeps it until the reader is released. Raises ValidationError for a bad argument,
+    ConfigError when pyarrow/duckdb are missing, BackendError when the database fails.
     """
     scan = Scan(
         repo,
