@@ -121,15 +121,22 @@ def test_owners_from_a_join_or_a_lookup_export_the_same(repo: SqlRepository) -> 
     assert lookup.filter(pa.compute.equal(lookup["chat_id"], "gone"))["user_id"].null_count == 1
 
 
+def _alice_sqlite(path: Path, messages: int) -> SqlRepository:
+    """A SQLite file with alice's chat c-1 and ``messages`` messages, scanned natively however small."""
+    repo = chatdb.create_repository(f"sqlite:///{path}")
+    assert isinstance(repo, SqlRepository)
+    repo.arrow_scan_min_rows = 0
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    stamps = (f"2025-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z" for n in range(messages))
+    repo.import_rows("messages", [_message(n, "c-1", stamp) for n, stamp in enumerate(stamps)])
+    return repo
+
+
 @pytest.mark.sqlite
 def test_the_sqlite_child_parses_content_so_it_never_crosses_the_pipe(tmp_path: Path) -> None:
     from chatdb.export._flatten import text_stage
 
-    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'staged.db'}")
-    assert isinstance(repo, SqlRepository)
-    repo.arrow_scan_min_rows = 0
-    repo.import_rows("chats", [_chat("c-1", "alice")])
-    repo.import_rows("messages", [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z") for n in range(10)])
+    repo = _alice_sqlite(tmp_path / "staged.db", 10)
     batches = repo.scan_arrow("messages", stage=text_stage(include_text=False))
     assert batches is not None
     table = pa.concat_tables(list(batches))
@@ -171,14 +178,7 @@ def test_mysql_scans_with_control_characters_take_the_db_api_path(repo: SqlRepos
 def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) -> None:
     import psutil
 
-    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'early.db'}")
-    assert isinstance(repo, SqlRepository)
-    repo.arrow_scan_min_rows = 0
-    repo.import_rows("chats", [_chat("c-1", "alice")])
-    repo.import_rows(
-        "messages",
-        [_message(n, "c-1", f"2025-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z") for n in range(30_000)],
-    )
+    repo = _alice_sqlite(tmp_path / "early.db", 30_000)
     reader = export.read(repo, batch_size=1_000)
     first = reader.read_next_batch()
     assert first.num_rows == 1_000
