@@ -15,6 +15,7 @@ import pytest
 import chatdb
 from chatdb import export
 from chatdb.sql import SqlRepository
+from chatdb.sql.repository import build_scan
 
 from .backends import Backend
 from .test_export import BAD_ROWS, _chat, _message
@@ -191,3 +192,18 @@ def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) ->
     repo.add_message("c-1", "assistant", [{"type": "text", "text": "still writable"}], user_id="alice")
     assert repo.count_rows()["messages"] == 30_001
     repo.close()
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("repo", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_mysql_urls_with_connection_options_take_the_db_api_path(repo: SqlRepository) -> None:
+    from chatdb.sql import arrow_scan
+
+    native = arrow_scan.for_backend("mysql")
+    assert native is not None
+    statement = build_scan("messages")
+    location = "127.0.0.1:3306"
+    plain_url = repo.engine.url.set(query={"charset": "utf8mb4"})
+    assert native.batches(plain_url, repo.config, statement, 10, location) is not None
+    ssl_url = repo.engine.url.set(query={"ssl_ca": "/etc/ssl/ca.pem"})
+    assert native.batches(ssl_url, repo.config, statement, 10, location) is None

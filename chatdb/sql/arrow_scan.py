@@ -81,6 +81,8 @@ class NativeScan:
             values = statement.compile(dialect=pymysql.dialect()).params.values()
             if any(isinstance(value, str) and not value.isprintable() for value in values):
                 return None
+            if set(url.query) - {"charset"}:
+                return None  # connection options (SSL, socket...) that only the DB-API driver gets
             rendered = statement.compile(dialect=pymysql.dialect(), compile_kwargs={"literal_binds": True})
             uri = url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
             return mysql_batches(uri, str(rendered), batch_rows, location)
