@@ -69,7 +69,7 @@ def _stager(stage: Mapping[str, Any]) -> Any:
 
 
 def _ahead(items: Any) -> Any:
-    """``items``, produced in a thread one item ahead (errors re-raised here)."""
+    """``items``, produced in a thread (started now) one item ahead; errors re-raised here."""
     handoff: queue.Queue[tuple[Any, BaseException | None, bool]] = queue.Queue(maxsize=1)
 
     def produce() -> None:
@@ -82,15 +82,18 @@ def _ahead(items: Any) -> Any:
         else:
             handoff.put((None, None, True))
 
+    def consume() -> Any:
+        while True:
+            item, error, done = handoff.get()
+            if error is not None:
+                raise error
+            if done:
+                return
+            yield item
+            del item
+
     threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item, error, done = handoff.get()
-        if error is not None:
-            raise error
-        if done:
-            return
-        yield item
-        del item
+    return consume()
 
 
 def serve(request: dict[str, Any], out: Any) -> None:
@@ -119,7 +122,6 @@ def serve(request: dict[str, Any], out: Any) -> None:
         names = list(reader.schema.names)
         if lookup:
             names.insert(lookup["position"], lookup["name"])
-        stage = _stager(request["stage"]) if request.get("stage") else None
 
         def prepared() -> Any:
             # (References are dropped as soon as possible: a batch is tens of MB.)
@@ -129,9 +131,12 @@ def serve(request: dict[str, Any], out: Any) -> None:
                 yield result if not lookup else attach_lookup(result, lookup, keys, values)
                 del result
 
+        # With a stage, SQLite reads the next batch (in a thread, started before DuckDB is set
+        # up) while DuckDB parses this one.
+        batches = _ahead(prepared()) if request.get("stage") else prepared()
+        stage = _stager(request["stage"]) if request.get("stage") else None
         writer = None
-        # With a stage, SQLite reads the next batch (in a thread) while DuckDB parses this one.
-        for result in _ahead(prepared()) if stage else prepared():
+        for result in batches:
             output = stage(result) if stage else [result]
             del result
             for staged in output:
