@@ -1,11 +1,16 @@
 """Arrow batch helpers shared by the export (in process), the native scans
 (:mod:`chatdb.sql.arrow_scan`) and the SQLite scan's child process (:mod:`chatdb._sqlite_arrow`):
-private DuckDB connections, stages, owner lookups. Imports nothing heavy at module level."""
+a producer thread, private DuckDB connections, stages, owner lookups. Imports nothing heavy at
+module level."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
+
+_DONE = object()
 
 
 def private_duckdb() -> Any:
@@ -59,7 +64,8 @@ def lookup_table(table: Any) -> tuple[Any, Any]:
     """(keys, values) of a two-column (key, value) table, as text arrays."""
     import pyarrow as pa
 
-    return tuple(table.column(i).combine_chunks().cast(pa.string()) for i in (0, 1))  # type: ignore[return-value]
+    keys, values = (table.column(i).combine_chunks().cast(pa.string()) for i in (0, 1))
+    return keys, values
 
 
 def attach_lookup(batch: Any, lookup: Mapping[str, Any], keys: Any, values: Any) -> Any:
@@ -75,3 +81,54 @@ def attach_lookup(batch: Any, lookup: Mapping[str, Any], keys: Any, values: Any)
     names.insert(lookup["position"], lookup["name"])
     kind = pa.RecordBatch if isinstance(batch, pa.RecordBatch) else pa.Table
     return kind.from_arrays(columns, names=names)
+
+
+def prefetch(open_scan: Callable[[], Iterable[Any]], depth: int = 1) -> Generator[Any, None, None]:
+    """Iterate ``open_scan()`` in a producer thread, ``depth`` items ahead of the consumer.
+
+    Errors in the producer are re-raised in the consumer; when the consumer stops early the
+    producer is told to stop and closes its iterator (in its own thread) before we return.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            source = open_scan()
+            try:
+                for item in source:
+                    if not put((item, None)):
+                        break
+                    del item  # (a batch is tens of MB: no reference kept while the next is read)
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put((_DONE, exc))
+        else:
+            put((_DONE, None))
+
+    worker = threading.Thread(target=produce, name="chatdb-export-scan", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+            del item
+    finally:
+        stop.set()
+        worker.join()

@@ -19,12 +19,12 @@ parsed here and never crosses the pipe, and the two processes share the work).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import importlib.abc
 import json
 import os
-import queue
 import sys
 import threading
 from collections.abc import Mapping
@@ -68,43 +68,16 @@ def _stager(stage: Mapping[str, Any]) -> Any:
     return lambda batch: apply_stage(con, stage, batch).to_batches()
 
 
-def _ahead(items: Any) -> Any:
-    """``items``, produced in a thread (started now) one item ahead; errors re-raised here."""
-    handoff: queue.Queue[tuple[Any, BaseException | None, bool]] = queue.Queue(maxsize=1)
-
-    def produce() -> None:
-        try:
-            for item in items:
-                handoff.put((item, None, False))
-                del item
-        except BaseException as exc:  # handed over and re-raised by the consumer
-            handoff.put((None, exc, True))
-        else:
-            handoff.put((None, None, True))
-
-    def consume() -> Any:
-        while True:
-            item, error, done = handoff.get()
-            if error is not None:
-                raise error
-            if done:
-                return
-            yield item
-            del item
-
-    threading.Thread(target=produce, daemon=True).start()
-    return consume()
-
-
 def serve(request: dict[str, Any], out: Any) -> None:
     import adbc_driver_manager
     import adbc_driver_sqlite
     import pyarrow as pa
 
-    from ._batches import attach_lookup, lookup_table
+    from ._batches import attach_lookup, lookup_table, prefetch
 
     pa.set_memory_pool(pa.system_memory_pool())  # this process only: freed batches go back at once
-    if request.get("stage"):  # import DuckDB (0.1 s) while SQLite starts reading
+    stage_request = request.get("stage")
+    if stage_request:  # import DuckDB (0.1 s) while SQLite starts reading
         threading.Thread(target=importlib.import_module, args=("duckdb",), daemon=True).start()
     database = adbc_driver_sqlite.connect(request["path"])
     connection = adbc_driver_manager.AdbcConnection(database)
@@ -131,19 +104,22 @@ def serve(request: dict[str, Any], out: Any) -> None:
                 yield result if not lookup else attach_lookup(result, lookup, keys, values)
                 del result
 
-        # With a stage, SQLite reads the next batch (in a thread, started before DuckDB is set
-        # up) while DuckDB parses this one.
-        batches = _ahead(prepared()) if request.get("stage") else prepared()
-        stage = _stager(request["stage"]) if request.get("stage") else None
+        # With a stage, SQLite reads the next batch (in a thread) while DuckDB parses this one;
+        # DuckDB is set up once the first batch is in, while the second is being read. The
+        # reading thread is stopped (closing) before the statements are closed below.
+        stage = None
         writer = None
-        for result in batches:
-            output = stage(result) if stage else [result]
-            del result
-            for staged in output:
-                if writer is None:
-                    writer = pa.ipc.new_stream(out, staged.schema)
-                writer.write_batch(staged)
-            output = staged = None
+        with contextlib.closing(prefetch(prepared) if stage_request else prepared()) as batches:
+            for result in batches:
+                if stage_request and stage is None:
+                    stage = _stager(stage_request)
+                output = stage(result) if stage else [result]
+                del result
+                for staged in output:
+                    if writer is None:
+                        writer = pa.ipc.new_stream(out, staged.schema)
+                    writer.write_batch(staged)
+                output = staged = None
         if writer is None:  # no rows: an empty stream with the right column names
             writer = pa.ipc.new_stream(out, pa.schema([pa.field(name, pa.string()) for name in names]))
         writer.close()

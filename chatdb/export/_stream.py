@@ -2,7 +2,7 @@
 
 The database fetch (driver work) and the text stage of the conversion run in a producer
 thread one batch ahead of the rest of the conversion and the writing (DuckDB and the writers
-release the GIL), so the two overlap on two cores; the SQLite scan does its fetch and content
+release the GIL), so the two overlap on two cores; the SQLite scan does its fetch and text
 stage in a child process instead. At most a few batches are in memory at once, whatever the
 table size. The producer opens, iterates and closes the scan itself, so a scan holding a
 per-thread lock or cursor is never touched from two threads.
@@ -11,15 +11,13 @@ per-thread lock or cursor is never touched from two threads.
 from __future__ import annotations
 
 import importlib
-import queue
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from .._base import SCAN_COLUMNS
-from .._batches import apply_stage, is_staged, private_duckdb
+from .._batches import apply_stage, is_staged, prefetch, private_duckdb
 from ..errors import ConfigError, ValidationError
 from ._flatten import Flattener
 from .schemas import EXPORT_TABLES
@@ -151,9 +149,6 @@ class Scan:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
 
-_DONE = object()
-
-
 def _join(tables: list[pa.Table]) -> pa.Table:
     """Converted chunks as one contiguous table (output batches are slices of it)."""
     import pyarrow as pa
@@ -232,52 +227,3 @@ def inline(open_scan: Callable[[], Iterable[Any]]) -> Iterator[Any]:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-
-
-def prefetch(open_scan: Callable[[], Iterable[Any]], depth: int = 1) -> Iterator[Any]:
-    """Iterate ``open_scan()`` in a producer thread, ``depth`` items ahead of the consumer.
-
-    Errors in the producer are re-raised in the consumer; when the consumer stops early the
-    producer is told to stop and closes its iterator (in its own thread) before we return.
-    """
-    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            source = open_scan()
-            try:
-                for item in source:
-                    if not put((item, None)):
-                        break
-            finally:
-                close = getattr(source, "close", None)
-                if close is not None:
-                    close()
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put((_DONE, exc))
-        else:
-            put((_DONE, None))
-
-    worker = threading.Thread(target=produce, name="chatdb-export-scan", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = handoff.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
