@@ -280,7 +280,8 @@ class SqlRepository(RepositoryBase):
     native_scans = True
     # SQLite: below this many rows the native scan's child process costs more than it saves.
     arrow_scan_min_rows = 50_000
-    # SQLite: up to this many chats, message owners come from a lookup instead of a join.
+    # SQLite and PostgreSQL: up to this many chats, message owners come from a lookup instead
+    # of a join.
     owner_lookup_max_chats = 200_000
 
     def scan_arrow(
@@ -294,12 +295,12 @@ class SqlRepository(RepositoryBase):
         batch_size: int = 10_000,
         stage: Mapping[str, Any] | None = None,
     ) -> Iterator[Any] | None:
-        """``scan_rows`` as Arrow tables straight from a native (ADBC) driver, or None where
-        there is none or the scan is small (then use ``scan_rows``). See
-        :mod:`chatdb.sql.arrow_scan`: PostgreSQL in process; large scans of SQLite files in a
-        child process; MySQL has no such driver. ``stage``: DuckDB queries that a scan in a
-        child process applies to each batch there (see :mod:`chatdb._sqlite_arrow`; the
-        caller handles batches with and without it)."""
+        """``scan_rows`` as Arrow tables straight from a native driver, or None where there is
+        none, the scan is small or the driver cannot take it (then use ``scan_rows``). See
+        :mod:`chatdb.sql.arrow_scan`: PostgreSQL (ADBC) and MySQL (connectorx) in process;
+        large scans of SQLite files (ADBC) in a child process. ``stage``: DuckDB queries that a
+        scan in a child process applies to each batch there (see :mod:`chatdb._sqlite_arrow`;
+        the caller handles batches with and without it)."""
         native = arrow_scan.for_backend(self.backend)
         if not self.native_scans or self.config.is_memory or native is None:
             return None
@@ -308,17 +309,17 @@ class SqlRepository(RepositoryBase):
         if native.start_up_cost and self._has_fewer_rows(scan(), self.arrow_scan_min_rows):
             return None
         location = self._executor.dialect.location
-        statement, lookup = scan(null_as=native.null_as), None
-        # The chat owner of every message from a hash lookup in the scan, not a join in SQLite
-        # (unless there are so many chats that reading them all costs more).
+        # The chat owner of every message from a hash lookup in the scan, not a join in the
+        # database (unless there are so many chats that reading them all costs more).
+        lookup = None
         if (
             native.owner_lookup
             and table == "messages"
             and user_id is None
             and self._has_fewer_rows(select(_C.id), self.owner_lookup_max_chats + 1)
         ):
-            statement = scan(null_as=native.null_as, owner=False)
             lookup = arrow_scan.Lookup(select(_C.id, _C.user_id), key="chat_id", name="user_id", position=2)
+        statement = scan(null_as=native.null_as, owner=lookup is None)
         return native.batches(self.engine.url, self.config, statement, batch_size, location, lookup, stage)
 
     def _has_fewer_rows(self, statement: Select[Any], rows: int) -> bool:
