@@ -122,6 +122,18 @@ def test_owners_from_a_join_or_a_lookup_export_the_same(repo: SqlRepository) -> 
     assert lookup.filter(pa.compute.equal(lookup["chat_id"], "gone"))["user_id"].null_count == 1
 
 
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+def test_columns_null_for_a_whole_first_batch_export_as_nulls(repo: SqlRepository) -> None:
+    """ADBC types a column from its first batch: the columns that can be NULL are selected
+    with a sentinel, the chat owner (an outer join) included."""
+    repo.owner_lookup_max_chats = 0  # the owner from the join: null for the orphan below
+    repo.import_rows("messages", [_message(990 + n, "gone", f"2024-12-31T00:00:00.00{n}Z") for n in range(5)])
+    plain, native = both_paths(repo, batch_size=5)
+    assert native.equals(plain)
+    first = native.slice(0, 5)
+    assert first["user_id"].null_count == 5 and first["model"].null_count == 5
+
+
 def _alice_sqlite(path: Path, messages: int) -> SqlRepository:
     """A SQLite file with alice's chat c-1 and ``messages`` messages, scanned natively however small."""
     repo = chatdb.create_repository(f"sqlite:///{path}")

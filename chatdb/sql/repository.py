@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -141,9 +142,11 @@ def build_scan(
     owner: bool = True,
 ) -> Select[Any]:
     """The ordered, filtered SELECT behind ``scan_rows`` (pure; filters become WHERE clauses).
-    ``null_as`` selects every column as ``ifnull(column, null_as)`` (for Arrow drivers that
-    infer a column's type from its first values). ``owner=False`` leaves out the messages'
-    ``user_id`` (and the join with chats that finds it) for a caller that adds it itself."""
+    ``null_as`` selects every column that can be NULL as ``ifnull(column, null_as)`` (for
+    Arrow drivers that infer a column's type from its first values; the others are not
+    wrapped, as SQLite copies every value a function returns). ``owner=False`` leaves out the
+    messages' ``user_id`` (and the join with chats that finds it) for a caller that adds it
+    itself."""
     source = TABLES[_table_name(table)]
     names = IMPORT_COLUMNS[source.name] if stored else SCAN_COLUMNS[source.name]
     joined = source is messages and not stored
@@ -152,7 +155,10 @@ def build_scan(
     columns: list[Any] = [_C.user_id if joined and name == "user_id" else source.c[name] for name in names]
     if null_as is not None:
         columns = [
-            func.ifnull(column, null_as).label(name) for column, name in zip(columns, names, strict=True)
+            func.ifnull(column, null_as).label(name)
+            if column.nullable or (joined and name == "user_id")  # (an outer join's column)
+            else column
+            for column, name in zip(columns, names, strict=True)
         ]
     statement = select(*columns)
     if joined:
@@ -323,10 +329,12 @@ class SqlRepository(RepositoryBase):
         return native.batches(self.engine.url, self.config, statement, batch_size, location, lookup, stage)
 
     def _has_fewer_rows(self, statement: Select[Any], rows: int) -> bool:
-        """Whether ``statement`` returns fewer than ``rows`` rows (reading at most that many)."""
+        """Whether ``statement`` returns fewer than ``rows`` rows (reading at most that many;
+        none of its columns: SQLite would read each message's content for the count)."""
         if rows <= 0:
             return False
-        bounded = statement.order_by(None).limit(rows).subquery()
+        counted = statement.with_only_columns(literal(1), maintain_column_froms=True)
+        bounded = counted.order_by(None).limit(rows).subquery()
         sql, params = self._executor.render(select(func.count()).select_from(bounded))
         return int(self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])) < rows
 
