@@ -187,6 +187,45 @@ def test_mysql_scans_with_control_characters_take_the_db_api_path(repo: SqlRepos
     assert repo.scan_arrow("messages", user_id="alice") is not None
 
 
+@pytest.mark.mysql
+def test_mysql_owners_of_chats_created_after_the_lookup_are_read_again(mysql_backend: Backend) -> None:
+    """connectorx reads the owner lookup and the scan on two connections (two snapshots): a
+    chat created between them is read again when its messages arrive, not exported ownerless."""
+    from sqlalchemy import select
+
+    from chatdb.sql import arrow_scan
+    from chatdb.sql.schema import chats
+
+    mysql_backend.reset()
+    repo = mysql_backend.new_repo()
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("chats", [_chat("c-1", "alice"), _chat("c-2", "bob")])
+    stamps = [f"2025-01-01T00:00:00.{n:03d}Z" for n in range(120)]
+    chat_ids = ["c-1", "c-2", "gone"]
+    repo.import_rows("messages", [_message(n, chat_ids[n % 3], stamp) for n, stamp in enumerate(stamps)])
+    asked: list[list[str]] = []
+
+    def missing(chat_ids: list[str]) -> list[tuple[object, object]]:
+        asked.append(sorted(chat_ids))
+        return repo._chat_owners(chat_ids)
+
+    # The lookup as it was read before c-2 existed.
+    before_bob = select(chats.c.id, chats.c.user_id).where(chats.c.id != "c-2")
+    lookup = arrow_scan.Lookup(before_bob, key="chat_id", name="user_id", position=2, missing=missing)
+    native = arrow_scan.for_backend("mysql")
+    assert native is not None
+    scan = build_scan("messages", owner=False)
+    tables = native.batches(repo.engine.url, repo.config, scan, 50, "mariadb", lookup)
+    assert tables is not None
+    owners = pa.concat_tables(list(tables)).select(["chat_id", "user_id"]).to_pylist()
+    repo.close()
+    assert len(owners) == 120
+    assert {(row["chat_id"], row["user_id"]) for row in owners} == {
+        ("c-1", "alice"), ("c-2", "bob"), ("gone", None)
+    }  # fmt: skip
+    assert asked == [["c-2", "gone"]]  # asked once: found or not, the answer is kept
+
+
 @pytest.mark.sqlite
 def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) -> None:
     import psutil

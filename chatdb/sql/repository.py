@@ -319,14 +319,24 @@ class SqlRepository(RepositoryBase):
         # database (unless there are so many chats that reading them all costs more).
         lookup = None
         if (
-            native.owner_lookup
-            and table == "messages"
+            table == "messages"
             and user_id is None
             and self._has_fewer_rows(select(_C.id), self.owner_lookup_max_chats + 1)
         ):
-            lookup = arrow_scan.Lookup(select(_C.id, _C.user_id), key="chat_id", name="user_id", position=2)
+            lookup = arrow_scan.Lookup(
+                select(_C.id, _C.user_id),
+                key="chat_id",
+                name="user_id",
+                position=2,
+                missing=self._chat_owners,
+            )
         statement = scan(null_as=native.null_as, owner=lookup is None)
         return native.batches(self.engine.url, self.config, statement, batch_size, location, lookup, stage)
+
+    def _chat_owners(self, chat_ids: list[str]) -> list[tuple[Any, Any]]:
+        """(chat id, owner) of those of ``chat_ids`` that exist."""
+        statement = select(_C.id, _C.user_id).where(_C.id.in_(chat_ids))
+        return self._executor.run(lambda tx: list(tx.execute_once(statement).fetchall()))
 
     def _has_fewer_rows(self, statement: Select[Any], rows: int) -> bool:
         """Whether ``statement`` returns fewer than ``rows`` rows (reading at most that many;
@@ -335,8 +345,8 @@ class SqlRepository(RepositoryBase):
             return False
         counted = statement.with_only_columns(literal(1), maintain_column_froms=True)
         bounded = counted.order_by(None).limit(rows).subquery()
-        sql, params = self._executor.render(select(func.count()).select_from(bounded))
-        return int(self._executor.run(lambda tx: tx.cursor.execute(sql, params).fetchone()[0])) < rows
+        count = select(func.count()).select_from(bounded)
+        return int(self._executor.run(lambda tx: tx.execute_once(count).fetchone()[0])) < rows
 
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 20_000) -> int:
         target = TABLES[_table_name(table)]
