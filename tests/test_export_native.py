@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,6 +82,23 @@ def test_native_scan_exports_exactly_what_the_sqlite3_path_does(
     plain, native = both_paths(repo, **filters)
     assert plain.num_rows > 0
     assert native.equals(plain)
+
+
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+def test_small_batches_over_shared_timestamps_and_odd_ids_export_every_row_once(repo: SqlRepository) -> None:
+    """MySQL's native scan reads page by page after the last (created_at, id) seen: pages
+    must split runs of equal timestamps exactly, whatever characters the ids hold."""
+    odd = ["q'uote", "back\\slash", "ctrl\x01char", "tab\there", "ünï", "Z", "a", "a "]
+    stamp = "2025-01-03T00:00:00.000Z"
+    repo.import_rows(
+        "messages",
+        [_message(700 + n, "c-1", stamp) | {"id": f"{name}-{n}"} for n, name in enumerate(odd * 3)],
+    )
+    plain, native = both_paths(repo, batch_size=4)
+    assert native.equals(plain)
+    ids = native["message_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == plain.num_rows
+    assert sum(1 for i in ids if i.rsplit("-", 1)[0] in odd) == len(odd) * 3
 
 
 @pytest.mark.parametrize("table", ["chats", "users", "api_keys"])
@@ -214,7 +232,7 @@ def test_mysql_owners_of_chats_created_after_the_lookup_are_read_again(mysql_bac
     lookup = arrow_scan.Lookup(before_bob, key="chat_id", name="user_id", position=2, missing=missing)
     native = arrow_scan.for_backend("mysql")
     assert native is not None
-    scan = build_scan("messages", owner=False)
+    scan = partial(build_scan, "messages", owner=False)
     tables = native.batches(repo.engine.url, repo.config, scan, 50, "mariadb", lookup)
     assert tables is not None
     owners = pa.concat_tables(list(tables)).select(["chat_id", "user_id"]).to_pylist()
@@ -252,9 +270,9 @@ def test_mysql_urls_with_connection_options_take_the_db_api_path(repo: SqlReposi
 
     native = arrow_scan.for_backend("mysql")
     assert native is not None
-    statement = build_scan("messages")
+    scan = partial(build_scan, "messages")
     location = "127.0.0.1:3306"
     plain_url = repo.engine.url.set(query={"charset": "utf8mb4"})
-    assert native.batches(plain_url, repo.config, statement, 10, location) is not None
+    assert native.batches(plain_url, repo.config, scan, 10, location) is not None
     ssl_url = repo.engine.url.set(query={"ssl_ca": "/etc/ssl/ca.pem"})
-    assert native.batches(ssl_url, repo.config, statement, 10, location) is None
+    assert native.batches(ssl_url, repo.config, scan, 10, location) is None

@@ -1,8 +1,11 @@
 """Arrow-native scans for exports: the driver fills Arrow columns, no Python row objects.
 
-MySQL/MariaDB is read with connectorx (in the ``analytics`` extra) as an Arrow stream. Each
-connectorx read is its own connection, so the owner lookup is not in the scan's snapshot:
-chats it lacks (created between the two) are read again when a batch names them.
+MySQL/MariaDB is read with connectorx (in the ``analytics`` extra), one page of rows at a time
+(keyset pagination on the scan's ``(created_at, id)`` order), the next page read in a thread
+while this one is converted. Not its ``arrow_stream``: that reads the whole result ahead into
+memory however slowly it is consumed, and holds the GIL while waiting for each batch. Each
+connectorx read is its own connection, so each page is its own snapshot, and the owner lookup
+is read apart: chats it lacks (created since) are read again when a page names them.
 
 PostgreSQL is read with the ADBC PostgreSQL driver (``adbc-driver-postgresql``) in process:
 libpq's binary protocol straight into Arrow, about twice as fast as psycopg's rows.
@@ -32,7 +35,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
-from ..errors import BackendError, BackendUnavailableError, ChatDbError
+from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
 # Rows per batch inside the SQLite child, whatever the caller's batch size: the child holds
@@ -68,15 +71,18 @@ class NativeScan:
         self,
         url: Any,
         config: Any,
-        statement: Any,
+        scan: Callable[..., Any],
         batch_rows: int,
         location: str,
         lookup: Lookup | None = None,
         stage: Mapping[str, Any] | None = None,
     ) -> Iterator[Any] | None:
-        """Arrow tables for ``statement`` (a Core SELECT), read by this backend's driver, or
-        None where it cannot take this scan; ``stage`` (see :mod:`chatdb._sqlite_arrow`) is
-        applied to them where the scan runs in a child process (SQLite), and ignored otherwise."""
+        """Arrow tables for the scan ``scan()`` builds (a Core SELECT in ``(created_at, id)``
+        order; ``scan(after=(created_at, id))`` its rows after that key), read by this
+        backend's driver, or None where it cannot take this scan; ``stage`` (see
+        :mod:`chatdb._sqlite_arrow`) is applied to them where the scan runs in a child process
+        (SQLite), and ignored otherwise."""
+        statement = scan()
         if self.backend == "mysql":
             from sqlalchemy.dialects.mysql import pymysql
 
@@ -88,12 +94,18 @@ class NativeScan:
             if set(url.query) - {"charset"}:
                 return None  # connection options (SSL, socket...) that only the DB-API driver gets
             literal = {"literal_binds": True}
-            rendered = statement.compile(dialect=pymysql.dialect(), compile_kwargs=literal)
+
+            def page(after: tuple[str, str] | None) -> str:
+                selected = statement if after is None else scan(after=after)
+                return str(
+                    selected.limit(batch_rows).compile(dialect=pymysql.dialect(), compile_kwargs=literal)
+                )
+
             uri = url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
             extra = _lookup_request(lookup, pymysql.dialect(), literal)
             if extra is not None and lookup is not None:
                 extra["missing"] = lookup.missing
-            return mysql_batches(uri, str(rendered), batch_rows, location, lookup=extra)
+            return mysql_batches(uri, page, batch_rows, location, lookup=extra)
         if self.backend == "postgres":
             from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
 
@@ -190,50 +202,60 @@ def postgres_batches(
 
 
 def mysql_batches(
-    uri: str, sql: str, batch_rows: int, location: str, *, lookup: dict[str, Any] | None = None
+    uri: str,
+    page: Callable[[tuple[str, str] | None], str],
+    batch_rows: int,
+    location: str,
+    *,
+    lookup: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """Arrow tables of at least ``batch_rows`` rows (the last may be smaller) for ``sql`` on
-    MySQL/MariaDB, read by connectorx (its own MySQL client, in Rust, reading ahead in its own
-    thread) as a stream: about twice as fast as PyMySQL's rows. ``lookup`` as in
+    """Arrow tables of ``batch_rows`` rows (the last may be smaller) on MySQL/MariaDB, read by
+    connectorx (its own MySQL client, in Rust: about twice as fast as PyMySQL's rows) page by
+    page: ``page(None)`` is the SQL of the first, ``page((created_at, id))`` of the one after
+    that key. The next page is read in a thread while the caller works on this one (connectorx
+    releases the GIL), so at most three pages are held. ``lookup`` as in
     :mod:`chatdb._sqlite_arrow`, plus ``missing`` (see :class:`Lookup`): the lookup replaces a
     join that cost MariaDB a quarter of the scan's time."""
     import connectorx
     import pyarrow as pa
 
-    from .._batches import attach_lookup, lookup_table
+    from .._batches import attach_lookup, lookup_table, prefetch
 
-    def read(query: str, **options: Any) -> Any:
+    def read(query: str) -> Any:
         try:
-            return connectorx.read_sql(uri, query, **options)
+            return connectorx.read_sql(uri, query, return_type="arrow")
         except Exception as exc:
             message = _first_line(exc, uri)
             if any(word in message.lower() for word in ("connect", "refused", "timed out", "access denied")):
                 raise BackendUnavailableError(f"cannot reach {location}: {message}") from None
             raise BackendError(f"mysql error during export scan: {message}") from None
 
+    def pages() -> Iterator[Any]:
+        after = None
+        while True:
+            table = read(page(after))
+            if table.num_rows:
+                yield table
+            if table.num_rows < batch_rows:
+                return
+            after = (table.column("created_at")[-1].as_py(), table.column("id")[-1].as_py())
+            del table
+
     keys = values = None
     if lookup is not None:
-        keys, values = lookup_table(read(lookup["sql"], return_type="arrow"))
+        keys, values = lookup_table(read(lookup["sql"]))
     absent: set[str] = set()  # keys asked for and not found (messages of deleted chats)
-    reader = read(sql, return_type="arrow_stream", batch_size=batch_rows)
-    try:
-        for table in gather(reader, batch_rows):
-            if lookup is not None:
-                unknown = [
-                    key for key in _unknown_keys(table.column(lookup["key"]), keys) if key not in absent
-                ]
-                if unknown and lookup.get("missing") is not None:
-                    found = lookup["missing"](unknown)
-                    absent.update(set(unknown) - {str(row[0]) for row in found})
-                    if found:
-                        keys = pa.concat_arrays([keys, pa.array([str(row[0]) for row in found], pa.string())])
-                        values = pa.concat_arrays([values, pa.array([row[1] for row in found], pa.string())])
-                table = attach_lookup(table, lookup, keys, values)
-            yield table
-    except ChatDbError:
-        raise  # (from ``missing``: the repository's own)
-    except Exception as exc:
-        raise BackendError(f"mysql error during export scan: {_first_line(exc, uri)}") from None
+    for table in prefetch(pages):
+        if lookup is not None:
+            unknown = [key for key in _unknown_keys(table.column(lookup["key"]), keys) if key not in absent]
+            if unknown and lookup.get("missing") is not None:
+                found = lookup["missing"](unknown)
+                absent.update(set(unknown) - {str(row[0]) for row in found})
+                if found:
+                    keys = pa.concat_arrays([keys, pa.array([str(row[0]) for row in found], pa.string())])
+                    values = pa.concat_arrays([values, pa.array([row[1] for row in found], pa.string())])
+            table = attach_lookup(table, lookup, keys, values)
+        yield table
 
 
 def _unknown_keys(column: Any, keys: Any) -> list[str]:

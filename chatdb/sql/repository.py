@@ -130,6 +130,11 @@ _REVOKE_KEY = (
 _TOUCH_KEY = update(api_keys).where(_K.id == _p("key_id")).values(last_used_at=_p("now"))
 
 
+# The index MySQL is told to read messages by (see build_scan); StopIteration at import if the
+# schema ever renames it.
+_BY_CREATED = next(index.name for index in messages.indexes if index.name == "idx_messages_created")
+
+
 def build_scan(
     table: str,
     *,
@@ -163,6 +168,12 @@ def build_scan(
     statement = select(*columns)
     if joined:
         statement = statement.select_from(messages.outerjoin(chats, _C.id == _M.chat_id))
+    if source is messages and user_id is None:
+        # Without a range on created_at, MySQL/MariaDB sort the whole table (rows, content and
+        # all) instead of reading the (created_at, id) index in order: 1.1 s vs 0.7 s for
+        # 200,000 messages, and 0.5 s before the first row. (With a user, its chats lead.)
+        for name in ("mysql", "mariadb"):
+            statement = statement.with_hint(messages, f"FORCE INDEX ({_BY_CREATED})", name)
     created, key = source.c.created_at, source.c.id
     if since is not None:
         statement = statement.where(created >= _codec.format_ts(since))
@@ -330,8 +341,8 @@ class SqlRepository(RepositoryBase):
                 position=2,
                 missing=self._chat_owners,
             )
-        statement = scan(null_as=native.null_as, owner=lookup is None)
-        return native.batches(self.engine.url, self.config, statement, batch_size, location, lookup, stage)
+        scan = partial(scan, null_as=native.null_as, owner=lookup is None)
+        return native.batches(self.engine.url, self.config, scan, batch_size, location, lookup, stage)
 
     def _chat_owners(self, chat_ids: list[str]) -> list[tuple[Any, Any]]:
         """(chat id, owner) of those of ``chat_ids`` that exist."""
