@@ -244,6 +244,38 @@ def test_mysql_owners_of_chats_created_after_the_lookup_are_read_again(mysql_bac
     assert asked == [["c-2", "gone"]]  # asked once: found or not, the answer is kept
 
 
+@pytest.mark.mysql
+def test_mysql_scans_read_at_most_one_page_ahead_of_their_consumer(mysql_backend: Backend) -> None:
+    """Memory stays bounded by the page size however slow the consumer (connectorx's own
+    stream would read the whole table ahead)."""
+    import time
+
+    from sqlalchemy.dialects.mysql import pymysql
+
+    from chatdb.sql import arrow_scan
+
+    mysql_backend.reset()
+    repo = mysql_backend.new_repo()
+    assert isinstance(repo, SqlRepository)
+    stamps = [f"2025-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z" for n in range(100)]
+    repo.import_rows("messages", [_message(n, "c-1", stamp) for n, stamp in enumerate(stamps)])
+    pages: list[object] = []
+
+    def page(after: tuple[str, str] | None) -> str:
+        pages.append(after)
+        statement = build_scan("messages", owner=False, after=after).limit(10)
+        return str(statement.compile(dialect=pymysql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    uri = repo.engine.url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
+    tables = arrow_scan.mysql_batches(uri, page, 10, "mariadb")
+    first = next(tables)
+    time.sleep(0.5)  # a slow consumer: the reading thread must wait for it
+    assert first.num_rows == 10 and len(pages) <= 3
+    rest = list(tables)
+    repo.close()
+    assert sum(table.num_rows for table in rest) == 90 and len(pages) == 11
+
+
 @pytest.mark.sqlite
 def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) -> None:
     import psutil
