@@ -587,3 +587,98 @@ def test_the_text_stage_reads_invalid_json_as_null_and_passes_other_columns() ->
     assert staged.column("created_bad").to_pylist() == [False, True]
     assert staged.column("created_ts")[0].as_py() == 1735689600123  # ms since the epoch
     assert "content" not in staged.column_names and "created_at" not in staged.column_names
+
+
+DECODED_CONTENTS = [
+    [{"type": "text", "text": "hi 🙂 e\u0301"}],
+    [{"type": "text", "text": "a\nb"}, {"type": "text", "text": "c"}, IMAGE],
+    [{"type": "image", "mimeType": "image/png"}, {"type": "text"}, {"type": "text", "text": None}],
+    [{"type": "tool_use", "text": "ignored", "input": {"x": 1}}],
+    [],
+    None,
+]
+
+
+@pytest.mark.parametrize("include_text", [False, True])
+def test_decoded_content_is_staged_exactly_as_its_json_would_be(include_text: bool) -> None:
+    """MongoDB's decoded content is staged in Python, skipping JSON: the same values as
+    DuckDB's stage over the same content as JSON text."""
+    from chatdb.export._flatten import decoded_stage
+
+    stamps = [f"2025-01-0{n + 1}T10:00:00.{n:03d}Z" for n in range(len(DECODED_CONTENTS))]
+    flattener = Flattener(
+        "messages", ("content", "created_at"), include_text=include_text, include_extra=False
+    )
+    assert flattener.stage is not None
+    as_text = pa.table(
+        {
+            "content": pa.array(
+                [None if c is None else json.dumps(c) for c in DECODED_CONTENTS], pa.large_string()
+            ),
+            "created_at": stamps,
+        }
+    )
+    try:
+        expected = apply_stage(flattener._connection(), flattener.stage, as_text)
+    finally:
+        flattener.close()
+    staged = decoded_stage(DECODED_CONTENTS, stamps, include_text=include_text)
+    assert staged is not None
+    assert staged.column_names == expected.column_names
+    for name in staged.column_names:
+        assert staged.column(name).to_pylist() == expected.column(name).to_pylist(), name
+
+
+@pytest.mark.parametrize(
+    "content, stamp",
+    [
+        ({"type": "text", "text": "not a list"}, "2025-01-01T00:00:00.000Z"),
+        ("[]", "2025-01-01T00:00:00.000Z"),
+        (["a string part"], "2025-01-01T00:00:00.000Z"),
+        ([{"type": 5, "text": "x"}], "2025-01-01T00:00:00.000Z"),
+        ([{"type": "text", "text": 5}], "2025-01-01T00:00:00.000Z"),
+        ([{"text": "no type"}], "2025-01-01T00:00:00.000Z"),
+        ([{"type": "text", "text": "x"}], "2025-01-01 00:00:00"),
+        ([{"type": "text", "text": "x"}], "yesterday"),
+    ],
+)
+def test_decoded_content_that_is_not_plain_takes_the_json_way(content: Any, stamp: str) -> None:
+    from chatdb.export._flatten import decoded_stage
+
+    assert (
+        decoded_stage(
+            [[{"type": "text", "text": "ok"}], content],
+            ["2025-01-01T00:00:00.000Z", stamp],
+            include_text=True,
+        )
+        is None
+    )
+
+
+def test_a_scan_mixing_plain_and_other_decoded_chunks_exports_like_json(tmp_path: Path) -> None:
+    """Fetched chunks staged in Python and chunks left to DuckDB meet in one stream."""
+    from chatdb.export._stream import _ArrowChunks, _Staged
+
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+
+    def row(n: int, content: Any) -> tuple[Any, ...]:
+        return (f"m{n}", "c1", "u1", "user", content, f"2025-01-01T00:00:{n:02d}.000Z", {"inputTokens": n})
+
+    plain = [{"type": "text", "text": "plain"}]
+    chunks = [[row(0, plain), row(1, plain)], [row(2, json.dumps(plain))], [row(3, plain)]]
+    flattener = Flattener("messages", columns, include_text=True, include_extra=False)
+    assert flattener.stage is not None
+    try:
+        tables = list(_Staged(_ArrowChunks(iter(chunks), flattener.to_arrow, 1000), flattener.stage))
+        assert [table.num_rows for table in tables] == [2, 1, 1]
+        mixed = pa.concat_tables([flattener.convert(table)[0] for table in tables])
+        text_rows = [
+            (*r[:4], json.dumps(r[4]) if not isinstance(r[4], str) else r[4], r[5], json.dumps(r[6]))
+            for chunk in chunks
+            for r in chunk
+        ]
+        expected, skipped = flattener.convert(flattener.to_arrow(text_rows))
+    finally:
+        flattener.close()
+    assert skipped == 0
+    assert mixed.to_pylist() == expected.to_pylist()

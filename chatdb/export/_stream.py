@@ -159,12 +159,15 @@ def _join(tables: list[pa.Table]) -> pa.Table:
 
 class _ArrowChunks:
     """Fetched row lists turned into Arrow tables of at least ``min_rows`` rows (the last one
-    may be smaller); closing it closes the scan (releasing its cursor and locks)."""
+    may be smaller, and so may one whose successor has other columns: a chunk staged as it
+    was converted, see ``Flattener.to_arrow``); closing it closes the scan (releasing its
+    cursor and locks)."""
 
     def __init__(self, scan: Iterable[Any], to_arrow: Callable[[Any], pa.Table], min_rows: int) -> None:
         self._scan = iter(scan)
         self._to_arrow = to_arrow
         self._min_rows = min_rows
+        self._held: pa.Table | None = None  # converted, for the next table
 
     def __iter__(self) -> Iterator[pa.Table]:
         return self
@@ -174,11 +177,18 @@ class _ArrowChunks:
 
         parts: list[pa.Table] = []
         count = 0
-        for rows in self._scan:
-            parts.append(self._to_arrow(rows))
-            count += len(rows)
-            if count >= self._min_rows:
+        while count < self._min_rows:
+            table, self._held = self._held, None
+            if table is None:
+                rows = next(self._scan, None)
+                if rows is None:
+                    break
+                table = self._to_arrow(rows)
+            if parts and table.schema != parts[0].schema:
+                self._held = table
                 break
+            parts.append(table)
+            count += table.num_rows
         if not parts:
             raise StopIteration
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
