@@ -19,10 +19,10 @@ streams Arrow IPC to its parent; about 0.15 s of start-up, so only large scans t
 (``SqlRepository.scan_arrow``). There the owner of each message comes from a lookup of the
 chats read in the same transaction, not from a join SQLite would do row by row.
 
-ADBC infers a column's type from its first values, so a column that starts with NULLs would be
-typed wrongly and fail later: the query selects ``ifnull(column, NULL)`` with the sentinel
-below (a NUL character, which chatdb never stores in these columns) and the child turns it back
-into a null.
+ADBC infers a column's type from its first batch, so a column NULL all through it would be
+typed wrongly and fail later: the query selects each column that can be NULL as
+``ifnull(column, NULL)`` with the sentinel below (a NUL character, which chatdb never stores in
+these columns) and the child turns it back into a null.
 """
 
 from __future__ import annotations
