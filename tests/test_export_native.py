@@ -101,6 +101,26 @@ def test_small_batches_over_shared_timestamps_and_odd_ids_export_every_row_once(
     assert sum(1 for i in ids if i.rsplit("-", 1)[0] in odd) == len(odd) * 3
 
 
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"user_id": "bob"},
+        {"since": datetime(2025, 1, 2, tzinfo=UTC), "until": datetime(2025, 1, 4, tzinfo=UTC)},
+        {"table": "chats"},
+    ],
+)
+def test_small_batches_honour_filters(repo: SqlRepository, filters: dict[str, object]) -> None:
+    """Page by page (MySQL), the filters hold on every page, not just the first."""
+    arguments = dict(filters)
+    table = str(arguments.pop("table", "messages"))
+    if table == "chats":  # twenty more, all created at the same millisecond
+        repo.import_rows("chats", [_chat(f"c-{n}", "carol") for n in range(10, 30)])
+    plain, native = both_paths(repo, table, batch_size=7, **arguments)
+    assert plain.num_rows > 7
+    assert native.equals(plain)
+
+
 @pytest.mark.parametrize("table", ["chats", "users", "api_keys"])
 def test_native_scan_of_the_other_tables_matches(repo: SqlRepository, table: str) -> None:
     repo.create_user("carol", "hash")
