@@ -229,6 +229,9 @@ class Executor:
             proxy = self.engine.raw_connection()
         except SQLAlchemyError as exc:
             raise self.dialect.translate(exc, connecting=True) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            # raw_connection() lets the driver's own error through (connect refused, bad login).
+            raise self.dialect.translate(DBAPIError(None, None, exc), connecting=True) from exc
         if self._lock is None:
             proxy.detach()  # ours for this thread's lifetime, not the pool's
         held = _Held(proxy.dbapi_connection)
