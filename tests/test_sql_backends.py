@@ -87,6 +87,21 @@ def test_the_indexes_exist_on_the_server(server: Backend) -> None:
     } <= names
 
 
+def test_a_dropped_index_is_created_again_by_the_next_repository(server: Backend) -> None:
+    """ensure_schema reads the catalog once and does nothing when all is there; anything
+    missing (an index another program dropped, a Node-created database) is still created."""
+    with server.new_repo() as repo:
+        repo.ensure_schema()
+    with server.admin.begin() as conn:
+        on = " ON messages" if server.name == "mysql" else ""
+        conn.execute(text(f"DROP INDEX idx_messages_created{on}"))
+    with server.new_repo() as again:
+        again.ensure_schema()
+    with server.admin.connect() as conn:
+        names = {ix["name"] for ix in inspect(conn).get_indexes("messages")}
+    assert "idx_messages_created" in names
+
+
 @pytest.mark.mysql
 def test_mysql_columns_hold_large_content_and_compare_exactly(mysql_backend: Backend) -> None:
     mysql_backend.reset()

@@ -156,6 +156,29 @@ class SqlDialect:
     def has_index_if_not_exists(self) -> bool:
         return self.backend != "mysql"
 
+    @property
+    def catalog_sql(self) -> str:
+        """One read of the catalog: the names of this database's tables and indexes, and of the
+        columns of ``chats`` as ``chats.<column>`` (what ``ensure_schema`` would create)."""
+        if self.backend == "sqlite":
+            return (
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'index') "
+                "UNION ALL SELECT 'chats.' || name FROM pragma_table_info('chats')"
+            )
+        if self.backend == "postgres":
+            return (
+                "SELECT tablename FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+                "UNION ALL SELECT indexname FROM pg_catalog.pg_indexes WHERE schemaname = current_schema() "
+                "UNION ALL SELECT 'chats.' || column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'chats'"
+            )
+        return (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "UNION ALL SELECT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "UNION ALL SELECT CONCAT('chats.', column_name) FROM information_schema.columns "
+            "WHERE table_schema = DATABASE() AND table_name = 'chats'"
+        )
+
     def ignore_duplicate_index(self, exc: BaseException | None) -> bool:
         """MySQL has no CREATE INDEX IF NOT EXISTS: a concurrent creator wins, we go on."""
         orig = getattr(exc, "orig", None)

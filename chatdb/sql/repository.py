@@ -130,6 +130,12 @@ _REVOKE_KEY = (
 _TOUCH_KEY = update(api_keys).where(_K.id == _p("key_id")).values(last_used_at=_p("now"))
 
 
+# What ensure_schema creates, as the catalog names it (see SqlDialect.catalog_sql).
+_SCHEMA_NAMES = {
+    *TABLES,
+    *(index.name for table in TABLES.values() for index in table.indexes if index.name),
+    "chats.user_id",
+}
 # The index MySQL is told to read messages by (see build_scan); StopIteration at import if the
 # schema ever renames it.
 _BY_CREATED = next(index.name for index in messages.indexes if index.name == "idx_messages_created")
@@ -252,6 +258,17 @@ class SqlRepository(RepositoryBase):
     # -- schema ---------------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
+        # Nearly always everything exists: one catalog read instead of SQLAlchemy's inspection
+        # and CREATE ... IF NOT EXISTS statements (5-10x the time on the servers).
+        catalog = self._executor.dialect.catalog_sql
+
+        def names(tx: Tx) -> set[str]:
+            tx.cursor.execute(catalog)
+            return {str(row[0]) for row in tx.cursor.fetchall()}
+
+        if self._executor.run(names) >= _SCHEMA_NAMES:
+            return
+
         def create_tables(conn: Connection) -> list[Index]:
             for table in TABLES.values():
                 conn.execute(CreateTable(table, if_not_exists=True))
