@@ -76,12 +76,16 @@ class NativeScan:
         location: str,
         lookup: Lookup | None = None,
         stage: Mapping[str, Any] | None = None,
+        *,
+        paged: bool = True,
     ) -> Iterator[Any] | None:
         """Arrow tables for the scan ``scan()`` builds (a Core SELECT in ``(created_at, id)``
         order; ``scan(after=(created_at, id))`` its rows after that key), read by this
         backend's driver, or None where it cannot take this scan; ``stage`` (see
         :mod:`chatdb._sqlite_arrow`) is applied to them where the scan runs in a child process
-        (SQLite), and ignored otherwise."""
+        (SQLite), and ignored otherwise. ``paged=False``: MySQL reads the scan in one query
+        (for tables without a ``(created_at, id)`` index, where every page would sort the
+        rows after it again)."""
         statement = scan()
         if self.backend == "mysql":
             from sqlalchemy.dialects.mysql import pymysql
@@ -97,15 +101,14 @@ class NativeScan:
 
             def page(after: tuple[str, str] | None) -> str:
                 selected = statement if after is None else scan(after=after)
-                return str(
-                    selected.limit(batch_rows).compile(dialect=pymysql.dialect(), compile_kwargs=literal)
-                )
+                selected = selected.limit(batch_rows) if paged else selected
+                return str(selected.compile(dialect=pymysql.dialect(), compile_kwargs=literal))
 
             uri = url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
             extra = _lookup_request(lookup, pymysql.dialect(), literal)
             if extra is not None and lookup is not None:
                 extra["missing"] = lookup.missing
-            return mysql_batches(uri, page, batch_rows, location, lookup=extra)
+            return mysql_batches(uri, page, batch_rows, location, lookup=extra, paged=paged)
         if self.backend == "postgres":
             from sqlalchemy.dialects.postgresql import asyncpg  # renders $n parameters, as libpq wants
 
@@ -208,12 +211,14 @@ def mysql_batches(
     location: str,
     *,
     lookup: dict[str, Any] | None = None,
+    paged: bool = True,
 ) -> Iterator[Any]:
     """Arrow tables of ``batch_rows`` rows (the last may be smaller) on MySQL/MariaDB, read by
     connectorx (its own MySQL client, in Rust: about twice as fast as PyMySQL's rows) page by
     page: ``page(None)`` is the SQL of the first, ``page((created_at, id))`` of the one after
     that key. The next page is read in a thread while the caller works on this one (connectorx
-    releases the GIL), so at most three pages are held. ``lookup`` as in
+    releases the GIL), so at most three pages are held. Not ``paged``: ``page(None)`` is the
+    whole scan, read at once and handed over in slices. ``lookup`` as in
     :mod:`chatdb._sqlite_arrow`, plus ``missing`` (see :class:`Lookup`): the lookup replaces a
     join that cost MariaDB a quarter of the scan's time."""
     import connectorx
@@ -231,6 +236,11 @@ def mysql_batches(
             raise BackendError(f"mysql error during export scan: {message}") from None
 
     def pages() -> Iterator[Any]:
+        if not paged:
+            whole = read(page(None))
+            for start in range(0, whole.num_rows, batch_rows):
+                yield whole.slice(start, batch_rows)
+            return
         after = None
         while True:
             table = read(page(after))

@@ -359,7 +359,11 @@ class SqlRepository(RepositoryBase):
                 missing=self._chat_owners,
             )
         scan = partial(scan, null_as=native.null_as, owner=lookup is None)
-        return native.batches(self.engine.url, self.config, scan, batch_size, location, lookup, stage)
+        # Pages only where an index returns them in order (MySQL reads the others at once).
+        paged = table == "messages"
+        return native.batches(
+            self.engine.url, self.config, scan, batch_size, location, lookup, stage, paged=paged
+        )
 
     def _chat_owners(self, chat_ids: list[str]) -> list[tuple[Any, Any]]:
         """(chat id, owner) of those of ``chat_ids`` that exist."""
