@@ -77,7 +77,11 @@ def lookup_table(table: Any) -> tuple[Any, Any]:
     """(keys, values) of a two-column (key, value) table, as text arrays."""
     import pyarrow as pa
 
-    keys, values = (table.column(i).combine_chunks().cast(pa.string()) for i in (0, 1))
+    def text(column: Any) -> Any:
+        # (Text already, nearly always: a cast needs Arrow's compute module, slow to import.)
+        return column if column.type == pa.string() else column.cast(pa.string())
+
+    keys, values = (text(table.column(i).combine_chunks()) for i in (0, 1))
     return keys, values
 
 
