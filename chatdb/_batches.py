@@ -55,19 +55,6 @@ def apply_stage(con: Any, stage: Mapping[str, Any], batch: Any) -> Any:
     return pa.table([*kept.columns, *result.columns], names=[*kept.column_names, *result.column_names])
 
 
-def parse_timestamps(column: Any) -> Any:
-    """A text column of ISO-8601 timestamps with an offset (``...T12:00:00.123Z``, as stored)
-    as ``timestamp[ms, tz=UTC]``, or None when any value is not in that form (the caller then
-    leaves parsing to DuckDB, which is lenient). Where Arrow parses a value, both agree
-    (tested)."""
-    import pyarrow as pa
-
-    try:
-        return column.cast(pa.timestamp("ms", "UTC"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-
-
 def is_staged(stage: Mapping[str, Any], table: Any) -> bool:
     """Whether ``table`` went through ``stage`` already (it lacks the columns the stage reads)."""
     return not set(stage["columns"]) <= set(table.column_names)

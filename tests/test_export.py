@@ -606,6 +606,7 @@ def test_decoded_content_is_staged_exactly_as_its_json_would_be(include_text: bo
     from chatdb.export._flatten import decoded_stage
 
     stamps = [f"2025-01-0{n + 1}T10:00:00.{n:03d}Z" for n in range(len(DECODED_CONTENTS))]
+    stamps[1], stamps[2] = "2025-01-02T12:00:00.5+02:00", "1969-12-31T23:59:59.999-0030"  # offsets
     flattener = Flattener(
         "messages", ("content", "created_at"), include_text=include_text, include_extra=False
     )

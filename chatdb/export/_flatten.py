@@ -388,8 +388,6 @@ def decoded_stage(contents: Sequence[Any], stamps: Sequence[Any], *, include_tex
     gives the same values for such rows (tested)."""
     import pyarrow as pa
 
-    from .._batches import parse_timestamps
-
     chars: list[int | None] = []
     counts: list[int | None] = []
     images: list[bool | None] = []
@@ -414,13 +412,14 @@ def decoded_stage(contents: Sequence[Any], stamps: Sequence[Any], *, include_tex
         chars.append(total)
         counts.append(len(content))
         images.append(image)
-        texts.append("\n".join(joined))
+        if include_text:
+            texts.append("\n".join(joined))
+    # Arrow parses only ISO-8601 with an offset (``...T12:00:00.123Z``, as stored), and where it
+    # parses a value DuckDB's cast agrees (tested); anything else is left to DuckDB, lenient.
     try:
-        created = parse_timestamps(pa.array(stamps, pa.string()))
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
-        return None  # not text (datetimes): the JSON way formats them
-    if created is None:
-        return None
+        created = pa.array(stamps, pa.string()).cast(pa.timestamp("ms", "UTC"))
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # not that form, or not text (datetimes: the JSON way formats them)
     columns = {
         "content_chars": pa.array(chars, pa.int64()),
         "content_parts": pa.array(counts, pa.int64()),
