@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from bson.int64 import Int64
 
 from chatdb import export
 from chatdb._batches import apply_stage
@@ -683,3 +684,86 @@ def test_a_scan_mixing_plain_and_other_decoded_chunks_exports_like_json(tmp_path
         flattener.close()
     assert skipped == 0
     assert mixed.to_pylist() == expected.to_pylist()
+
+
+DECODED_METADATA = [
+    None,
+    {},
+    {
+        "model": "claude-sonnet-4-5",
+        "inputTokens": 10,
+        "outputTokens": 0,
+        "totalCostUsd": 0.0012,
+        "durationMs": 5,
+    },
+    {"model": None, "inputTokens": None, "totalCostUsd": 1, "other": {"nested": [1, "x"]}},
+    {"cacheCreationInputTokens": Int64(7), "cacheReadInputTokens": 2**63 - 1, "durationMs": 0},
+    {"totalCostUsd": -0.0, "outputTokens": 2**53 + 1, "model": "ünïcode 🙂"},
+    {"totalCostUsd": 2**63 - 1, "inputTokens": Int64(2**40)},
+]
+
+
+def _decoded_and_text_rows(metadata: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    parts = [{"type": "text", "text": "hi 🙂"}]
+    decoded = [
+        (f"m{n}", "c1", "u1", "assistant", parts, f"2025-01-01T00:00:0{n}.000Z", meta)
+        for n, meta in enumerate(metadata)
+    ]
+    as_text = [(*row[:4], json.dumps(row[4]), row[5], json.dumps(row[6])) for row in decoded]
+    return decoded, as_text
+
+
+@pytest.mark.parametrize("include_text", [False, True])
+def test_decoded_metadata_converts_exactly_as_its_json_would(include_text: bool) -> None:
+    """MongoDB's decoded metadata skips JSON and DuckDB: the same values as its JSON text."""
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+    decoded, as_text = _decoded_and_text_rows(DECODED_METADATA)
+    flattener = Flattener("messages", columns, include_text=include_text, include_extra=False)
+    try:
+        source = flattener.to_arrow(decoded)
+        assert "metadata" not in source.column_names, "plain decoded metadata is read in Python"
+        got = flattener.convert(source)
+        expected = flattener.convert(flattener.to_arrow(as_text))
+    finally:
+        flattener.close()
+    assert got[0].schema == expected[0].schema
+    assert got[0].to_pylist() == expected[0].to_pylist()
+    assert got[1] == expected[1] == 0
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        "{}",  # text: another program's
+        ["a", "list"],
+        {"inputTokens": "12"},
+        {"inputTokens": 12.0},
+        {"inputTokens": -1},
+        {"outputTokens": True},
+        {"durationMs": 2**63},
+        {"totalCostUsd": -0.5},
+        {"totalCostUsd": float("nan")},
+        {"totalCostUsd": 2**63},
+        {"totalCostUsd": False},
+        {"model": 5},
+        {"model": {"name": "m"}},
+    ],
+)
+def test_decoded_metadata_that_is_not_plain_takes_the_json_way(meta: Any) -> None:
+    from chatdb.export._flatten import decoded_metadata
+
+    assert decoded_metadata([{"model": "ok"}, meta]) is None
+    columns = ("id", "chat_id", "user_id", "role", "content", "created_at", "metadata")
+    decoded, as_text = _decoded_and_text_rows([{"model": "ok"}, meta])
+    if isinstance(meta, str):
+        as_text[1] = (*as_text[1][:6], meta)
+    flattener = Flattener("messages", columns, include_text=False, include_extra=False)
+    try:
+        source = flattener.to_arrow(decoded)
+        assert "metadata" in source.column_names
+        got = flattener.convert(source)
+        expected = flattener.convert(flattener.to_arrow(as_text))
+    finally:
+        flattener.close()
+    assert got[0].to_pylist() == expected[0].to_pylist()
+    assert got[1] == expected[1]

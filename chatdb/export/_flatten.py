@@ -23,6 +23,7 @@ row written by another program never stops an export.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -315,7 +316,8 @@ class Flattener:
     def to_arrow(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
         """Stored values as Arrow text columns: the only step that touches Python objects.
         Decoded message content (MongoDB's) is read as it is instead, where every row allows
-        (see :func:`decoded_stage`): the batch then comes out staged."""
+        (see :func:`decoded_stage`): the batch then comes out staged, and with its decoded
+        metadata read the same way (:func:`decoded_metadata`), complete."""
         import pyarrow as pa
 
         columns = list(zip(*rows, strict=True)) if rows else [()] * len(self.columns)
@@ -323,7 +325,17 @@ class Flattener:
         staged = None
         if self.stage is not None and rows and not isinstance(values["content"][0], str):
             staged = decoded_stage(values["content"], values["created_at"], include_text=self.include_text)
-        replaced = () if staged is None or self.stage is None else self.stage["columns"]
+            # Decoded metadata too, once the batch is staged (a complete batch needs no DuckDB);
+            # metadata_extra keeps the JSON way, which writes what is left of each object.
+            if staged is not None and "metadata_extra" not in self.schema.names:
+                fields = decoded_metadata(values["metadata"])
+                if fields is not None:
+                    staged = pa.table(
+                        [*staged.columns, *fields.columns], names=[*staged.column_names, *fields.column_names]
+                    )
+        replaced: tuple[str, ...] = ()
+        if staged is not None and self.stage is not None:
+            replaced = (*self.stage["columns"], *(("metadata",) if "model" in staged.column_names else ()))
         names = [name for name in self.columns if name not in replaced]
         arrays = [_string_array(name, values[name]) for name in names]
         table = pa.table(arrays, names=names)
@@ -340,6 +352,8 @@ class Flattener:
             return self.schema.empty_table(), 0
         # A scan that ran the text stage already hands over its result instead of its input.
         staged = self.stage is not None and is_staged(self.stage, source)
+        if staged and "metadata" not in source.column_names:
+            return self._complete(source)
         fast, exact = self._queries[staged]
         with self._lock:
             con = self._connection()
@@ -354,6 +368,19 @@ class Flattener:
                 con.unregister("batch")
         skipped = int(pc.sum(result.column("_bad")).as_py() or 0)
         return result.drop_columns(["_bad"]).cast(self.schema), skipped
+
+    def _complete(self, source: pa.Table) -> tuple[pa.Table, int]:
+        """A batch converted already (decoded content and metadata, see :meth:`to_arrow`):
+        only renamed and cast into the schema."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        renamed = {"message_id": "id", "created_at": "created_ts"}
+        columns = [
+            source.column(renamed.get(field.name, field.name)).cast(field.type) for field in self.schema
+        ]
+        bad = pc.or_(source.column("content_bad"), source.column("created_bad"))
+        return pa.Table.from_arrays(columns, schema=self.schema), int(pc.sum(bad).as_py() or 0)
 
     def _fast(
         self, con: duckdb.DuckDBPyConnection, sql: str, source: pa.Table, staged: bool
@@ -431,6 +458,54 @@ def decoded_stage(contents: Sequence[Any], stamps: Sequence[Any], *, include_tex
     columns["created_ts"] = created.cast(pa.int64())
     columns["created_bad"] = pa.array([False] * len(chars), pa.bool_())
     return pa.table(columns)
+
+
+_INT64_LIMIT = 1 << 63
+
+
+def decoded_metadata(values: Sequence[Any]) -> pa.Table | None:
+    """The metadata columns from metadata the driver decoded already (MongoDB's dicts), with
+    the values :func:`clean_messages_sql` gives their JSON, or None unless every value is plain:
+    None or a dict whose known fields are absent, None or of their type (text; an integer in
+    [0, 2**63); a finite number >= 0; never a bool) -- anything else takes the JSON way,
+    which converts or flags it (tested against it)."""
+    import pyarrow as pa
+
+    columns: list[list[Any]] = [[] for _ in METADATA_COLUMNS]
+    for meta in values:
+        if meta is None:
+            for column in columns:
+                column.append(None)
+            continue
+        if not isinstance(meta, dict):
+            return None
+        for column, (_, key, kind) in zip(columns, METADATA_COLUMNS, strict=True):
+            value = meta.get(key)
+            if value is None:
+                column.append(None)
+            elif kind == "string":
+                if not isinstance(value, str):
+                    return None
+                column.append(value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None
+            elif kind == "int":
+                if not isinstance(value, int) or not 0 <= value < _INT64_LIMIT:
+                    return None
+                column.append(int(value))
+            else:
+                number = float(value) if not isinstance(value, int) or 0 <= value < _INT64_LIMIT else -1.0
+                if not (number >= 0 and math.isfinite(number)):
+                    return None
+                column.append(number)
+    types = {"string": pa.string(), "int": pa.int64(), "float": pa.float64()}
+    return pa.table(
+        [
+            pa.array(column, types[kind])
+            for column, (_, _, kind) in zip(columns, METADATA_COLUMNS, strict=True)
+        ],
+        names=[name for name, _, _ in METADATA_COLUMNS],
+    )
 
 
 def _string_array(name: str, values: Sequence[Any]) -> pa.Array:
