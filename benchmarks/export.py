@@ -5,8 +5,9 @@
     python benchmarks/export.py --rss-scale            # to_parquet peak RSS at 1M and 3M messages
 
 The database is generated once with ``repo.import_rows`` (the bulk path) and reused while its
-row counts match. Every case runs in its own subprocess so its peak RSS (``ru_maxrss``) is its
-own; all cases run in the same invocation, on the same data, one after another:
+row counts match. Every case runs in its own subprocess so its peak RSS (``VmHWM``, see
+``_rss.py``; the SQLite scan's child process apart) is its own; all cases run in the same
+invocation, on the same data, one after another:
 
 * chatdb to_parquet / to_polars -- the library;
 * naive -- a Python loop over the raw driver's rows with ``json.loads`` per row, building a
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import _data
+import _rss
 
 import chatdb
 
@@ -292,13 +293,13 @@ def run_case(name: str, url: str, workdir: str) -> None:
 
     for module in NEEDS[name]:
         importlib.import_module(module)
-    started = time.perf_counter()
-    rows = CASES[name](url, workdir)
-    seconds = time.perf_counter() - started
     # A native SQLite scan reads in a child process (chatdb._sqlite_arrow): reported apart.
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "rss_mb": rss_mb, "child_mb": child_mb}))
+    with _rss.ChildPeaks() as children:
+        started = time.perf_counter()
+        rows = CASES[name](url, workdir)
+        seconds = time.perf_counter() - started
+    rss_mb = _rss.own_peak_mb()
+    print(json.dumps({"seconds": seconds, "rows": rows, "rss_mb": rss_mb, "child_mb": children.max_mb}))
 
 
 def measure(name: str, url: str, workdir: str) -> dict[str, Any]:
