@@ -23,14 +23,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chatdb
 from chatdb._codec import format_ts, utcnow
+
+T = TypeVar("T")
 
 OPS = ("create_user", "create_chat", "add_message", "get_chat", "list_chats", "get_messages")
 CONTENT = [{"type": "text", "text": "Please refactor the auth middleware and run the tests. " * 4}]
@@ -113,6 +115,9 @@ def load(repo: Any, chats: int, messages: int) -> tuple[list[str], list[str]]:
 class RawSql:
     """The statements SqlRepository issues, through the bare DB-API driver."""
 
+    begin_write: str | None
+    begin_read: str | None
+
     def __init__(self, backend: str, url: str) -> None:
         self.backend = backend
         if backend == "sqlite":
@@ -150,7 +155,7 @@ class RawSql:
             self.begin_write = self.begin_read = None
             self.lock = " FOR UPDATE"
 
-    def _tx(self, begin: str | None, work: Callable[[Any], Any]) -> Any:
+    def _tx(self, begin: str | None, work: Callable[[Any], T]) -> T:
         cur = self.conn.cursor()
         if begin:
             cur.execute(begin)
@@ -221,8 +226,8 @@ class RawSql:
 
         return self._tx(self.begin_read, work)
 
-    def list_chats(self, user_id: str) -> list[Any]:
-        def work(c: Any) -> list[Any]:
+    def list_chats(self, user_id: str) -> Sequence[Any]:
+        def work(c: Any) -> Sequence[Any]:
             c.execute(self.q("SELECT count(*) FROM chats WHERE user_id = ?"), (user_id,))
             c.fetchone()
             c.execute(
@@ -232,7 +237,8 @@ class RawSql:
                 ),
                 (user_id, 50, 0),
             )
-            return c.fetchall()
+            rows: Sequence[Any] = c.fetchall()  # a list, or a tuple from PyMySQL
+            return rows
 
         return self._tx(self.begin_read, work)
 
@@ -393,7 +399,7 @@ def make_pair(
             raw_url = raw_url.set(drivername="postgresql")
         raw = RawSql(backend, raw_url.render_as_string(hide_password=False))
     else:
-        from raw_mongo import RawMongo  # type: ignore[import-not-found]
+        from raw_mongo import RawMongo
 
         url, process = mongo_url(args, workdir)
         if process is not None:

@@ -249,7 +249,9 @@ def case_duckdb_sqlite(url: str, workdir: str) -> int:
         raise RuntimeError("DuckDB's sqlite extension is not installed and cannot be downloaded") from exc
     con.execute(f"ATTACH '{config.sqlite_path}' AS src (TYPE sqlite, READ_ONLY)")
     con.execute("USE src")
-    return len(con.execute(scan_sql(url)).to_arrow_table())
+    table = con.execute(scan_sql(url)).to_arrow_table()
+    assert table is not None
+    return len(table)
 
 
 CASES = {

@@ -44,7 +44,7 @@ def _patch() -> None:
             key = kept if len(kept) > 1 else kept[0][0] if kept else key
         return original(self, key, *args, **kwargs)
 
-    IndexManager.create_index = create_index  # type: ignore[method-assign]
+    IndexManager.create_index = create_index
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -41,7 +41,7 @@ def required(name: str) -> bool:
     return wanted == "all" or name in {w.strip() for w in wanted.split(",")}
 
 
-def unavailable(name: str, reason: str) -> None:
+def unavailable(name: str, reason: str) -> NoReturn:
     message = f"{name} backend unavailable: {reason}"
     if required(name):
         pytest.fail(message + " (CHATDB_TEST_REQUIRE is set)", pytrace=False)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
@@ -17,6 +17,9 @@ import chatdb
 from chatdb import analytics, demo
 from chatdb.analytics import plots
 from chatdb.errors import ValidationError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -258,7 +261,7 @@ def test_totals_and_the_model_breakdown_add_up_to_the_report(frame: pl.DataFrame
 def test_reported_versus_estimated_and_top_lists(frame: pl.DataFrame) -> None:
     split = analytics.cost_reported_vs_estimated(frame, "model")
     assert split["cost_usd"].sum() == pytest.approx(
-        split["reported_cost_usd"].sum() + split["estimated_cost_usd"].sum()
+        float(split["reported_cost_usd"].sum()) + float(split["estimated_cost_usd"].sum())
     )
     assert analytics.usage_totals(frame)["cost_usd"].item() == pytest.approx(split["cost_usd"].sum())
     top = analytics.top_users(frame, n=2)
@@ -277,7 +280,7 @@ def test_reported_versus_estimated_and_top_lists(frame: pl.DataFrame) -> None:
         (lambda f: analytics.usage_report(f, "fortnight"), "cannot group usage by"),
         (lambda f: analytics.usage_report(f, timezone="Mars/Olympus"), "unknown timezone"),
         (lambda f: analytics.usage_report(f, order="up"), "order must be"),
-        (lambda f: analytics.usage_report(f, cost_mode="guess"), "cost_mode must be"),
+        (lambda f: analytics.usage_report(f, cost_mode="guess"), "cost_mode must be"),  # type: ignore[arg-type]
         (lambda f: analytics.usage_report(f, since="last tuesday"), "since must be"),
         (lambda f: analytics.usage_report(42), "unsupported source"),
         (lambda f: analytics.usage_report(pl.DataFrame({"x": [1]})), "not a messages table"),
@@ -289,7 +292,7 @@ def test_bad_options_are_validation_errors(frame: pl.DataFrame, call: Any, messa
 
 
 def test_charts_render_to_png_without_a_display(frame: pl.DataFrame, tmp_path: Path) -> None:
-    charts = {
+    charts: dict[str, Callable[[Path], Figure]] = {
         "daily": lambda p: plots.daily_cost_by_model(frame, timezone="Europe/Berlin", path=p),
         "tokens": lambda p: plots.tokens_per_user(frame, path=p),
         "latency": lambda p: plots.latency_by_model(frame, path=p),

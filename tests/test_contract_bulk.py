@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from chatdb._base import IMPORT_COLUMNS, SCAN_COLUMNS
 from chatdb._codec import format_ts, parse_ts
@@ -20,17 +21,17 @@ def message_row(i: int, chat_id: str, stamp: str) -> dict[str, object]:
     }
 
 
-def all_rows(repo: ChatRepository, table: str, **filters: object) -> list[tuple[object, ...]]:
-    return [row for batch in repo.scan_rows(table, batch_size=3, **filters) for row in batch]  # type: ignore[attr-defined]
+def all_rows(repo: ChatRepository, table: str, **filters: Any) -> list[tuple[object, ...]]:
+    return [row for batch in repo.scan_rows(table, batch_size=3, **filters) for row in batch]
 
 
 def test_import_rows_counts_inserts_and_skips_existing_ids(repo: ChatRepository) -> None:
     chat = repo.create_chat("u1")
     stamp = "2026-01-01T00:00:00.000Z"
     rows = [message_row(i, chat.id, stamp) for i in range(5)]
-    assert repo.import_rows("messages", rows) == 5  # type: ignore[attr-defined]
-    assert repo.import_rows("messages", [*rows, message_row(9, chat.id, stamp)]) == 1  # type: ignore[attr-defined]
-    assert repo.count_rows()["messages"] == 6  # type: ignore[attr-defined]
+    assert repo.import_rows("messages", rows) == 5
+    assert repo.import_rows("messages", [*rows, message_row(9, chat.id, stamp)]) == 1
+    assert repo.count_rows()["messages"] == 6
     assert repo.get_messages(chat.id).total == 6
 
 
@@ -41,11 +42,11 @@ def test_scan_rows_orders_by_time_then_id_and_filters_in_the_database(repo: Chat
     for i in range(10):
         stamp = format_ts(base + timedelta(milliseconds=i // 2))  # two messages per millisecond
         rows.append(message_row(9 - i, mine.id if i % 3 else theirs.id, stamp))
-    repo.import_rows("messages", rows)  # type: ignore[attr-defined]
+    repo.import_rows("messages", rows)
     scanned = all_rows(repo, "messages")
     assert [r[0] for r in scanned] == [
         r["id"] for r in sorted(rows, key=lambda r: (r["created_at"], r["id"]))
-    ]  # type: ignore[return-value]
+    ]
     assert all(len(r) == len(SCAN_COLUMNS["messages"]) for r in scanned)
     assert {r[2] for r in scanned} == {"u1", "u2"}
     since, until = base + timedelta(milliseconds=1), base + timedelta(milliseconds=3)
@@ -58,7 +59,7 @@ def test_scan_rows_orders_by_time_then_id_and_filters_in_the_database(repo: Chat
 
 
 def test_scan_rows_of_an_orphan_message_has_no_user(repo: ChatRepository) -> None:
-    repo.import_rows("messages", [message_row(1, "gone-chat", "2026-01-01T00:00:00.000Z")])  # type: ignore[attr-defined]
+    repo.import_rows("messages", [message_row(1, "gone-chat", "2026-01-01T00:00:00.000Z")])
     assert all_rows(repo, "messages")[0][2] is None
 
 

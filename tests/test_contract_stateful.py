@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -229,7 +229,7 @@ class ContractMachine(RuleBasedStateMachine):
 
 
 def test_repository_agrees_with_the_model_under_random_operations(backend: Backend) -> None:
-    machine = type("Machine", (ContractMachine,), {"backend": backend})
+    machine = cast("type[ContractMachine]", type("Machine", (ContractMachine,), {"backend": backend}))
     machine.TestCase.settings = settings(
         max_examples=20 if backend.name.startswith("sqlite") else 12,
         stateful_step_count=25,

@@ -36,8 +36,8 @@ def _messages(repo: Any) -> list[dict[str, Any]]:
 
 def test_generate_writes_the_requested_rows_on_every_backend(repo: ChatRepository) -> None:
     written: list[int] = []
-    summary = demo.generate(repo, seed=1, end=END, progress=written.append, **SIZES)  # type: ignore[arg-type]
-    counts = repo.count_rows()  # type: ignore[attr-defined]
+    summary = demo.generate(repo, seed=1, end=END, progress=written.append, **SIZES)
+    counts = repo.count_rows()
     assert (summary.users, summary.chats, summary.messages) == (3, 25, 900)
     assert counts == {"users": 3, "chats": 25, "messages": 900, "api_keys": summary.api_keys}
     assert sum(written) == 900
@@ -46,7 +46,7 @@ def test_generate_writes_the_requested_rows_on_every_backend(repo: ChatRepositor
     by_chat: dict[str, list[str]] = defaultdict(list)
     for message in _messages(repo):
         by_chat[message["chat_id"]].append(message["created_at"])
-    chats = [row for batch in repo.scan_rows("chats") for row in batch]  # type: ignore[attr-defined]
+    chats = [row for batch in repo.scan_rows("chats") for row in batch]
     for chat_id, user_id, _title, _session, created_at, updated_at in chats:
         stamps = by_chat[chat_id]
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
@@ -113,7 +113,9 @@ def test_reported_costs_are_the_price_tables_and_metadata_is_in_the_stored_forma
         for _id, _chat, _user, _role, _content, created_at, text in batch:
             if text is None:
                 continue
-            assert text == _codec.dump_json(_codec.metadata_to_dict(_codec.load_metadata(text)), "metadata")
+            metadata = _codec.load_metadata(text)
+            assert metadata is not None
+            assert text == _codec.dump_json(_codec.metadata_to_dict(metadata), "metadata")
             meta = json.loads(text)
             if "totalCostUsd" in meta:
                 expected = table.cost(

@@ -80,7 +80,7 @@ def expected_message(message: Message, owner: str | None) -> dict[str, Any]:
     meta = message.metadata
     extra = dict(meta.extra) if meta is not None else {}
     texts = [part["text"] for part in message.content if part.get("type") == "text"]
-    row = {
+    row: dict[str, Any] = {
         "message_id": message.id,
         "chat_id": message.chat_id,
         "user_id": owner,
@@ -158,10 +158,12 @@ def test_messages_schema_types_are_fixed(repo: ChatRepository) -> None:
 def test_chats_users_and_keys_equal_api_without_hashes(repo: ChatRepository) -> None:
     data = seed(repo)
     chats = export.to_polars(repo, "chats").to_dicts()
-    api_chats = sorted(
-        (repo.get_chat(c.id, c.user_id) for c in data["chats"]),
-        key=lambda c: (c.created_at, c.id),  # type: ignore[union-attr]
-    )
+    api_chats = []
+    for created in data["chats"]:
+        chat = repo.get_chat(created.id, created.user_id)
+        assert chat is not None, created.id
+        api_chats.append(chat)
+    api_chats.sort(key=lambda c: (c.created_at, c.id))
     assert chats == [
         {
             "chat_id": c.id,
@@ -274,7 +276,7 @@ def test_chat_deleted_mid_export_leaves_no_orphans(repo: ChatRepository, backend
 # -- bad data ----------------------------------------------------------------------------------------------
 
 
-BAD_ROWS = [
+BAD_ROWS: list[tuple[str, str | None, dict[str, Any]]] = [
     # (metadata, content, expected fields) -- stored exactly as another program might write them
     ('{"inputTokens":"12","outputTokens":7}', None, {"input_tokens": 12, "output_tokens": 7}),
     ('{"totalCostUsd":"0.5","model":5}', None, {"total_cost_usd": 0.5, "model": None}),
@@ -295,7 +297,7 @@ BAD_ROWS = [
 ]
 # Bad rows the MongoDB test server cannot store (integers beyond 64 bits, infinity): for the
 # SQL-level tests.
-BAD_BEYOND_MONGODB = [
+BAD_BEYOND_MONGODB: list[tuple[str, str | None, dict[str, Any]]] = [
     ('{"outputTokens":9223372036854775808}', None, {"output_tokens": None}),
     ('{"totalCostUsd":1e400}', None, {"total_cost_usd": None}),
 ]
@@ -377,7 +379,9 @@ def test_parquet_append_neither_duplicates_nor_skips(
     assert export.to_parquet(repo, path, partition_by=partition, mode="append").rows == 3
     assert export.to_parquet(repo, path, partition_by=partition, mode="append").rows == 0
     source = str(path) if target.endswith(".parquet") else str(path / "**" / "*.parquet")
-    ids = duckdb.sql(f"SELECT message_id FROM read_parquet('{source}') ORDER BY ALL").fetchall()
+    relation = duckdb.sql(f"SELECT message_id FROM read_parquet('{source}') ORDER BY ALL")
+    assert relation is not None
+    ids = relation.fetchall()
     assert [i for (i,) in ids] == sorted(r["id"] for r in first + second)
 
 
@@ -418,11 +422,9 @@ def test_partitioned_parquet_reads_back_equal(
     assert result.rows == original.height and result.files >= 2
     assert list(path.glob(f"{partition_by}=*"))
     columns = original.columns
-    in_duckdb = (
-        duckdb.sql(f"SELECT * FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
-        .pl()
-        .select(columns)
-    )
+    relation = duckdb.sql(f"SELECT * FROM read_parquet('{path}/**/*.parquet', hive_partitioning = true)")
+    assert relation is not None
+    in_duckdb = relation.pl().select(columns)
     in_polars = pl.read_parquet(path, hive_partitioning=True).select(columns)
     for frame in (in_duckdb, in_polars):
         assert frame.sort("created_at", "message_id").to_dicts() == original.to_dicts()

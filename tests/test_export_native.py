@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -57,7 +58,7 @@ def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlReposito
     repository.close()
 
 
-def both_paths(repo: SqlRepository, table: str = "messages", **filters: object) -> tuple[pa.Table, pa.Table]:
+def both_paths(repo: SqlRepository, table: str = "messages", **filters: Any) -> tuple[pa.Table, pa.Table]:
     repo.native_scans = False
     plain = export.read(repo, table, **filters).read_all()
     repo.native_scans, repo.arrow_scan_min_rows = True, 0
@@ -77,7 +78,7 @@ def both_paths(repo: SqlRepository, table: str = "messages", **filters: object) 
     ],
 )
 def test_native_scan_exports_exactly_what_the_sqlite3_path_does(
-    repo: SqlRepository, filters: dict[str, object]
+    repo: SqlRepository, filters: dict[str, Any]
 ) -> None:
     plain, native = both_paths(repo, **filters)
     assert plain.num_rows > 0

@@ -37,7 +37,7 @@ def expected_tables(fixtures_dir: Path) -> dict[str, list[dict[str, Any]]]:
 def assert_reads_every_node_row_exactly(
     repo: ChatRepository, tables: dict[str, list[dict[str, Any]]]
 ) -> None:
-    ts = chatdb._codec.parse_ts  # type: ignore[attr-defined]
+    ts = chatdb._codec.parse_ts
     for row in tables["users"]:
         user = repo.get_user_by_username(row["username"])
         assert user is not None
@@ -86,8 +86,8 @@ def assert_reads_every_node_row_exactly(
             assert key.last_used_at == (ts(raw["last_used_at"]) if raw["last_used_at"] else None)
             assert (repo.get_api_key_by_hash(raw["key_hash"]) is not None) == (raw["revoked_at"] is None)
     for table, rows in tables.items():
-        scanned = [r for batch in repo.scan_rows(table, stored=True) for r in batch]  # type: ignore[attr-defined]
-        columns = chatdb._base.IMPORT_COLUMNS[table]  # type: ignore[attr-defined]
+        scanned = [r for batch in repo.scan_rows(table, stored=True) for r in batch]
+        columns = chatdb._base.IMPORT_COLUMNS[table]
         assert sorted(scanned) == sorted(tuple(row[c] for c in columns) for row in rows)
 
 
@@ -102,7 +102,7 @@ def node_sqlite(tmp_path: Path, fixtures_dir: Path) -> Path:
 def test_chatdb_reads_every_row_of_the_node_sqlite_database(node_sqlite: Path, fixtures_dir: Path) -> None:
     with chatdb.create_repository(DbConfig(sqlite_path=str(node_sqlite))) as repo:
         assert_reads_every_node_row_exactly(repo, expected_tables(fixtures_dir))
-        assert repo.count_rows() == {"users": 3, "chats": 11, "messages": 84, "api_keys": 6}  # type: ignore[attr-defined]
+        assert repo.count_rows() == {"users": 3, "chats": 11, "messages": 84, "api_keys": 6}
 
 
 def test_opening_the_node_database_adds_indexes_and_loses_nothing(

@@ -25,7 +25,7 @@ def test_the_notebooks_exist() -> None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebooks_carry_no_outputs(path: Path) -> None:
-    notebook = nbformat.read(path, as_version=4)
+    notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (
@@ -44,7 +44,7 @@ def test_notebook_runs_headless_and_draws_its_charts(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CHATDB_URL", raising=False)  # always the generated demo database
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    notebook = nbformat.read(path, as_version=4)
+    notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     # "python3" is the kernel of the running interpreter (ipykernel from the dev extra): no
     # kernelspec has to be installed. Any cell error raises CellExecutionError and fails the test.
     client = NotebookClient(
