@@ -323,8 +323,11 @@ class Flattener:
         columns = list(zip(*rows, strict=True)) if rows else [()] * len(self.columns)
         values = dict(zip(self.columns, columns, strict=True))
         staged = None
+        replaced: list[str] = []
         if self.stage is not None and rows and not isinstance(values["content"][0], str):
             staged = decoded_stage(values["content"], values["created_at"], include_text=self.include_text)
+            if staged is not None:
+                replaced += self.stage["columns"]
             # Decoded metadata too, once the batch is staged (a complete batch needs no DuckDB);
             # metadata_extra keeps the JSON way, which writes what is left of each object.
             if staged is not None and "metadata_extra" not in self.schema.names:
@@ -333,9 +336,7 @@ class Flattener:
                     staged = pa.table(
                         [*staged.columns, *fields.columns], names=[*staged.column_names, *fields.column_names]
                     )
-        replaced: tuple[str, ...] = ()
-        if staged is not None and self.stage is not None:
-            replaced = (*self.stage["columns"], *(("metadata",) if "model" in staged.column_names else ()))
+                    replaced.append("metadata")
         names = [name for name in self.columns if name not in replaced]
         arrays = [_string_array(name, values[name]) for name in names]
         table = pa.table(arrays, names=names)
