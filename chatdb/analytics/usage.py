@@ -23,7 +23,6 @@ Definitions every report shares:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from pathlib import Path
@@ -168,52 +167,11 @@ def _duckdb_frame(
 def _repository_frame(
     repo: Any, since: datetime | None, until: datetime | None, user_id: str | None
 ) -> pl.LazyFrame:
-    try:
-        export = importlib.import_module("chatdb.export")
-    except ImportError:
-        export = None
-    to_polars = getattr(export, "to_polars", None)
-    if to_polars is None:  # an install without the export layer: decode here
-        return _scan_frame(repo, since, until, user_id)
-    frame: pl.DataFrame = to_polars(repo, "messages", since=since, until=until, user_id=user_id)
+    """Messages through the export layer (native scans, metadata flattened, bad values null)."""
+    from .. import export
+
+    frame: pl.DataFrame = export.to_polars(repo, "messages", since=since, until=until, user_id=user_id)
     return frame.lazy()
-
-
-_META_DTYPE = pl.Struct(
-    {
-        "model": pl.String(),
-        "inputTokens": pl.Int64(),
-        "outputTokens": pl.Int64(),
-        "cacheCreationInputTokens": pl.Int64(),
-        "cacheReadInputTokens": pl.Int64(),
-        "totalCostUsd": pl.Float64(),
-        "durationMs": pl.Int64(),
-    }
-)
-
-
-def _scan_frame(
-    repo: Any, since: datetime | None, until: datetime | None, user_id: str | None
-) -> pl.LazyFrame:
-    """Messages from ``scan_rows`` with metadata decoded by Polars, batch by batch."""
-    import json
-
-    frames = []
-    names = ["message_id", "chat_id", "user_id", "role", "content", "created_at", "metadata"]
-    kept = ["message_id", "chat_id", "user_id", "role", "created_at"]
-    for batch in repo.scan_rows("messages", since=since, until=until, user_id=user_id, batch_size=50_000):
-        columns = list(zip(*batch, strict=True))
-        frame = pl.DataFrame({n: pl.Series(columns[names.index(n)], dtype=pl.String()) for n in kept})
-        raw = [m if m is None or isinstance(m, str) else json.dumps(m) for m in columns[-1]]
-        decoded = pl.Series(raw, dtype=pl.String()).str.json_decode(_META_DTYPE).struct.unnest()
-        frames.append(frame.hstack(decoded))
-    if not frames:
-        return pl.LazyFrame(schema=dict.fromkeys(kept, pl.String()))
-    rename = {"inputTokens": "input_tokens", "outputTokens": "output_tokens",
-              "cacheCreationInputTokens": "cache_creation_input_tokens",
-              "cacheReadInputTokens": "cache_read_input_tokens", "totalCostUsd": "total_cost_usd",
-              "durationMs": "duration_ms"}  # fmt: skip
-    return pl.concat(frames).rename(rename).lazy()
 
 
 def _source_frame(
