@@ -309,3 +309,10 @@ def test_charts_render_to_png_without_a_display(frame: pl.DataFrame, tmp_path: P
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     with pytest.raises(ValidationError):
         plots.plot_report(frame)
+
+
+def test_usage_totals_takes_the_report_options_and_rejects_unknown_ones(frame: pl.DataFrame) -> None:
+    same = analytics.usage_totals(frame, by="model", breakdown="model", order="desc")
+    assert same.equals(analytics.usage_totals(frame))
+    with pytest.raises(TypeError):
+        analytics.usage_totals(frame, sinse=date(2026, 10, 26))  # type: ignore[call-arg]

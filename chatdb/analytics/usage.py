@@ -403,11 +403,14 @@ def usage_totals(
     model: str | None = None,
     cost_mode: CostMode = "auto",
     prices: PriceTable | str | Path | None = None,
-    **ignored: Any,
+    by: str | None = None,
+    breakdown: str | None = None,
+    order: str | None = None,
 ) -> pl.DataFrame:
     """The totals row for the report with the same options: one row of :data:`REPORT_COLUMNS`,
     computed over the messages themselves (so the latency percentile is exact, not averaged).
-    Report-only options (``by``, ``breakdown``, ``order``) are accepted and ignored."""
+    Report-only options (``by``, ``breakdown``, ``order``) are accepted and ignored, so one set
+    of options serves both calls; any other name is a TypeError, not silently dropped."""
     table = _price_table(prices)
     frame = messages_frame(
         source, since=since, until=until, user_id=user_id, model=model, timezone=timezone, prices=table
