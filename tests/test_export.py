@@ -455,6 +455,40 @@ def test_to_duckdb_tables_join(repo: ChatRepository) -> None:
     ]
 
 
+def test_to_duckdb_checks_every_option_before_touching_the_database(
+    repo: ChatRepository, tmp_path: Path
+) -> None:
+    """Users are loaded first: a bad messages option must not leave them replaced and the
+    messages not, nor create a database file."""
+    seed(repo)
+    path = tmp_path / "export.duckdb"
+    export.to_duckdb(repo, path).close()
+    repo.create_user("carol", "hash")
+    for bad in ({"sinse": datetime(2025, 1, 1, tzinfo=UTC)}, {"since": "yesterday"}, {"batch_size": 0}):
+        with pytest.raises(ValidationError):
+            export.to_duckdb(repo, path, **bad)
+        with duckdb.connect(str(path)) as con:
+            assert con.sql("SELECT count(*) FROM users").fetchall() == [(2,)], bad
+    with pytest.raises(ValidationError, match="sinse"):
+        export.to_duckdb(repo, tmp_path / "new.duckdb", sinse=None)
+    assert not (tmp_path / "new.duckdb").exists()
+
+
+@pytest.mark.parametrize("sink", ["to_polars", "to_parquet", "to_duckdb", "to_ibis"])
+def test_an_unknown_option_is_a_validation_error_in_every_sink(
+    repo: ChatRepository, tmp_path: Path, sink: str
+) -> None:
+    call: dict[str, Any] = {
+        "to_polars": lambda: export.to_polars(repo, sinse=None),
+        "to_parquet": lambda: export.to_parquet(repo, tmp_path / "m.parquet", sinse=None),
+        "to_duckdb": lambda: export.to_duckdb(repo, sinse=None),
+        "to_ibis": lambda: export.to_ibis(repo, sinse=None),
+    }
+    with pytest.raises(ValidationError, match=r"unknown export option.*sinse"):
+        call[sink]()
+    assert not (tmp_path / "m.parquet").exists()
+
+
 def test_to_ibis_returns_table_over_duckdb(repo: ChatRepository) -> None:
     seed(repo)
     table = export.to_ibis(repo)

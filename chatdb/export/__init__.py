@@ -98,6 +98,7 @@ def read(
 def to_polars(repo: Any, table: str = "messages", **filters: Any) -> polars.DataFrame:
     """``table`` as a Polars DataFrame (one chunk per batch); options as for :func:`read`."""
     pl = require("polars")
+    _check_options(filters)
     reader = read(repo, table, **filters)
     frame: polars.DataFrame = pl.from_arrow(reader.read_all(), rechunk=False)
     return frame
@@ -165,6 +166,9 @@ def to_duckdb(
     duckdb_module = require("duckdb")
     names = _tables(tables)
     _check_mode(mode, "messages")
+    # Every option is checked before the database is opened or any table replaced: a bad one
+    # must not leave a new file behind, or users replaced and messages not.
+    _scan(repo, "messages", filters, after=None)
     connection: duckdb.DuckDBPyConnection
     if con is None:
         connection = duckdb_module.connect()
@@ -204,11 +208,18 @@ def to_ibis(
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _scan(repo: Any, table: str, filters: dict[str, Any], *, after: tuple[str, str] | None) -> Scan:
-    allowed = {"since", "until", "user_id", "include_text", "include_extra", "batch_size"}
-    unknown = sorted(set(filters) - allowed)
+_OPTIONS = ("since", "until", "user_id", "include_text", "include_extra", "batch_size")
+
+
+def _check_options(filters: dict[str, Any]) -> None:
+    unknown = sorted(set(filters) - set(_OPTIONS))
     if unknown:
         raise ValidationError(f"unknown export option(s): {', '.join(unknown)}")
+
+
+def _scan(repo: Any, table: str, filters: dict[str, Any], *, after: tuple[str, str] | None) -> Scan:
+    """The scan of ``table`` (ValidationError for an unknown option or a bad value)."""
+    _check_options(filters)
     return Scan(repo, table, after=after, **filters)
 
 
