@@ -474,6 +474,44 @@ def test_to_duckdb_checks_every_option_before_touching_the_database(
     assert not (tmp_path / "new.duckdb").exists()
 
 
+def test_to_duckdb_append_to_a_table_of_another_shape_fails_cleanly_and_changes_nothing(
+    repo: ChatRepository, tmp_path: Path
+) -> None:
+    seed(repo)
+    path = tmp_path / "export.duckdb"
+    export.to_duckdb(repo, path).close()
+    repo.create_user("carol", "hash")
+    with duckdb.connect(str(path)) as con:
+        con.execute("ALTER TABLE messages DROP COLUMN has_image")
+    with pytest.raises(ValidationError, match="mode='replace'"):
+        export.to_duckdb(repo, path, mode="append")
+    # Text columns added since the table was made are another shape too.
+    export.to_duckdb(repo, path).close()
+    with pytest.raises(ValidationError, match="other columns"):
+        export.to_duckdb(repo, path, mode="append", include_text=True)
+    with duckdb.connect(str(path)) as con:
+        assert con.sql("SELECT count(*) FROM users").fetchall() == [(3,)]
+        assert "text" not in [row[0] for row in con.sql("DESCRIBE messages").fetchall()]
+
+
+def test_to_duckdb_loads_all_tables_or_none(repo: ChatRepository, tmp_path: Path) -> None:
+    """Users and chats load before messages: when the messages load fails, they stay as they
+    were, so old messages never meet a newer chats table."""
+    seed(repo)
+    path = tmp_path / "export.duckdb"
+    export.to_duckdb(repo, path).close()
+    repo.create_user("carol", "hash")
+    with duckdb.connect(str(path)) as con:
+        # Same columns, but a constraint the new messages break: the insert fails mid-load.
+        con.execute("CREATE OR REPLACE TABLE messages AS SELECT * FROM messages LIMIT 0")
+        con.execute("CREATE UNIQUE INDEX one_role ON messages (role)")
+    with pytest.raises(duckdb.ConstraintException):
+        export.to_duckdb(repo, path, mode="append")
+    with duckdb.connect(str(path)) as con:
+        assert con.sql("SELECT count(*) FROM users").fetchall() == [(2,)]
+        assert con.sql("SELECT count(*) FROM messages").fetchall() == [(0,)]
+
+
 @pytest.mark.parametrize("sink", ["to_polars", "to_parquet", "to_duckdb", "to_ibis"])
 def test_an_unknown_option_is_a_validation_error_in_every_sink(
     repo: ChatRepository, tmp_path: Path, sink: str

@@ -154,9 +154,10 @@ def to_duckdb(
     """Load ``tables`` into DuckDB (tables named as exported) and return the connection.
 
     ``con`` is a connection, a path to a DuckDB file, or None for a new in-memory database.
-    Each table is created or replaced in one transaction, batch by batch. With
-    ``mode="append"``, ``messages`` only receives the messages after the newest one it holds;
-    the other tables, whose rows change (titles, revocations), are replaced. ``since``/``until``
+    The tables are created or replaced batch by batch, all in one transaction: a failure leaves
+    every one as it was. With ``mode="append"``, ``messages`` only receives the messages after
+    the newest one it holds (ValidationError if it holds other columns than this export); the
+    other tables, whose rows change (titles, revocations), are replaced. ``since``/``until``
     filter messages only, so every exported message finds its chat; ``user_id`` filters all.
     Tables load in the order users, chats, api_keys, messages: a chat deleted during the
     export has no messages left to load, so none of them lacks its chat.
@@ -176,12 +177,16 @@ def to_duckdb(
         connection = duckdb_module.connect(os.fspath(con))
     else:
         connection = con
+    scans = []
     for name in names:
         append = mode == "append" and name == "messages"
-        after = duckdb_watermark(connection, name) if append else None
         table_filters = filters if name == "messages" else _owner_filters(filters)
-        scan = _scan(repo, name, table_filters, after=after)
-        load_duckdb(connection, scan, append=append)
+        scan = _scan(repo, name, table_filters, after=None)
+        if append:
+            scan.filters["after"] = duckdb_watermark(connection, name, scan.schema)
+        scans.append((scan, append))
+    load_duckdb(connection, scans)
+    for scan, _ in scans:
         _warn(scan)
     return connection
 

@@ -201,14 +201,31 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str) -> tuple[str, str] | None:
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name = ? AND table_schema = current_schema()",
+def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> tuple[str, str] | None:
+    """The newest ``(created_at, message_id)`` in DuckDB table ``table``, None when there is
+    none; ValidationError when the table holds other columns or types than ``schema`` (an
+    append would fail half-way, or mix schemas)."""
+    found = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = ? AND table_schema = current_schema() ORDER BY ordinal_position",
         [table],
-    ).fetchone()
-    if not exists or not exists[0]:
+    ).fetchall()
+    if not found:
         return None
+    view = f"chatdb_export_{uuid.uuid4().hex}"
+    empty: Any = schema.empty_table()
+    con.register(view, empty)
+    try:
+        expected = [
+            (row[0], row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {_ident(view)}").fetchall()
+        ]
+    finally:
+        con.unregister(view)
+    if [(name, kind) for name, kind in found] != expected:
+        raise ValidationError(
+            f"the DuckDB table {table!r} holds other columns than this export; "
+            "export it anew with mode='replace'"
+        )
     row = con.execute(
         f"SELECT created_at, message_id FROM {_ident(table)} "
         "WHERE created_at IS NOT NULL ORDER BY created_at DESC, message_id DESC LIMIT 1"
@@ -216,21 +233,24 @@ def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str) -> tuple[str, s
     return None if row is None else (format_ts(row[0]), row[1])
 
 
-def load_duckdb(con: duckdb.DuckDBPyConnection, scan: Scan, *, append: bool) -> None:
-    """Create (or replace) the scan's table and insert it batch by batch, in one transaction."""
-    name = _ident(scan.table)
+def load_duckdb(con: duckdb.DuckDBPyConnection, scans: list[tuple[Scan, bool]]) -> None:
+    """Create (or replace, or with ``True`` append to) each scan's table, batch by batch, all in
+    one transaction: a failure leaves every table as it was (old messages never meet new chats,
+    and a messages load that fails leaves no chats replaced)."""
     view = f"chatdb_export_{uuid.uuid4().hex}"
     con.execute("BEGIN TRANSACTION")
     try:
-        empty: Any = scan.schema.empty_table()
-        con.register(view, empty)
-        verb = "CREATE TABLE IF NOT EXISTS" if append else "CREATE OR REPLACE TABLE"
-        con.execute(f"{verb} {name} AS SELECT * FROM {_ident(view)}")
-        con.unregister(view)
-        for batch in scan.batches(warn=False):
-            con.register(view, batch)
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {_ident(view)}")
+        for scan, append in scans:
+            name = _ident(scan.table)
+            empty: Any = scan.schema.empty_table()
+            con.register(view, empty)
+            verb = "CREATE TABLE IF NOT EXISTS" if append else "CREATE OR REPLACE TABLE"
+            con.execute(f"{verb} {name} AS SELECT * FROM {_ident(view)}")
             con.unregister(view)
+            for batch in scan.batches(warn=False):
+                con.register(view, batch)
+                con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {_ident(view)}")
+                con.unregister(view)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
