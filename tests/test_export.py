@@ -512,6 +512,47 @@ def test_to_duckdb_loads_all_tables_or_none(repo: ChatRepository, tmp_path: Path
         assert con.sql("SELECT count(*) FROM messages").fetchall() == [(0,)]
 
 
+@pytest.mark.parametrize(
+    "name, first, then",
+    [
+        ("m.parquet", {}, {"include_text": True}),
+        ("m.parquet", {}, {"include_extra": True}),
+        ("ds", {"partition_by": "month"}, {"partition_by": "day"}),
+        ("ds", {"partition_by": "month"}, {}),
+        ("ds", {}, {"partition_by": "user_id"}),
+        ("ds", {"partition_by": "user_id"}, {"partition_by": "month"}),
+        ("ds", {"partition_by": "month"}, {"partition_by": "month", "include_text": True}),
+    ],
+)
+def test_parquet_append_to_an_export_of_another_shape_is_refused_before_writing(
+    repo: ChatRepository, tmp_path: Path, name: str, first: dict[str, Any], then: dict[str, Any]
+) -> None:
+    """New files of other columns or another partitioning would not read back with the old."""
+    seed(repo)
+    path = tmp_path / name
+    export.to_parquet(repo, path, **first)
+    before = sorted((str(f), f.stat().st_size) for f in tmp_path.rglob("*"))
+    alice = repo.get_user_by_username("alice")
+    assert alice is not None
+    chat = repo.list_chats(alice.id).items[0]
+    repo.add_message(chat.id, "user", [{"type": "text", "text": "later"}])
+    with pytest.raises(ValidationError, match="mode='replace'"):
+        export.to_parquet(repo, path, mode="append", **then)
+    assert sorted((str(f), f.stat().st_size) for f in tmp_path.rglob("*")) == before
+    assert export.to_parquet(repo, path, mode="append", **first).rows == 1  # the same options still work
+
+
+def test_compression_and_option_types_are_checked(repo: ChatRepository, tmp_path: Path) -> None:
+    seed(repo)
+    with pytest.raises(ValidationError, match="compression"):
+        export.to_parquet(repo, tmp_path / "m.parquet", compression="nope")
+    assert not (tmp_path / "m.parquet").exists()
+    assert export.to_parquet(repo, tmp_path / "m.parquet", compression="none").rows == 5
+    for bad in ({"user_id": 5}, {"include_text": "no"}, {"include_extra": 1}):
+        with pytest.raises(ValidationError):
+            export.to_polars(repo, **bad)
+
+
 @pytest.mark.parametrize("sink", ["to_polars", "to_parquet", "to_duckdb", "to_ibis"])
 def test_an_unknown_option_is_a_validation_error_in_every_sink(
     repo: ChatRepository, tmp_path: Path, sink: str

@@ -124,18 +124,21 @@ def to_parquet(
     message_id)``, so a repeated job never duplicates or skips one. Other options as for
     :func:`read`. Raises ValidationError, ConfigError, BackendError.
     """
-    from ._sinks import PARTITIONS, parquet_watermark, write_parquet
+    from ._sinks import PARTITIONS, check_append_target, parquet_watermark, write_parquet
 
-    require("pyarrow")
+    pa = require("pyarrow")
     if partition_by is not None and partition_by not in PARTITIONS:
         raise ValidationError(
             f"partition_by must be one of {', '.join(PARTITIONS)} or None, not {partition_by!r}"
         )
     _check_mode(mode, table)
+    _check_compression(pa, compression)
     target = Path(path)
     started = time.perf_counter()
-    after = parquet_watermark(target, partition_by) if mode == "append" else None
-    scan = _scan(repo, table, filters, after=after)
+    scan = _scan(repo, table, filters, after=None)
+    if mode == "append":
+        check_append_target(target, partition_by, scan.schema)
+        scan.filters["after"] = parquet_watermark(target, partition_by)
     files = write_parquet(
         scan, target, partition_by=partition_by, append=mode == "append", compression=compression
     )
@@ -226,6 +229,20 @@ def _scan(repo: Any, table: str, filters: dict[str, Any], *, after: tuple[str, s
     """The scan of ``table`` (ValidationError for an unknown option or a bad value)."""
     _check_options(filters)
     return Scan(repo, table, after=after, **filters)
+
+
+def _check_compression(pa: Any, compression: Any) -> None:
+    """Parquet's codecs by name (any case), or ``none``."""
+    try:
+        known = isinstance(compression, str) and (
+            compression.lower() == "none" or bool(pa.Codec.is_available(compression))
+        )
+    except ValueError:
+        known = False
+    if not known:
+        raise ValidationError(
+            f"compression must be zstd, snappy, gzip, brotli, lz4 or none, not {compression!r}"
+        )
 
 
 def _owner_filters(filters: dict[str, Any]) -> dict[str, Any]:

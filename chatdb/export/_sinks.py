@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["PARTITIONS", "duckdb_watermark", "load_duckdb", "parquet_watermark", "write_parquet"]
+__all__ = [
+    "PARTITIONS",
+    "check_append_target",
+    "duckdb_watermark",
+    "load_duckdb",
+    "parquet_watermark",
+    "write_parquet",
+]
 
 PARTITIONS = ("month", "day", "user_id")
 _FORMATS = {"month": "%Y-%m", "day": "%Y-%m-%d"}
@@ -84,12 +91,9 @@ def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> in
             memory_pool=pa.system_memory_pool(),
         ) as writer:
             if append and path.exists():
-                # A Parquet file cannot grow in place: stream the old row groups into the new file.
+                # A Parquet file cannot grow in place: stream the old row groups into the new file
+                # (its schema was checked before the export began: check_append_target).
                 old = pq.ParquetFile(path)
-                if not old.schema_arrow.equals(scan.schema):
-                    raise ValidationError(
-                        f"{path} holds a different schema; export it anew with mode='replace'"
-                    )
                 for batch in old.iter_batches(batch_size=scan.batch_size):
                     writer.write_batch(batch)
             for batch in scan.batches(warn=False):
@@ -118,7 +122,7 @@ def _write_dataset(
         import pyarrow as pa
 
         if partition_by != "user_id":
-            schema = schema.append(pa.field(partition_by, pa.string()))
+            schema = schema.append(_label_field(partition_by))
             batches = (_partition_column(batch, partition_by) for batch in batches)
         partitioning = ds.partitioning(pa.schema([schema.field(partition_by)]), flavor="hive")
     written: list[str] = []
@@ -168,6 +172,44 @@ def _swap_dir(new: Path, path: Path) -> None:
         os.replace(path, old)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_append_target(path: Path, partition_by: str | None, schema: pa.Schema) -> None:
+    """Refuse, before anything is written, to append to an export of another shape: other
+    columns (or ``include_text`` where it had none) or another partitioning. The new files
+    would not read back with the old ones."""
+    import pyarrow.parquet as pq
+
+    again = "append with the same options, or export anew with mode='replace'"
+    if is_single_file(path) and partition_by is None:
+        if path.exists() and not pq.read_schema(path).equals(schema):
+            raise ValidationError(f"{path} holds other columns than this export: {again}")
+        return
+    if not path.is_dir():
+        return
+    # How the export there was partitioned: by its folders' names, or not at all when files with
+    # rows sit at the top (an empty export's one file says nothing).
+    entries = list(path.iterdir())
+    layout: set[str | None] = {e.name.partition("=")[0] for e in entries if e.is_dir() and "=" in e.name}
+    if any(e.suffix == ".parquet" and pq.ParquetFile(e).metadata.num_rows for e in entries if e.is_file()):
+        layout.add(None)
+    if layout - {partition_by}:
+        found = " and ".join(sorted(repr(key) for key in layout))
+        raise ValidationError(f"{path} was exported with partition_by={found}: {again}")
+    # Files in a partition folder lack the column the folder names (user_id); a dataset's
+    # top-level file (an empty export's) holds every column, the month/day label included.
+    inner = schema.remove(schema.get_field_index("user_id")) if partition_by == "user_id" else schema
+    outer = schema.append(_label_field(partition_by)) if partition_by in _FORMATS else schema
+    for file in path.rglob("*.parquet"):
+        if not pq.read_schema(file).equals(outer if file.parent == path else inner):
+            raise ValidationError(f"{path} holds other columns than this export: {again}")
+        return
+
+
+def _label_field(partition_by: str | None) -> pa.Field:
+    import pyarrow as pa
+
+    return pa.field(str(partition_by), pa.string())
 
 
 def parquet_watermark(path: Path, partition_by: str | None) -> tuple[str, str] | None:

@@ -74,6 +74,11 @@ class Scan:
         for name, value in (("since", since), ("until", until)):
             if value is not None and not isinstance(value, datetime):
                 raise ValidationError(f"{name} must be a datetime or None")
+        if user_id is not None and not isinstance(user_id, str):
+            raise ValidationError("user_id must be a string or None")
+        for name, flag in (("include_text", include_text), ("include_extra", include_extra)):
+            if not isinstance(flag, bool):
+                raise ValidationError(f"{name} must be True or False, not {flag!r}")
         self.repo = repo
         self.table = table
         self.filters: dict[str, Any] = {"since": since, "until": until, "user_id": user_id, "after": after}
