@@ -189,3 +189,19 @@ def test_append_is_refused_for_text_formats(backend: Backend, tmp_path: Path) ->
     result = invoke(backend.url, "export", "--format", "csv", "--append", "--out", str(tmp_path))
     line = one_error_line(result, 2)
     assert "--append" in line
+
+
+@on_sqlite
+def test_append_with_other_options_is_refused_before_any_table_is_replaced(
+    backend: Backend, repo: ChatRepository, tmp_path: Path
+) -> None:
+    seed(repo)
+    out = tmp_path / "inc"
+    ok(backend.url, "export", "--out", str(out), "--tables", "chats,messages")
+    before = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+    result = invoke(
+        backend.url, "export", "--out", str(out), "--append", "--include-text", "--tables", "chats,messages"
+    )
+    line = one_error_line(result)
+    assert "holds other columns" in line and "without --append" in line
+    assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before

@@ -122,20 +122,24 @@ def export(
     user_id = admin.resolve_user(repo, user).id if user is not None else None
     target = out or Path("export.duckdb" if fmt == "duckdb" else "export")
     with app.progress(len(tables), "exporting") as bar:
-        summary = export_tables(
-            repo,
-            target,
-            fmt=fmt,
-            tables=tables,
-            since=since,
-            until=until,
-            user_id=user_id,
-            include_text=include_text,
-            partition_by=partition_by,
-            append=append,
-            batch_size=batch_size,
-            progress=lambda _table: bar.update(1),
-        )
+        try:
+            summary = export_tables(
+                repo,
+                target,
+                fmt=fmt,
+                tables=tables,
+                since=since,
+                until=until,
+                user_id=user_id,
+                include_text=include_text,
+                partition_by=partition_by,
+                append=append,
+                batch_size=batch_size,
+                progress=lambda _table: bar.update(1),
+            )
+        except ValidationError as exc:
+            # The library names its own option; here that is running without --append.
+            raise ValidationError(str(exc).replace("mode='replace'", "without --append")) from None
     click.echo(summary.line())
 
 
@@ -241,7 +245,9 @@ def _export(
         return
 
     out.mkdir(parents=True, exist_ok=True)
-    for table in tables:
+    # Appending, messages go first: an export they cannot be appended to (other options) is
+    # refused before any other table is replaced.
+    for table in sorted(tables, key=lambda name: name != "messages") if append else tables:
         text = include_text and table == "messages"
         if fmt == "parquet":
             incremental = append and table == "messages"
