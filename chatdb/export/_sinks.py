@@ -36,6 +36,7 @@ __all__ = [
 
 PARTITIONS = ("month", "day", "user_id")
 _FORMATS = {"month": "%Y-%m", "day": "%Y-%m-%d"}
+_AGAIN = "append with the same options, or export anew with mode='replace'"
 
 
 # -- Parquet -------------------------------------------------------------------------------------
@@ -180,10 +181,9 @@ def check_append_target(path: Path, partition_by: str | None, schema: pa.Schema)
     would not read back with the old ones."""
     import pyarrow.parquet as pq
 
-    again = "append with the same options, or export anew with mode='replace'"
     if is_single_file(path) and partition_by is None:
         if path.exists() and not pq.read_schema(path).equals(schema):
-            raise ValidationError(f"{path} holds other columns than this export: {again}")
+            raise ValidationError(f"{path} holds other columns than this export: {_AGAIN}")
         return
     if not path.is_dir():
         return
@@ -195,14 +195,15 @@ def check_append_target(path: Path, partition_by: str | None, schema: pa.Schema)
         layout.add(None)
     if layout - {partition_by}:
         found = " and ".join(sorted(repr(key) for key in layout))
-        raise ValidationError(f"{path} was exported with partition_by={found}: {again}")
+        raise ValidationError(f"{path} was exported with partition_by={found}: {_AGAIN}")
     # Files in a partition folder lack the column the folder names (user_id); a dataset's
     # top-level file (an empty export's) holds every column, the month/day label included.
+    # One file is enough: every earlier append was held to the same shape.
     inner = schema.remove(schema.get_field_index("user_id")) if partition_by == "user_id" else schema
     outer = schema.append(_label_field(partition_by)) if partition_by in _FORMATS else schema
     for file in path.rglob("*.parquet"):
         if not pq.read_schema(file).equals(outer if file.parent == path else inner):
-            raise ValidationError(f"{path} holds other columns than this export: {again}")
+            raise ValidationError(f"{path} holds other columns than this export: {_AGAIN}")
         return
 
 
@@ -264,10 +265,7 @@ def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Sche
     finally:
         con.unregister(view)
     if [(name, kind) for name, kind in found] != expected:
-        raise ValidationError(
-            f"the DuckDB table {table!r} holds other columns than this export; "
-            "export it anew with mode='replace'"
-        )
+        raise ValidationError(f"the DuckDB table {table!r} holds other columns than this export: {_AGAIN}")
     row = con.execute(
         f"SELECT created_at, message_id FROM {_ident(table)} "
         "WHERE created_at IS NOT NULL ORDER BY created_at DESC, message_id DESC LIMIT 1"
