@@ -73,7 +73,9 @@ def utcnow() -> datetime:
 
 
 def format_ts(value: datetime) -> str:
-    value = value.astimezone(UTC)
+    """The stored form. A naive datetime is UTC (as ``parse_ts`` reads text without an offset,
+    and as pymongo decodes BSON dates), never the machine's local time."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,6 +26,24 @@ def test_timestamps_are_iso_milliseconds_with_z() -> None:
     assert parse_ts("2026-11-26T10:57:38.123Z") == value.replace(microsecond=123000)
     assert parse_ts("2026-11-26T11:57:38.123456+01:00") == value.replace(microsecond=123000)
     assert parse_ts("2026-11-26T10:57:38") == datetime(2026, 11, 26, 10, 57, 38, tzinfo=UTC)
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is not UTC (as on most desktops)."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_datetime_is_utc_whatever_the_machine_s_time_zone(berlin: None) -> None:
+    """As parse_ts reads text without an offset, and as pymongo decodes BSON dates: never
+    the local time, which would shift filters and stored times by the machine's offset."""
+    naive = datetime(2026, 1, 1, 0, 30)
+    assert format_ts(naive) == "2026-01-01T00:30:00.000Z"
+    assert format_ts(naive.replace(tzinfo=UTC)) == "2026-01-01T00:30:00.000Z"
 
 
 def test_next_ts_is_strictly_after_the_previous_stored_time() -> None:
