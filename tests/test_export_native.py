@@ -329,3 +329,43 @@ def test_mysql_urls_with_connection_options_take_the_db_api_path(repo: SqlReposi
     assert native.batches(plain_url, repo.config, scan, 10, location) is not None
     ssl_url = repo.engine.url.set(query={"ssl_ca": "/etc/ssl/ca.pem"})
     assert native.batches(ssl_url, repo.config, scan, 10, location) is None
+
+
+@pytest.mark.sqlite
+def test_the_sqlite_child_runs_the_same_chatdb_as_its_parent(tmp_path: Path) -> None:
+    """A notebook that puts a chatdb checkout on sys.path (another chatdb installed, or none)
+    must not have its scans run by another version's child."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(Path(chatdb.__file__).parent, copy / "chatdb")
+    marker = tmp_path / "child-ran"
+    child = copy / "chatdb" / "_sqlite_arrow.py"  # this copy's child says it ran
+    code = child.read_text()
+    assert "\ndef main() -> None:\n" in code
+    child.write_text(
+        code.replace(
+            "\ndef main() -> None:\n",
+            f"\ndef main() -> None:\n    open({str(marker)!r}, 'w').write(__file__)\n",
+        )
+    )
+    _alice_sqlite(tmp_path / "db.sqlite", 50)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(copy)!r})
+        import chatdb
+        from chatdb import export
+        assert chatdb.__file__.startswith({str(copy)!r}), chatdb.__file__
+        repo = chatdb.create_repository({f"sqlite:///{tmp_path / 'db.sqlite'}"!r})
+        repo.arrow_scan_min_rows = 0
+        print(export.to_polars(repo).height)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "50"
+    assert marker.read_text().startswith(str(copy))

@@ -343,11 +343,13 @@ def sqlite_batches(
     if stage is not None:
         request["stage"] = dict(stage)
     child = subprocess.Popen(
-        [sys.executable, "-m", "chatdb._sqlite_arrow"],
+        # -P: the working directory is not on the child's path (a chatdb, or a pyarrow.py, in
+        # it would shadow the one this process runs; see _child_env).
+        [sys.executable, "-P", "-m", "chatdb._sqlite_arrow"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_CHILD_ENV | dict(os.environ),
+        env=_child_env(),
     )
     assert child.stdin is not None and child.stdout is not None
     _widen_pipe(child.stdout)
@@ -379,6 +381,16 @@ def sqlite_batches(
 # threshold hands it back (child peak 250-320 -> ~205 MB on 1M and 3M messages, for 0-8% more
 # time). An environment that sets it already wins.
 _CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
+
+
+def _child_env() -> dict[str, str]:
+    """This environment, plus the trim threshold and, first on the child's path, the folder
+    this chatdb was imported from: the child must run this very code (a checkout put on
+    ``sys.path`` by a notebook, beside another chatdb installed or none at all)."""
+    env = _CHILD_ENV | dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    return env
 
 
 def _widen_pipe(stream: Any) -> None:
