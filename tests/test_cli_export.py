@@ -205,3 +205,12 @@ def test_append_with_other_options_is_refused_before_any_table_is_replaced(
     line = one_error_line(result)
     assert "holds other columns" in line and "without --append" in line
     assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before
+
+
+@on_sqlite
+def test_out_naming_a_file_for_a_directory_format_is_a_usage_error(backend: Backend, tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    line = one_error_line(invoke(backend.url, "export", "--out", str(target)), 2)
+    assert "is a file" in line and "--out" in line
+    assert target.read_text() == "keep me"

@@ -121,6 +121,11 @@ def export(
     repo = app.open()
     user_id = admin.resolve_user(repo, user).id if user is not None else None
     target = out or Path("export.duckdb" if fmt == "duckdb" else "export")
+    if fmt != "duckdb" and target.exists() and not target.is_dir():
+        raise click.BadParameter(
+            f"{target} is a file; --format {fmt} writes a directory (a DuckDB export is one file)",
+            param_hint="'--out'",
+        )
     with app.progress(len(tables), "exporting") as bar:
         try:
             summary = export_tables(
