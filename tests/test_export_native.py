@@ -369,3 +369,16 @@ def test_the_sqlite_child_runs_the_same_chatdb_as_its_parent(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "50"
     assert marker.read_text().startswith(str(copy))
+
+
+@pytest.mark.sqlite
+def test_without_a_python_to_start_sqlite_scans_stay_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded interpreters can leave sys.executable empty: the export still works."""
+    import sys
+
+    repo = _alice_sqlite(tmp_path / "db.sqlite", 20)
+    monkeypatch.setattr(sys, "executable", "")
+    assert repo.scan_arrow("messages") is None
+    assert export.to_polars(repo).height == 20

@@ -147,6 +147,8 @@ def for_backend(backend: str) -> NativeScan | None:
     native = _NATIVE.get(backend)
     if native is None or any(importlib.util.find_spec(name) is None for name in (native.module, "pyarrow")):
         return None
+    if backend == "sqlite" and not (sys.executable and os.path.isfile(sys.executable)):
+        return None  # an embedded interpreter with no python to start the child process with
     return native
 
 
