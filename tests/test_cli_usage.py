@@ -136,3 +136,20 @@ def test_usage_table_has_totals_and_plot_and_prices(backend: Backend, tmp_path: 
     assert result.exit_code == 0, result.output
     costly = sum(r["cost_usd"] or 0 for r in json.loads(result.stdout))
     assert normal > 0 and costly == pytest.approx(normal * 1000)
+
+
+@pytest.mark.parametrize("backend", [CLI_BACKENDS[0]], indirect=True)
+def test_the_table_total_row_obeys_the_filters(backend: Backend) -> None:
+    """Table and JSON reports read the messages differently (one export for the rows and the
+    total): the same filters must give the same messages."""
+    ok(backend.url, *DEMO)
+    messages = stored_messages(backend)
+    days = sorted({m["created_at"][:10] for m in messages})
+    user = sql_rows(backend, "SELECT username FROM users ORDER BY username")[0]["username"]
+    model = next(m["meta"]["model"] for m in messages if m["meta"].get("model"))
+    filters = ["--since", days[1], "--until", days[6], "--user", user, "--model", model]
+    rows = ok_json(backend.url, "usage", "daily", *filters)
+    table = ok(backend.url, "usage", "daily", *filters).stdout.splitlines()
+    assert rows, "the filters must leave some messages for this test to mean anything"
+    assert table[-1].split()[:2] == ["Total", f"{sum(r['messages'] for r in rows):,}"]
+    assert len(table) == len(rows) + 3  # header, rule, one line per row, total
