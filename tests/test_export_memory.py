@@ -26,46 +26,22 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads peak RSS from Linux /proc"),
 ]
 
+# Peaks are read by the export benchmark's own helper (benchmarks/_rss.py): one measure for both.
+RSS_HELPERS = Path(__file__).resolve().parent.parent / "benchmarks"
 EXPORT = textwrap.dedent(
     """
-    import json, os, sys, threading, time
+    import json, sys
     import chatdb
     from chatdb import export
 
-    def peak_mb(pid="self"):
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                return next(int(l.split()[1]) / 1024 for l in status if l.startswith("VmHWM:"))
-        except (OSError, StopIteration):
-            return 0.0
-
-    def children():
-        pids = []
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/children") as found:
-                    pids += found.read().split()
-            except OSError:
-                pass
-        return pids
+    sys.path.insert(0, sys.argv[3])
+    import _rss
 
     # The SQLite scan's child process (chatdb._sqlite_arrow): its high-water mark, polled.
-    child = [0.0]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            for pid in children():
-                child[0] = max(child[0], peak_mb(pid))
-            time.sleep(0.005)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    with chatdb.create_repository(sys.argv[1]) as repo:
-        result = export.to_parquet(repo, sys.argv[2], batch_size=10_000)
-    done.set()
-    poller.join()
-    print(json.dumps({"rows": result.rows, "peak_mb": peak_mb(), "child_mb": child[0]}))
+    with _rss.ChildPeaks() as children:
+        with chatdb.create_repository(sys.argv[1]) as repo:
+            result = export.to_parquet(repo, sys.argv[2], batch_size=10_000)
+    print(json.dumps({"rows": result.rows, "peak_mb": _rss.own_peak_mb(), "child_mb": children.max_mb}))
     """
 )
 
@@ -110,7 +86,11 @@ def make_database(path: Path, messages: int) -> str:
 def peak_export_mb(url: str, out: Path) -> tuple[float, float]:
     """Peak RSS of the exporting process and of the scan's child process, in MB."""
     done = subprocess.run(
-        [sys.executable, "-c", EXPORT, url, str(out)], capture_output=True, text=True, check=True, timeout=300
+        [sys.executable, "-c", EXPORT, url, str(out), str(RSS_HELPERS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return float(report["peak_mb"]), float(report["child_mb"])
