@@ -326,17 +326,16 @@ class Flattener:
         replaced: list[str] = []
         if self.stage is not None and rows and not isinstance(values["content"][0], str):
             staged = decoded_stage(values["content"], values["created_at"], include_text=self.include_text)
-            if staged is not None:
-                replaced += self.stage["columns"]
+        if staged is not None and self.stage is not None:
+            replaced += self.stage["columns"]
             # Decoded metadata too, once the batch is staged (a complete batch needs no DuckDB);
             # metadata_extra keeps the JSON way, which writes what is left of each object.
-            if staged is not None and "metadata_extra" not in self.schema.names:
-                fields = decoded_metadata(values["metadata"])
-                if fields is not None:
-                    staged = pa.table(
-                        [*staged.columns, *fields.columns], names=[*staged.column_names, *fields.column_names]
-                    )
-                    replaced.append("metadata")
+            fields = None if "metadata_extra" in self.schema.names else decoded_metadata(values["metadata"])
+            if fields is not None:
+                staged = pa.table(
+                    [*staged.columns, *fields.columns], names=[*staged.column_names, *fields.column_names]
+                )
+                replaced.append("metadata")
         names = [name for name in self.columns if name not in replaced]
         arrays = [_string_array(name, values[name]) for name in names]
         table = pa.table(arrays, names=names)
@@ -494,8 +493,10 @@ def decoded_metadata(values: Sequence[Any]) -> pa.Table | None:
                 if not isinstance(value, int) or not 0 <= value < _INT64_LIMIT:
                     return None
                 column.append(int(value))
+            elif isinstance(value, int) and not 0 <= value < _INT64_LIMIT:
+                return None
             else:
-                number = float(value) if not isinstance(value, int) or 0 <= value < _INT64_LIMIT else -1.0
+                number = float(value)
                 if not (number >= 0 and math.isfinite(number)):
                     return None
                 column.append(number)
