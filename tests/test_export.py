@@ -455,15 +455,21 @@ def test_to_duckdb_tables_join(repo: ChatRepository) -> None:
     ]
 
 
+def _exported_then_changed(repo: ChatRepository, tmp_path: Path) -> Path:
+    """A DuckDB export of the seed data (2 users), after which the database gains a user."""
+    seed(repo)
+    path = tmp_path / "export.duckdb"
+    export.to_duckdb(repo, path).close()
+    repo.create_user("carol", "hash")
+    return path
+
+
 def test_to_duckdb_checks_every_option_before_touching_the_database(
     repo: ChatRepository, tmp_path: Path
 ) -> None:
     """Users are loaded first: a bad messages option must not leave them replaced and the
     messages not, nor create a database file."""
-    seed(repo)
-    path = tmp_path / "export.duckdb"
-    export.to_duckdb(repo, path).close()
-    repo.create_user("carol", "hash")
+    path = _exported_then_changed(repo, tmp_path)
     for bad in ({"sinse": datetime(2025, 1, 1, tzinfo=UTC)}, {"since": "yesterday"}, {"batch_size": 0}):
         with pytest.raises(ValidationError):
             export.to_duckdb(repo, path, **bad)
@@ -477,10 +483,7 @@ def test_to_duckdb_checks_every_option_before_touching_the_database(
 def test_to_duckdb_append_to_a_table_of_another_shape_fails_cleanly_and_changes_nothing(
     repo: ChatRepository, tmp_path: Path
 ) -> None:
-    seed(repo)
-    path = tmp_path / "export.duckdb"
-    export.to_duckdb(repo, path).close()
-    repo.create_user("carol", "hash")
+    path = _exported_then_changed(repo, tmp_path)
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE messages DROP COLUMN has_image")
     with pytest.raises(ValidationError, match="mode='replace'"):
@@ -497,10 +500,7 @@ def test_to_duckdb_append_to_a_table_of_another_shape_fails_cleanly_and_changes_
 def test_to_duckdb_loads_all_tables_or_none(repo: ChatRepository, tmp_path: Path) -> None:
     """Users and chats load before messages: when the messages load fails, they stay as they
     were, so old messages never meet a newer chats table."""
-    seed(repo)
-    path = tmp_path / "export.duckdb"
-    export.to_duckdb(repo, path).close()
-    repo.create_user("carol", "hash")
+    path = _exported_then_changed(repo, tmp_path)
     with duckdb.connect(str(path)) as con:
         # Same columns, but a constraint the new messages break: the insert fails mid-load.
         con.execute("CREATE OR REPLACE TABLE messages AS SELECT * FROM messages LIMIT 0")
