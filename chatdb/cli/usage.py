@@ -101,8 +101,8 @@ def usage(
         "prices": analytics.load_prices(prices) if prices is not None else None,
     }
     source: Any = repo
-    totals_row = fmt in ("table", "markdown")
-    if totals_row:
+    tabular = fmt in ("table", "markdown")  # with a totals row
+    if tabular:
         # The totals row is a second pass (exact over the messages: a p95 of p95s would not be);
         # both read one export of the messages instead of the database twice.
         from .. import export
@@ -112,9 +112,9 @@ def usage(
     keys = [c for c in ("period", "model", "user_id", "chat_id") if c in frame.columns]
     columns = [*keys, *analytics.REPORT_COLUMNS]
     rows: Any = frame.iter_rows(named=True)
-    if fmt in ("table", "markdown") and "model" in keys:
+    if tabular and "model" in keys:
         rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
-    if totals_row and frame.height:
+    if tabular and frame.height:
         totals = analytics.usage_totals(source, **options).row(0, named=True)
         rows = [*rows, {keys[0]: "Total", **totals}]
     render(rows, columns, fmt)

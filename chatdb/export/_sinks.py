@@ -260,11 +260,11 @@ def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Sche
     con.register(view, empty)
     try:
         expected = [
-            (row[0], row[1]) for row in con.execute(f"DESCRIBE SELECT * FROM {_ident(view)}").fetchall()
+            tuple(row[:2]) for row in con.execute(f"DESCRIBE SELECT * FROM {_ident(view)}").fetchall()
         ]
     finally:
         con.unregister(view)
-    if [(name, kind) for name, kind in found] != expected:
+    if [tuple(row) for row in found] != expected:
         raise ValidationError(f"the DuckDB table {table!r} holds other columns than this export: {_AGAIN}")
     row = con.execute(
         f"SELECT created_at, message_id FROM {_ident(table)} "
