@@ -136,8 +136,10 @@ _SCHEMA_NAMES = {
     *(index.name for table in TABLES.values() for index in table.indexes if index.name),
     "chats.user_id",
 }
-# The index MySQL is told to read messages by (see build_scan; defined in schema.py).
-_BY_CREATED = "idx_messages_created"
+# The index MySQL is told to read messages by (see build_scan): schema.py's on (created_at, id).
+_BY_CREATED = next(
+    str(index.name) for index in messages.indexes if [c.name for c in index.columns] == ["created_at", "id"]
+)
 
 
 def build_scan(
