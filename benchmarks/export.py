@@ -133,10 +133,26 @@ def _raw_cursor(url: str) -> tuple[Any, Any]:
 
 
 def _mongo_rows(url: str) -> Any:
-    """MongoDB has no SQL: the baseline loops over the repository's own decoded batches."""
-    with chatdb.create_repository(url) as repo:
-        for batch in repo.scan_rows("messages", batch_size=50_000):
-            yield from batch
+    """MongoDB has no SQL: pymongo's cursor over the messages in the scan's order, each
+    message's owner from a dict of the chats read first (what a user would write)."""
+    import pymongo
+
+    client: Any = pymongo.MongoClient(url)
+    try:
+        db = client.get_default_database("ccluster")  # as chatdb: the URL's database, else ccluster
+        owners = {chat["_id"]: chat.get("userId") for chat in db.chats.find({}, {"userId": 1})}
+        for doc in db.messages.find({}, sort=[("createdAt", 1), ("_id", 1)], batch_size=50_000):
+            yield (
+                doc["_id"],
+                doc.get("chatId"),
+                owners.get(doc.get("chatId")),
+                doc.get("role"),
+                doc.get("content"),
+                doc.get("createdAt"),
+                doc.get("metadata"),
+            )
+    finally:
+        client.close()
 
 
 def case_floor(url: str, workdir: str) -> int:

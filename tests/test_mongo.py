@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -22,7 +23,7 @@ from chatdb import DbConfig, create_repository, errors
 from chatdb._codec import format_ts, parse_ts
 from chatdb.mongo import MongoRepository, mapping
 
-from .backends import Backend, free_port
+from .backends import Backend, free_port, start_nx27017
 
 pymongo = pytest.importorskip("pymongo")
 from pymongo import monitoring  # noqa: E402
@@ -434,6 +435,53 @@ def test_scan_rows_yields_decoded_values_and_each_messages_owner(
     assert user_row[1:3] == ("alice", "secret-hash")
     with pytest.raises(errors.ValidationError):
         repo.scan_rows("nope")
+
+
+@pytest.mark.mongodb
+def test_scan_batches_have_the_asked_size_across_the_pieces_read(
+    repo: MongoRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = repo.create_chat("u1")
+    ids = [repo.add_message(chat.id, "user", [{"type": "text", "text": str(i)}]).id for i in range(8)]
+    monkeypatch.setattr("chatdb.mongo.repository._SCAN_PIECE", 2)  # read 2 documents at a time
+    batches = list(repo.scan_rows("messages", batch_size=3))
+    assert [len(batch) for batch in batches] == [3, 3, 2]
+    assert [row[0] for batch in batches for row in batch] == ids
+
+
+@pytest.mark.mongodb
+def test_a_scan_stopped_early_stops_its_reading_thread(repo: MongoRepository) -> None:
+    chat = repo.create_chat("u1")
+    for i in range(7):
+        repo.add_message(chat.id, "user", [{"type": "text", "text": str(i)}])
+    scan = cast(Generator[Any, None, None], repo.scan_rows("messages", batch_size=2))
+    assert len(next(scan)) == 2
+    scan.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == "chatdb-export-scan"]
+    assert repo.add_message(chat.id, "user", [{"type": "text", "text": "after"}]).id
+
+
+@pytest.mark.mongodb
+def test_a_server_gone_mid_scan_is_a_typed_error(tmp_path: Path) -> None:
+    started = start_nx27017(tmp_path)
+    assert started is not None, "nx-27017 did not start"
+    url, process = started
+    try:
+        repo = MongoRepository(mongo_config(url + "scan", connect_timeout=1))
+        chat = repo.create_chat("u1")
+        for i in range(7):
+            repo.add_message(chat.id, "user", [{"type": "text", "text": str(i)}])
+        scan = repo.scan_rows("messages", batch_size=1)
+        assert len(next(scan)) == 1
+        process.kill()
+        process.wait()
+        with pytest.raises((errors.BackendUnavailableError, errors.BackendError)):
+            list(scan)
+        repo.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.mongodb

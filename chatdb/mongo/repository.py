@@ -43,6 +43,7 @@ __all__ = ["MongoRepository"]
 _DUPLICATE_KEY = 11000
 _INDEX_EXISTS_UNDER_OTHER_NAME = 85  # IndexOptionsConflict: the same keys, another name: keep it
 _OWNER_CACHE_LIMIT = 100_000
+_SCAN_PIECE = 2_500  # documents per read of a scan (see _scan)
 # MongoDB's document limit is 16 MiB; leave room for the other fields and BSON's overhead.
 _MAX_MESSAGE_JSON_BYTES = 16 * 1024 * 1024 - 64 * 1024
 
@@ -195,6 +196,11 @@ class MongoRepository(RepositoryBase):
         batch_size: int,
         stored: bool,
     ) -> Iterator[list[tuple[Any, ...]]]:
+        from bson import decode_all
+        from bson.raw_bson import DEFAULT_RAW_BSON_OPTIONS
+
+        from .._batches import prefetch
+
         self.ensure_schema()
         owner_filter: Any = user_id
         if table == "messages" and user_id is not None:
@@ -205,26 +211,50 @@ class MongoRepository(RepositoryBase):
         projection = mapping.scan_projection(table, stored)
         owners: dict[str, str | None] = {}
         join_owner = table == "messages" and not stored
-        with self._errors():
-            cursor = self._col(name).find(query, projection, sort=mapping.SCAN_ORDER, batch_size=batch_size)
+        collection = self._col(name)
+        codec_options = collection.codec_options
+        # Read in pieces of at most _SCAN_PIECE documents, undecoded, in a thread: it is left
+        # waiting for the server's next piece while this one is decoded and converted, so the
+        # two overlap (a cursor asks for its next batch only when the last is used up).
+        piece = min(batch_size, _SCAN_PIECE)
+
+        def raw_pieces() -> Iterator[bytes]:
+            raw = collection.with_options(codec_options=DEFAULT_RAW_BSON_OPTIONS)
+            cursor = raw.find(query, projection, sort=mapping.SCAN_ORDER, batch_size=piece)
+            try:
+                while docs := list(islice(cursor, piece)):
+                    yield b"".join(doc.raw for doc in docs)
+                    del docs
+            finally:
+                cursor.close()
+
+        pieces = prefetch(raw_pieces)
+        rows: list[tuple[Any, ...]] = []
         try:
             while True:
                 with self._errors():
-                    docs = list(islice(cursor, batch_size))
-                    if not docs:
-                        return
+                    chunk = next(pieces, None)
+                    if chunk is None:
+                        break
+                    docs = decode_all(chunk, codec_options)
+                    del chunk
                     if join_owner and user_id is None:
                         self._resolve_owners(owners, {d.get("chatId") for d in docs})
                 if join_owner:
-                    rows = [
+                    rows += [
                         mapping.scan_row(table, d, stored, user_id or owners.get(d.get("chatId", "")))
                         for d in docs
                     ]
                 else:
-                    rows = [mapping.scan_row(table, d, stored) for d in docs]
+                    rows += [mapping.scan_row(table, d, stored) for d in docs]
+                del docs
+                while len(rows) >= batch_size:
+                    yield rows[:batch_size]
+                    rows = rows[batch_size:]
+            if rows:
                 yield rows
         finally:
-            cursor.close()
+            pieces.close()
 
     def _resolve_owners(self, owners: dict[str, str | None], chat_ids: set[Any]) -> None:
         missing = [cid for cid in chat_ids if cid not in owners]
