@@ -122,6 +122,37 @@ def test_small_batches_honour_filters(repo: SqlRepository, filters: dict[str, ob
     assert native.equals(plain)
 
 
+@pytest.mark.sqlite
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+def test_batches_staged_in_the_sqlite_child_are_converted_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each conversion query has a fixed cost: the child's small staged batches (here of 4
+    rows) are gathered for one, and the output still comes in the asked batch size."""
+    from chatdb.export._flatten import Flattener
+
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'gathered.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows("messages", [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z") for n in range(30)])
+    repo.native_scans, repo.arrow_scan_min_rows = True, 0
+    converted: list[int] = []
+    convert = Flattener.convert
+
+    def counting(self: Flattener, source: pa.Table) -> tuple[pa.Table, int]:
+        converted.append(source.num_rows)
+        return convert(self, source)
+
+    monkeypatch.setattr(Flattener, "convert", counting)
+    batches = list(export.read(repo, batch_size=4))
+    assert converted == [30]
+    assert [batch.num_rows for batch in batches] == [4] * 7 + [2]
+    assert [row for batch in batches for row in batch.column("message_id").to_pylist()] == [
+        f"m-{n:05d}" for n in range(30)
+    ]
+    repo.close()
+
+
 @pytest.mark.parametrize("table", ["chats", "users", "api_keys"])
 def test_native_scan_of_the_other_tables_matches(repo: SqlRepository, table: str) -> None:
     repo.create_user("carol", "hash")
