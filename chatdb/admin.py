@@ -136,7 +136,7 @@ def database_info(repo: ChatRepository) -> DatabaseInfo:
     """Backend, redacted URL, rows per table and the messages' time range."""
     config = getattr(repo, "config", None)
     url = config.redacted_url if config is not None else ""
-    counts = repo.count_rows()  # type: ignore[attr-defined]
+    counts = repo.count_rows()
     first, last = message_time_range(repo) if counts.get("messages") else (None, None)
     return DatabaseInfo(repo.backend, url, counts, first, last)
 

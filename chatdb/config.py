@@ -170,11 +170,11 @@ class DbConfig:
             "mongodb_url": "MONGODB_URL",
         }
         values = {field: env.get(var) or None for field, var in names.items()}
-        if driver != "sqlite" and not values[_URL_FIELD[driver]]:  # type: ignore[index]
-            var = names[_URL_FIELD[driver]]  # type: ignore[index]
+        if driver != "sqlite" and not values[_URL_FIELD[driver]]:
+            var = names[_URL_FIELD[driver]]
             raise ConfigError(f"{var} is required when DB_DRIVER={driver}")
         return cls(
-            driver=driver,  # type: ignore[arg-type]
+            driver=driver,
             sqlite_path=env.get("SQLITE_PATH") or DEFAULT_SQLITE_PATH,
             mongodb_name=env.get("MONGODB_DB_NAME") or None,
             **values,  # type: ignore[arg-type]

@@ -69,13 +69,13 @@ def copy_database(
         raise ConfigError(f"source and target are the same database: {source_config.redacted_url}")
     started = time.perf_counter()
     target_repo.ensure_schema()
-    before = target_repo.count_rows()  # type: ignore[attr-defined]
+    before = target_repo.count_rows()
     read: dict[str, list[int]] = {}  # one-element lists the row stream counts into
     for table in tables:
         read[table] = [0]
         rows = _stored_rows(source_repo, table, batch_size, read[table], progress)
-        target_repo.import_rows(table, rows, batch_size=batch_size)  # type: ignore[attr-defined]
-    after = target_repo.count_rows()  # type: ignore[attr-defined]
+        target_repo.import_rows(table, rows, batch_size=batch_size)
+    after = target_repo.count_rows()
     result = {}
     for table in tables:
         # Counted rather than taken from import_rows: drivers differ in what rowcount reports.
@@ -97,7 +97,7 @@ def _stored_rows(
     progress: Callable[[str, int], None] | None,
 ) -> Iterator[dict[str, Any]]:
     columns = IMPORT_COLUMNS[table]
-    for batch in repo.scan_rows(table, batch_size=batch_size, stored=True):  # type: ignore[attr-defined]
+    for batch in repo.scan_rows(table, batch_size=batch_size, stored=True):
         counter[0] += len(batch)
         yield from (dict(zip(columns, row, strict=True)) for row in batch)
         if progress is not None:

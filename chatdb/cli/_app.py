@@ -110,7 +110,7 @@ class ChatDbGroup(click.Group):
                 raise
             raise click.ClickException(describe(exc)) from exc
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,

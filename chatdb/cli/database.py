@@ -59,7 +59,7 @@ def copy(target: str, source: str | None, batch_size: int, fmt: str) -> None:
     """
     app = state()
     source_repo, target_repo = app.open(source), app.open(target)
-    total = sum(source_repo.count_rows()[t] for t in COPY_ORDER)  # type: ignore[attr-defined]
+    total = sum(source_repo.count_rows()[t] for t in COPY_ORDER)
     with app.progress(total, "copying") as bar:
         result = copy_database(
             source_repo, target_repo, batch_size=batch_size, progress=lambda _t, n: bar.update(n)

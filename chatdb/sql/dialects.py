@@ -193,7 +193,7 @@ class SqlDialect:
 
             if dbapi_conn.__class__.__module__.startswith("pymysql"):
                 return dbapi_conn.cursor(pymysql.cursors.SSCursor)
-            import MySQLdb.cursors  # type: ignore[import-not-found]
+            import MySQLdb.cursors
 
             return dbapi_conn.cursor(MySQLdb.cursors.SSCursor)
         return dbapi_conn.cursor()
