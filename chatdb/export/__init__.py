@@ -135,10 +135,10 @@ def to_parquet(
     _check_compression(pa, compression)
     target = Path(path)
     started = time.perf_counter()
-    scan = _scan(repo, table, filters, after=None)
+    scan = _scan(repo, table, filters)
     if mode == "append":
         check_append_target(target, partition_by, scan.schema)
-        scan.filters["after"] = parquet_watermark(target, partition_by)
+        scan.resume_after(parquet_watermark(target, partition_by))
     files = write_parquet(
         scan, target, partition_by=partition_by, append=mode == "append", compression=compression
     )
@@ -170,9 +170,13 @@ def to_duckdb(
     duckdb_module = require("duckdb")
     names = _tables(tables)
     _check_mode(mode, "messages")
-    # Every option is checked before the database is opened or any table replaced: a bad one
-    # must not leave a new file behind, or users replaced and messages not.
-    _scan(repo, "messages", filters, after=None)
+    # Every option is checked (the scans are built) before the database is opened or any table
+    # replaced: a bad one must not leave a new file behind, or users replaced and messages not.
+    scans = {
+        name: _scan(repo, name, filters if name == "messages" else _owner_filters(filters)) for name in names
+    }
+    if "messages" not in scans:
+        _scan(repo, "messages", filters)  # the message options too, though unused here
     connection: duckdb.DuckDBPyConnection
     if con is None:
         connection = duckdb_module.connect()
@@ -180,16 +184,11 @@ def to_duckdb(
         connection = duckdb_module.connect(os.fspath(con))
     else:
         connection = con
-    scans = []
-    for name in names:
-        append = mode == "append" and name == "messages"
-        table_filters = filters if name == "messages" else _owner_filters(filters)
-        scan = _scan(repo, name, table_filters, after=None)
-        if append:
-            scan.filters["after"] = duckdb_watermark(connection, name, scan.schema)
-        scans.append((scan, append))
-    load_duckdb(connection, scans)
-    for scan, _ in scans:
+    append = mode == "append" and "messages" in scans
+    if append:
+        scans["messages"].resume_after(duckdb_watermark(connection, "messages", scans["messages"].schema))
+    load_duckdb(connection, [(scan, append and name == "messages") for name, scan in scans.items()])
+    for scan in scans.values():
         _warn(scan)
     return connection
 
@@ -225,10 +224,10 @@ def _check_options(filters: dict[str, Any]) -> None:
         raise ValidationError(f"unknown export option(s): {', '.join(unknown)}")
 
 
-def _scan(repo: Any, table: str, filters: dict[str, Any], *, after: tuple[str, str] | None) -> Scan:
+def _scan(repo: Any, table: str, filters: dict[str, Any]) -> Scan:
     """The scan of ``table`` (ValidationError for an unknown option or a bad value)."""
     _check_options(filters)
-    return Scan(repo, table, after=after, **filters)
+    return Scan(repo, table, **filters)
 
 
 def _check_compression(pa: Any, compression: Any) -> None:

@@ -97,6 +97,11 @@ class Scan:
     def schema(self) -> pa.Schema:
         return self.flattener.schema
 
+    def resume_after(self, key: tuple[str, str] | None) -> None:
+        """Export only the rows after ``key`` = ``(created_at, id)``: an append's watermark,
+        known only once the target is open; None exports every row."""
+        self.filters["after"] = key
+
     def batches(self, *, warn: bool = True) -> Iterator[pa.RecordBatch]:
         """Record batches in ``(created_at, id)`` order; warns (ExportWarning) at the end when
         rows had unreadable values, unless the caller reports ``skipped_rows`` itself."""
