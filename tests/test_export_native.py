@@ -17,7 +17,7 @@ import pytest
 import chatdb
 from chatdb import export
 from chatdb.sql import SqlRepository
-from chatdb.sql.repository import build_scan
+from chatdb.sql.repository import SLIM_CONTENT_BYTES, build_scan
 
 from .backends import Backend
 from .test_export import BAD_ROWS, _chat, _message
@@ -120,6 +120,62 @@ def test_small_batches_honour_filters(repo: SqlRepository, filters: dict[str, ob
     plain, native = both_paths(repo, table, batch_size=7, **arguments)
     assert plain.num_rows > 7
     assert native.equals(plain)
+
+
+# Contents over SLIM_CONTENT_BYTES in every shape the slim SQLite scan must treat as the DB-API
+# path does: parts of every kind, text that is not a string, elements that are not objects,
+# invalid JSON, JSON that is not an array.
+_BIG = "x" * (SLIM_CONTENT_BYTES + 10)
+LONG_CONTENTS = [
+    json.dumps(
+        [{"type": "text", "text": 'see é\n"this"'}, {"type": "image", "imageData": _BIG, "mimeType": "p"}]
+    ),
+    json.dumps([{"type": "text", "text": _BIG + "ünï"}, {"type": "text", "text": "two"}]),
+    json.dumps([{"type": "text", "text": {"nested": _BIG}}, "a string", 5, None, [1, 2], {"text": 7}, {}]),
+    json.dumps({"type": "text", "text": _BIG}),
+    json.dumps(_BIG),
+    "[{not json" + _BIG,
+    json.dumps([{"type": "image", "source": {"data": _BIG}}, {"type": "text", "text": "after"}]),
+]
+
+
+@pytest.mark.sqlite
+@pytest.mark.filterwarnings("ignore::chatdb.export.ExportWarning")
+def test_long_contents_of_every_shape_export_as_on_the_db_api_path(tmp_path: Path) -> None:
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'long.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows(
+        "messages",
+        [_message(n, "c-1", f"2025-01-01T00:00:0{n}.000Z", content=c) for n, c in enumerate(LONG_CONTENTS)],
+    )
+    for include_text in (False, True):
+        plain, native = both_paths(repo, include_text=include_text)
+        assert native.equals(plain)
+        assert plain.num_rows == len(LONG_CONTENTS)
+    text = native.column("text").to_pylist()
+    assert text[0] == 'see é\n"this"' and text[1] == _BIG + "ünï\ntwo"
+    assert native.column("has_image").to_pylist()[:2] == [True, False]
+    repo.close()
+
+
+@pytest.mark.sqlite
+def test_the_native_sqlite_scan_leaves_image_payloads_in_the_database(tmp_path: Path) -> None:
+    """An image's base64 (MBs) never reaches Arrow: 25,000 such rows overflowed a string
+    column (2 GiB) before, and the export reads only each part's type and text."""
+    repo = chatdb.create_repository(f"sqlite:///{tmp_path / 'images.db'}")
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    repo.import_rows("messages", [_message(0, "c-1", "2025-01-01T00:00:00.000Z", content=LONG_CONTENTS[0])])
+    repo.arrow_scan_min_rows = 0
+    tables = repo.scan_arrow("messages")
+    assert tables is not None
+    [content] = pa.concat_tables(list(tables)).column("content").to_pylist()
+    assert json.loads(content) == [
+        {"type": "text", "text": 'see é\n"this"'},
+        {"type": "image", "text": None},
+    ]
+    repo.close()
 
 
 @pytest.mark.sqlite

@@ -61,11 +61,20 @@ class NativeScan:
     """How one backend's Arrow-native driver runs a scan (the repository asks, it does not
     branch)."""
 
-    def __init__(self, backend: str, module: str, *, null_as: str | None, start_up_cost: bool) -> None:
+    def __init__(
+        self,
+        backend: str,
+        module: str,
+        *,
+        null_as: str | None,
+        start_up_cost: bool,
+        slim_content: bool = False,
+    ) -> None:
         self.backend = backend
         self.module = module
         self.null_as = null_as  # select ifnull(column, null_as): for drivers that infer types
         self.start_up_cost = start_up_cost  # small scans are cheaper without it
+        self.slim_content = slim_content  # long content as parts' type and text (build_scan)
 
     def batches(
         self,
@@ -136,7 +145,7 @@ def _lookup_request(lookup: Lookup | None, dialect: Any, compile_kwargs: Any = N
 
 
 _NATIVE = {
-    "sqlite": NativeScan("sqlite", "adbc_driver_sqlite", null_as=NULL, start_up_cost=True),
+    "sqlite": NativeScan("sqlite", "adbc_driver_sqlite", null_as=NULL, start_up_cost=True, slim_content=True),
     "postgres": NativeScan("postgres", "adbc_driver_postgresql", null_as=None, start_up_cost=False),
     "mysql": NativeScan("mysql", "connectorx", null_as=None, start_up_cost=False),
 }

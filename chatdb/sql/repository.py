@@ -26,6 +26,7 @@ from sqlalchemy import (
     insert,
     inspect,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -141,6 +142,17 @@ _BY_CREATED = next(
     str(index.name) for index in messages.indexes if [c.name for c in index.columns] == ["created_at", "id"]
 )
 
+# A long message content as its parts' type and text only (SQLite 3.44+: the native scan's own
+# library, see build_scan): every other field of a part, an image's base64 payload above all,
+# stays in the database. Content that is not a JSON array is passed on as it is.
+SLIM_CONTENT_BYTES = 65_536
+_SLIM_CONTENT = (
+    f"CASE WHEN octet_length(messages.content) > {SLIM_CONTENT_BYTES} AND json_valid(messages.content) "
+    "AND json_type(messages.content) = 'array' THEN (SELECT json_group_array(CASE WHEN type = 'object' "
+    "THEN json_object('type', value -> '$.type', 'text', value -> '$.text') ELSE value END ORDER BY key) "
+    "FROM json_each(messages.content)) ELSE messages.content END"
+)
+
 
 def build_scan(
     table: str,
@@ -152,13 +164,17 @@ def build_scan(
     stored: bool = False,
     null_as: str | None = None,
     owner: bool = True,
+    slim_content: bool = False,
 ) -> Select[Any]:
     """The ordered, filtered SELECT behind ``scan_rows`` (pure; filters become WHERE clauses).
     ``null_as`` selects every column that can be NULL as ``ifnull(column, null_as)`` (for
     Arrow drivers that infer a column's type from its first values; the others are not
     wrapped, as SQLite copies every value a function returns). ``owner=False`` leaves out the
     messages' ``user_id`` (and the join with chats that finds it) for a caller that adds it
-    itself."""
+    itself. ``slim_content`` (SQLite 3.44+ only) selects a message content over
+    SLIM_CONTENT_BYTES as its parts' ``type`` and ``text`` only, which is all an export reads:
+    25,000 rows holding images overflowed an Arrow string column (2 GiB) in the native scan,
+    and carried megabytes per image that the export then skipped."""
     source = TABLES[_table_name(table)]
     names = IMPORT_COLUMNS[source.name] if stored else SCAN_COLUMNS[source.name]
     joined = source is messages and not stored
@@ -172,6 +188,8 @@ def build_scan(
             else column
             for column, name in zip(columns, names, strict=True)
         ]
+    if slim_content and source is messages and not stored:  # (content is NOT NULL: never wrapped)
+        columns[names.index("content")] = literal_column(_SLIM_CONTENT).label("content")
     statement = select(*columns)
     if joined:
         statement = statement.select_from(messages.outerjoin(chats, _C.id == _M.chat_id))
@@ -359,7 +377,7 @@ class SqlRepository(RepositoryBase):
                 position=2,
                 missing=self._chat_owners,
             )
-        scan = partial(scan, null_as=native.null_as, owner=lookup is None)
+        scan = partial(scan, null_as=native.null_as, owner=lookup is None, slim_content=native.slim_content)
         # Pages only where an index returns them in order (MySQL reads the others at once).
         paged = table == "messages"
         return native.batches(
