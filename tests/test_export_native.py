@@ -369,9 +369,9 @@ def test_mysql_scans_read_at_most_one_page_ahead_of_their_consumer(mysql_backend
     repo.import_rows("messages", [_message(n, "c-1", stamp) for n, stamp in enumerate(stamps)])
     pages: list[object] = []
 
-    def page(after: tuple[str, str] | None) -> str:
+    def page(after: tuple[str, str] | None, rows: int) -> str:
         pages.append(after)
-        statement = build_scan("messages", owner=False, after=after).limit(10)
+        statement = build_scan("messages", owner=False, after=after).limit(rows)
         return str(statement.compile(dialect=pymysql.dialect(), compile_kwargs={"literal_binds": True}))
 
     uri = repo.engine.url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
@@ -382,6 +382,43 @@ def test_mysql_scans_read_at_most_one_page_ahead_of_their_consumer(mysql_backend
     rest = list(tables)
     repo.close()
     assert sum(table.num_rows for table in rest) == 90 and len(pages) == 11
+
+
+@pytest.mark.mysql
+def test_mysql_pages_hold_about_page_bytes_whatever_their_rows_hold(
+    mysql_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages with images are MBs each: a page's row count follows the bytes of the page
+    before it (25,000 such rows overflowed connectorx's 2 GiB text column: it panicked)."""
+    import connectorx
+
+    from chatdb.sql import arrow_scan
+
+    mysql_backend.reset()
+    repo = mysql_backend.new_repo()
+    assert isinstance(repo, SqlRepository)
+    repo.import_rows("chats", [_chat("c-1", "alice")])
+    big = json.dumps([{"type": "image", "imageData": "A" * 20_000}])
+    large = [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z", content=big) for n in range(40)]
+    small = [_message(100 + n, "c-1", f"2025-02-01T00:00:00.{n:03d}Z") for n in range(300)]
+    repo.import_rows("messages", large + small)
+    monkeypatch.setattr(arrow_scan, "PAGE_BYTES", 100_000)  # five of the large messages
+    monkeypatch.setattr(arrow_scan, "FIRST_PAGE_ROWS", 3)
+    sizes: list[int] = []
+    read_sql = connectorx.read_sql
+
+    def counting(uri: str, query: str, **options: Any) -> Any:
+        table = read_sql(uri, query, **options)
+        if "messages" in query:
+            sizes.append(table.num_rows)
+        return table
+
+    monkeypatch.setattr(connectorx, "read_sql", counting)
+    plain, native = both_paths(repo, batch_size=1_000)
+    repo.close()
+    assert native.equals(plain) and native.num_rows == 340
+    assert sizes[0] == 3 and max(sizes[1:8]) <= 5  # the large messages, five per 100 KB
+    assert max(sizes) > 100  # then the small ones, many per page
 
 
 @pytest.mark.sqlite

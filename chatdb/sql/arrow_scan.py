@@ -43,6 +43,10 @@ NULL = "\x00"
 # threshold below: ~205 MB at 25,000; 12,500 costs 10-20% more CPU); its batches are gathered
 # again on this side.
 CHILD_BATCH_ROWS = 25_000
+# Bytes a MySQL page aims at, and the rows of its first page (see mysql_batches): 25,000
+# text-only messages are ~20 MB; with images, as many can be GBs.
+PAGE_BYTES = 64 << 20
+FIRST_PAGE_ROWS = 500
 
 
 class Lookup(NamedTuple):
@@ -108,9 +112,9 @@ class NativeScan:
                 return None  # connection options (SSL, socket...) that only the DB-API driver gets
             literal = {"literal_binds": True}
 
-            def page(after: tuple[str, str] | None) -> str:
+            def page(after: tuple[str, str] | None, rows: int) -> str:
                 selected = statement if after is None else scan(after=after)
-                selected = selected.limit(batch_rows) if paged else selected
+                selected = selected.limit(rows) if paged else selected
                 return str(selected.compile(dialect=pymysql.dialect(), compile_kwargs=literal))
 
             uri = url.set(drivername="mysql", query={}).render_as_string(hide_password=False)
@@ -217,18 +221,21 @@ def postgres_batches(
 
 def mysql_batches(
     uri: str,
-    page: Callable[[tuple[str, str] | None], str],
+    page: Callable[[tuple[str, str] | None, int], str],
     batch_rows: int,
     location: str,
     *,
     lookup: dict[str, Any] | None = None,
     paged: bool = True,
 ) -> Iterator[Any]:
-    """Arrow tables of ``batch_rows`` rows (the last may be smaller) on MySQL/MariaDB, read by
-    connectorx (its own MySQL client, in Rust: about twice as fast as PyMySQL's rows) page by
-    page: ``page(None)`` is the SQL of the first, ``page((created_at, id))`` of the one after
-    that key. The next page is read in a thread while the caller works on this one (connectorx
-    releases the GIL), so at most three pages are held. Not ``paged``: ``page(None)`` is the
+    """Arrow tables of at most ``batch_rows`` rows on MySQL/MariaDB, read by connectorx (its
+    own MySQL client, in Rust: about twice as fast as PyMySQL's rows) page by page: ``page(None,
+    rows)`` is the SQL of the first ``rows`` rows, ``page((created_at, id), rows)`` of those
+    after that key. The next page is read in a thread while the caller works on this one
+    (connectorx releases the GIL), so at most three pages are held. Pages hold about
+    PAGE_BYTES, up to ``batch_rows`` rows: the first has FIRST_PAGE_ROWS, then each page's size
+    sets the next one's row count (messages with images are MBs each), and a page too large for
+    connectorx (2 GiB of text in one column: it panics) is read again in fewer rows. Not ``paged``: ``page(None, 0)`` is the
     whole scan, read at once and handed over in slices. ``lookup`` as in
     :mod:`chatdb._sqlite_arrow`, plus ``missing`` (see :class:`Lookup`): the lookup replaces a
     join that cost MariaDB a quarter of the scan's time."""
@@ -240,26 +247,38 @@ def mysql_batches(
     def read(query: str) -> Any:
         try:
             return connectorx.read_sql(uri, query, return_type="arrow")
-        except Exception as exc:
+        except BaseException as exc:  # a Rust panic is a BaseException (pyo3's PanicException)
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
             message = _first_line(exc, uri)
+            if "offset overflow" in message:
+                raise _PageTooLarge(message) from None
             if any(word in message.lower() for word in ("connect", "refused", "timed out", "access denied")):
                 raise BackendUnavailableError(f"cannot reach {location}: {message}") from None
             raise BackendError(f"mysql error during export scan: {message}") from None
 
     def pages() -> Iterator[Any]:
         if not paged:
-            whole = read(page(None))
+            whole = read(page(None, 0))
             for start in range(0, whole.num_rows, batch_rows):
                 yield whole.slice(start, batch_rows)
             return
         after = None
+        rows = min(batch_rows, FIRST_PAGE_ROWS)  # then as many as PAGE_BYTES holds
         while True:
-            table = read(page(after))
+            try:
+                table = read(page(after, rows))
+            except _PageTooLarge as exc:
+                if rows == 1:
+                    raise BackendError(f"mysql error during export scan: {exc}") from None
+                rows = max(1, rows // 8)
+                continue
             if table.num_rows:
                 yield table
-            if table.num_rows < batch_rows:
+            if table.num_rows < rows:
                 return
             after = (table.column("created_at")[-1].as_py(), table.column("id")[-1].as_py())
+            rows = max(1, min(batch_rows, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
             del table
 
     keys = values = None
@@ -277,6 +296,10 @@ def mysql_batches(
                     values = pa.concat_arrays([values, pa.array([row[1] for row in found], pa.string())])
             table = attach_lookup(table, lookup, keys, values)
         yield table
+
+
+class _PageTooLarge(Exception):
+    """connectorx could not hold a page in one Arrow column (2 GiB of text)."""
 
 
 def _unknown_keys(column: Any, keys: Any) -> list[str]:
