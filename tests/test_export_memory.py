@@ -108,3 +108,77 @@ def test_peak_rss_does_not_grow_with_rows(tmp_path: Path) -> None:
     assert small > 50 and large - small < 50, (small, large)
     # Both exports scan natively (at least 50,000 rows), in a child process: it streams too.
     assert small_child > 50 and large_child - small_child < 50, (small_child, large_child)
+
+
+IMAGES_EXPORT = textwrap.dedent(
+    """
+    import json, sys
+    import chatdb
+    from chatdb import export
+
+    sys.path.insert(0, sys.argv[3])
+    import _rss
+
+    with _rss.ChildPeaks() as children:
+        with chatdb.create_repository(sys.argv[1]) as repo:
+            repo.arrow_scan_min_rows = 0  # the native scan, however few the rows
+            result = export.to_parquet(repo, sys.argv[2])
+    print(json.dumps({"rows": result.rows, "peak_mb": _rss.own_peak_mb(), "child_mb": children.max_mb}))
+    """
+)
+IMAGE = json.dumps([{"type": "text", "text": "look"}, {"type": "image", "imageData": "A" * 131_072}])
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("sqlite", marks=pytest.mark.sqlite),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
+def test_messages_with_images_export_in_memory_that_does_not_grow_with_them(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Images are MBs a message: batches of a fixed number of rows held them all (and 25,000
+    of them overflowed Arrow's 2 GiB text columns). 2,400 messages with a 128 KB image (300 MB)
+    must not need much more memory than 100 of them: a page or two of 32 MB in flight."""
+    peaks = []
+    for count in (100, 2_400):
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'images-{count}.db'}"
+        else:
+            server = request.getfixturevalue(f"{backend}_backend")
+            server.reset()
+            url = server.url
+        with chatdb.create_repository(url) as repo:
+            repo.import_rows("chats", [{"id": "c", "user_id": "u", "title": "t", "session_id": None,
+                                        "created_at": "2025-01-01T00:00:00.000Z",
+                                        "updated_at": "2025-01-01T00:00:00.000Z"}])  # fmt: skip
+            repo.import_rows(
+                "messages",
+                (
+                    {
+                        "id": f"m{n:05d}",
+                        "chat_id": "c",
+                        "role": "user",
+                        "content": IMAGE,
+                        "created_at": f"2025-01-01T00:00:{n // 1000:02d}.{n % 1000:03d}Z",
+                        "metadata": None,
+                    }
+                    for n in range(count)
+                ),
+                batch_size=200,
+            )
+        done = subprocess.run(
+            [sys.executable, "-c", IMAGES_EXPORT, url, str(tmp_path / f"{count}.parquet"), str(RSS_HELPERS)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["rows"] == count
+        peaks.append(max(report["peak_mb"], report["child_mb"]))
+    small, large = peaks
+    assert large - small < 150, (small, large)

@@ -43,10 +43,10 @@ NULL = "\x00"
 # threshold below: ~205 MB at 25,000; 12,500 costs 10-20% more CPU); its batches are gathered
 # again on this side.
 CHILD_BATCH_ROWS = 25_000
-# Bytes a MySQL page aims at, and the rows of its first page (see mysql_batches): 25,000
-# text-only messages are ~20 MB; with images, as many can be GBs.
-PAGE_BYTES = 64 << 20
-FIRST_PAGE_ROWS = 500
+# Bytes a MySQL page aims at, and the rows of its first page (see mysql_batches), and that
+# gather() stops at: 25,000 text-only messages are ~20 MB; with images, as many can be GBs.
+PAGE_BYTES = 32 << 20
+FIRST_PAGE_ROWS = 100
 
 
 class Lookup(NamedTuple):
@@ -174,8 +174,8 @@ def postgres_batches(
     *,
     lookup: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """Arrow tables of at least ``batch_rows`` rows (the last may be smaller) for ``sql`` (with
-    ``$n`` parameters) on PostgreSQL; ``location`` (host and port) names the server in errors.
+    """Arrow tables of at least ``batch_rows`` rows or PAGE_BYTES (see :func:`gather`) for
+    ``sql`` (with ``$n`` parameters) on PostgreSQL; ``location`` (host and port) names the server in errors.
     ``lookup`` as in :mod:`chatdb._sqlite_arrow`, read in the same (repeatable-read) transaction:
     PostgreSQL plans the owner join as a parallel hash join and a sort of every message (425 ms
     for 200,000) where the index alone returns them in order (88 ms)."""
@@ -311,17 +311,19 @@ def _unknown_keys(column: Any, keys: Any) -> list[str]:
 
 
 def gather(batches: Iterable[Any], rows: int) -> Iterator[Any]:
-    """Record batches as Arrow tables of at least ``rows`` rows (the last may be smaller)."""
+    """Record batches as Arrow tables of at least ``rows`` rows or PAGE_BYTES (the last may be
+    smaller): rows of messages with images are MBs each."""
     import pyarrow as pa
 
     pending: list[Any] = []
-    count = 0
+    count = size = 0
     for batch in batches:
         pending.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        size += batch.nbytes
+        if count >= rows or size >= PAGE_BYTES:
             yield pa.Table.from_batches(pending)
-            pending, count = [], 0
+            pending, count, size = [], 0, 0
     if pending:
         yield pa.Table.from_batches(pending)
 
