@@ -450,6 +450,20 @@ def test_scan_batches_have_the_asked_size_across_the_pieces_read(
 
 
 @pytest.mark.mongodb
+def test_scan_batches_end_early_at_the_byte_bound(
+    repo: MongoRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages with images are MBs each: a batch of 2,500 of them would be GBs."""
+    chat = repo.create_chat("u1")
+    image = [{"type": "image", "imageData": "A" * 5_000, "mimeType": "image/png"}]
+    ids = [repo.add_message(chat.id, "user", image).id for _ in range(6)]
+    monkeypatch.setattr("chatdb.mongo.repository._SCAN_BYTES", 10_000)  # two of those documents
+    batches = list(repo.scan_rows("messages", batch_size=100))
+    assert [len(batch) for batch in batches] == [2, 2, 2]
+    assert [row[0] for batch in batches for row in batch] == ids
+
+
+@pytest.mark.mongodb
 def test_a_scan_stopped_early_stops_its_reading_thread(repo: MongoRepository) -> None:
     chat = repo.create_chat("u1")
     for i in range(7):

@@ -43,7 +43,10 @@ __all__ = ["MongoRepository"]
 _DUPLICATE_KEY = 11000
 _INDEX_EXISTS_UNDER_OTHER_NAME = 85  # IndexOptionsConflict: the same keys, another name: keep it
 _OWNER_CACHE_LIMIT = 100_000
-_SCAN_PIECE = 2_500  # documents per read of a scan (see _scan)
+# Documents per read of a scan, and the bytes at which a read or a batch ends early (messages
+# with images are MBs each; see _scan).
+_SCAN_PIECE = 2_500
+_SCAN_BYTES = 32 << 20
 # MongoDB's document limit is 16 MiB; leave room for the other fields and BSON's overhead.
 _MAX_MESSAGE_JSON_BYTES = 16 * 1024 * 1024 - 64 * 1024
 
@@ -213,23 +216,32 @@ class MongoRepository(RepositoryBase):
         join_owner = table == "messages" and not stored
         collection = self._col(name)
         codec_options = collection.codec_options
-        # Read in pieces of at most _SCAN_PIECE documents, undecoded, in a thread: it is left
-        # waiting for the server's next piece while this one is decoded and converted, so the
-        # two overlap (a cursor asks for its next batch only when the last is used up).
+        # Read in pieces of at most _SCAN_PIECE documents or _SCAN_BYTES, undecoded, in a
+        # thread: it is left waiting for the server's next piece while this one is decoded and
+        # converted, so the two overlap (a cursor asks for its next batch only when the last is
+        # used up). A batch also ends early at _SCAN_BYTES.
         piece = min(batch_size, _SCAN_PIECE)
 
         def raw_pieces() -> Iterator[bytes]:
             raw = collection.with_options(codec_options=DEFAULT_RAW_BSON_OPTIONS)
             cursor = raw.find(query, projection, sort=mapping.SCAN_ORDER, batch_size=piece)
             try:
-                while docs := list(islice(cursor, piece)):
-                    yield b"".join(doc.raw for doc in docs)
-                    del docs
+                docs: list[bytes | memoryview] = []
+                size = 0
+                for doc in cursor:
+                    docs.append(doc.raw)
+                    size += len(doc.raw)
+                    if len(docs) == piece or size >= _SCAN_BYTES:
+                        yield b"".join(docs)
+                        docs, size = [], 0
+                if docs:
+                    yield b"".join(docs)
             finally:
                 cursor.close()
 
         pieces = prefetch(raw_pieces)
         rows: list[tuple[Any, ...]] = []
+        size = 0  # bytes of the documents in rows
         try:
             while True:
                 with self._errors():
@@ -237,6 +249,7 @@ class MongoRepository(RepositoryBase):
                     if chunk is None:
                         break
                     docs = decode_all(chunk, codec_options)
+                    size += len(chunk)
                     del chunk
                     if join_owner and user_id is None:
                         self._resolve_owners(owners, {d.get("chatId") for d in docs})
@@ -250,7 +263,10 @@ class MongoRepository(RepositoryBase):
                 del docs
                 while len(rows) >= batch_size:
                     yield rows[:batch_size]
-                    rows = rows[batch_size:]
+                    rows, size = rows[batch_size:], 0
+                if size >= _SCAN_BYTES and rows:
+                    yield rows
+                    rows, size = [], 0
             if rows:
                 yield rows
         finally:
