@@ -33,6 +33,7 @@ __all__ = ["ExportWarning", "Scan", "require"]
 # each, which amortises the query's fixed cost.
 FETCH_ROWS = 2_500
 CONVERT_ROWS = 25_000
+CONVERT_BYTES = 32 << 20  # or fewer rows: messages with images are MBs each
 # Rows per conversion of batches staged where they were read (see _Staged): without their
 # content they take a fifth of the memory (100,000 was no faster on 1,000,000 messages and
 # raised the peak RSS of to_parquet from 247 to 285 MB).
@@ -172,10 +173,10 @@ def _join(tables: list[pa.Table]) -> pa.Table:
 
 
 class _ArrowChunks:
-    """Fetched row lists turned into Arrow tables of at least ``min_rows`` rows (the last one
-    may be smaller, and so may one whose successor has other columns: a chunk staged as it
-    was converted, see ``Flattener.to_arrow``); closing it closes the scan (releasing its
-    cursor and locks)."""
+    """Fetched row lists turned into Arrow tables of at least ``min_rows`` rows or
+    CONVERT_BYTES (the last one may be smaller, and so may one whose successor has other
+    columns: a chunk staged as it was converted, see ``Flattener.to_arrow``); closing it
+    closes the scan (releasing its cursor and locks)."""
 
     def __init__(self, scan: Iterable[Any], to_arrow: Callable[[Any], pa.Table], min_rows: int) -> None:
         self._scan = iter(scan)
@@ -190,8 +191,8 @@ class _ArrowChunks:
         import pyarrow as pa
 
         parts: list[pa.Table] = []
-        count = 0
-        while count < self._min_rows:
+        count = size = 0
+        while count < self._min_rows and size < CONVERT_BYTES:
             table, self._held = self._held, None
             if table is None:
                 rows = next(self._scan, None)
@@ -203,6 +204,7 @@ class _ArrowChunks:
                 break
             parts.append(table)
             count += table.num_rows
+            size += table.nbytes
         if not parts:
             raise StopIteration
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)

@@ -307,9 +307,14 @@ class Executor:
         except SQLAlchemyError as exc:
             raise self.dialect.translate(exc, connecting=True) from exc
 
-    def stream(self, statement: Any, batch_size: int) -> Iterator[list[tuple[Any, ...]]]:
+    def stream(
+        self, statement: Any, batch_size: int, *, bulky: int | None = None
+    ) -> Iterator[list[tuple[Any, ...]]]:
         """Rows of a SELECT as lists of plain tuples from a server-side cursor, in one read
-        transaction; the driver's ``fetchmany`` keeps bulk reads near a raw driver scan."""
+        transaction; the driver's ``fetchmany`` keeps bulk reads near a raw driver scan.
+        ``bulky``: the index of a column whose values may be MBs each (message content with
+        images): rows are then fetched and handed over in lists of about STREAM_BYTES of it
+        at most, the first fetch of 100 rows sizing the next."""
         sql, params = self.render(statement)
         with serialized(self._lock), self._connect() as conn:
             try:
@@ -317,8 +322,11 @@ class Executor:
                     cursor = self.dialect.server_cursor(conn.connection.dbapi_connection)
                     try:
                         cursor.execute(sql, params)
-                        while rows := cursor.fetchmany(batch_size):
-                            yield rows
+                        if bulky is None:
+                            while rows := cursor.fetchmany(batch_size):
+                                yield rows
+                        else:
+                            yield from _by_size(cursor, batch_size, bulky)
                     finally:
                         cursor.close()
             except SQLAlchemyError as exc:
@@ -327,3 +335,26 @@ class Executor:
                 if isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
                     raise self.dialect.translate(DBAPIError(sql, None, exc)) from exc
                 raise
+
+
+STREAM_BYTES = 32 << 20
+
+
+def _by_size(cursor: Any, batch_size: int, column: int) -> Iterator[list[tuple[Any, ...]]]:
+    """``cursor``'s rows in lists of at most ``batch_size`` rows and about STREAM_BYTES of
+    ``column`` (text or bytes; its length is the measure), fetched in pieces sized by the
+    bytes per row of the piece before."""
+    pending: list[tuple[Any, ...]] = []
+    size = 0
+    piece = min(batch_size, 100)
+    while rows := cursor.fetchmany(piece):
+        got = sum(len(value) for row in rows if (value := row[column]) is not None)
+        pending += rows
+        size += got
+        if len(pending) >= batch_size or size >= STREAM_BYTES:
+            yield pending
+            pending, size = [], 0
+        per_row = max(1, got // len(rows))
+        piece = max(1, min(batch_size - len(pending), (STREAM_BYTES - size) // per_row))
+    if pending:
+        yield pending

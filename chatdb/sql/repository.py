@@ -327,7 +327,10 @@ class SqlRepository(RepositoryBase):
     ) -> Iterator[list[tuple[Any, ...]]]:
         statement = build_scan(table, since=since, until=until, user_id=user_id, after=after, stored=stored)
         self.ensure_schema()
-        return self._executor.stream(statement, batch_size)
+        # Message contents with images are MBs each: batches end at a size too.
+        names = IMPORT_COLUMNS["messages"] if stored else SCAN_COLUMNS["messages"]
+        bulky = names.index("content") if _table_name(table) == "messages" else None
+        return self._executor.stream(statement, max(1, batch_size), bulky=bulky)
 
     # Whether exports may use a native driver at all (False: always scan_rows).
     native_scans = True
