@@ -1,7 +1,7 @@
-"""Arrow batch helpers shared by the export (in process), the native scans
-(:mod:`chatdb.sql.arrow_scan`) and the SQLite scan's child process (:mod:`chatdb._sqlite_arrow`):
-a producer thread, private DuckDB connections, stages, owner lookups. Imports nothing heavy at
-module level."""
+"""Batch helpers shared by the export (in process), the scans (:mod:`chatdb.sql.arrow_scan`,
+``scan_rows`` on SQL and MongoDB) and the SQLite scan's child process
+(:mod:`chatdb._sqlite_arrow`): the size of a batch, a producer thread, private DuckDB
+connections, stages, owner lookups. Imports nothing heavy at module level."""
 
 from __future__ import annotations
 
@@ -11,6 +11,18 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 _DONE = object()
+
+# The bytes of a batch of rows, whatever its row count: messages with images are MBs each, and
+# a fixed number of rows held them all (25,000 overflowed Arrow's 2 GiB text columns). Scans
+# that size their reads by bytes start with FIRST_ROWS rows, whose size sets the next read's.
+BATCH_BYTES = 32 << 20
+FIRST_ROWS = 100
+
+
+def rows_within(budget: int, rows: int, nbytes: int, most: int) -> int:
+    """How many rows like the ``rows`` just read (``nbytes`` in all) fit in ``budget`` bytes:
+    at least 1, at most ``most``."""
+    return max(1, min(most, budget * rows // max(1, nbytes)))
 
 
 def private_duckdb() -> Any:

@@ -392,7 +392,7 @@ def test_mysql_pages_hold_about_page_bytes_whatever_their_rows_hold(
     before it (25,000 such rows overflowed connectorx's 2 GiB text column: it panicked)."""
     import connectorx
 
-    from chatdb.sql import arrow_scan
+    from chatdb import _batches
 
     mysql_backend.reset()
     repo = mysql_backend.new_repo()
@@ -402,8 +402,8 @@ def test_mysql_pages_hold_about_page_bytes_whatever_their_rows_hold(
     large = [_message(n, "c-1", f"2025-01-01T00:00:00.{n:03d}Z", content=big) for n in range(40)]
     small = [_message(100 + n, "c-1", f"2025-02-01T00:00:00.{n:03d}Z") for n in range(300)]
     repo.import_rows("messages", large + small)
-    monkeypatch.setattr(arrow_scan, "PAGE_BYTES", 100_000)  # five of the large messages
-    monkeypatch.setattr(arrow_scan, "FIRST_PAGE_ROWS", 3)
+    monkeypatch.setattr(_batches, "BATCH_BYTES", 100_000)  # five of the large messages
+    monkeypatch.setattr(_batches, "FIRST_ROWS", 3)
     sizes: list[int] = []
     read_sql = connectorx.read_sql
 

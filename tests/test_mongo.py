@@ -457,7 +457,7 @@ def test_scan_batches_end_early_at_the_byte_bound(
     chat = repo.create_chat("u1")
     image = [{"type": "image", "imageData": "A" * 5_000, "mimeType": "image/png"}]
     ids = [repo.add_message(chat.id, "user", image).id for _ in range(6)]
-    monkeypatch.setattr("chatdb.mongo.repository._SCAN_BYTES", 10_000)  # two of those documents
+    monkeypatch.setattr("chatdb._batches.BATCH_BYTES", 10_000)  # two of those documents
     batches = list(repo.scan_rows("messages", batch_size=100))
     assert [len(batch) for batch in batches] == [2, 2, 2]
     assert [row[0] for batch in batches for row in batch] == ids

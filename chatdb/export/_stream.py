@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from .. import _batches
 from .._base import SCAN_COLUMNS
 from .._batches import apply_stage, is_staged, prefetch, private_duckdb
 from ..errors import ConfigError, ValidationError
@@ -33,7 +34,6 @@ __all__ = ["ExportWarning", "Scan", "require"]
 # each, which amortises the query's fixed cost.
 FETCH_ROWS = 2_500
 CONVERT_ROWS = 25_000
-CONVERT_BYTES = 32 << 20  # or fewer rows: messages with images are MBs each
 # Rows per conversion of batches staged where they were read (see _Staged): without their
 # content they take a fifth of the memory (100,000 was no faster on 1,000,000 messages and
 # raised the peak RSS of to_parquet from 247 to 285 MB).
@@ -174,7 +174,7 @@ def _join(tables: list[pa.Table]) -> pa.Table:
 
 class _ArrowChunks:
     """Fetched row lists turned into Arrow tables of at least ``min_rows`` rows or
-    CONVERT_BYTES (the last one may be smaller, and so may one whose successor has other
+    BATCH_BYTES (:mod:`chatdb._batches`; the last one may be smaller, and so may one whose successor has other
     columns: a chunk staged as it was converted, see ``Flattener.to_arrow``); closing it
     closes the scan (releasing its cursor and locks)."""
 
@@ -192,7 +192,7 @@ class _ArrowChunks:
 
         parts: list[pa.Table] = []
         count = size = 0
-        while count < self._min_rows and size < CONVERT_BYTES:
+        while count < self._min_rows and size < _batches.BATCH_BYTES:
             table, self._held = self._held, None
             if table is None:
                 rows = next(self._scan, None)

@@ -43,10 +43,7 @@ __all__ = ["MongoRepository"]
 _DUPLICATE_KEY = 11000
 _INDEX_EXISTS_UNDER_OTHER_NAME = 85  # IndexOptionsConflict: the same keys, another name: keep it
 _OWNER_CACHE_LIMIT = 100_000
-# Documents per read of a scan, and the bytes at which a read or a batch ends early (messages
-# with images are MBs each; see _scan).
-_SCAN_PIECE = 2_500
-_SCAN_BYTES = 32 << 20
+_SCAN_PIECE = 2_500  # documents per read of a scan, or fewer: see _scan
 # MongoDB's document limit is 16 MiB; leave room for the other fields and BSON's overhead.
 _MAX_MESSAGE_JSON_BYTES = 16 * 1024 * 1024 - 64 * 1024
 
@@ -202,7 +199,7 @@ class MongoRepository(RepositoryBase):
         from bson import decode_all
         from bson.raw_bson import DEFAULT_RAW_BSON_OPTIONS
 
-        from .._batches import prefetch
+        from .. import _batches
 
         self.ensure_schema()
         owner_filter: Any = user_id
@@ -216,11 +213,12 @@ class MongoRepository(RepositoryBase):
         join_owner = table == "messages" and not stored
         collection = self._col(name)
         codec_options = collection.codec_options
-        # Read in pieces of at most _SCAN_PIECE documents or _SCAN_BYTES, undecoded, in a
-        # thread: it is left waiting for the server's next piece while this one is decoded and
-        # converted, so the two overlap (a cursor asks for its next batch only when the last is
-        # used up). A batch also ends early at _SCAN_BYTES.
+        # Read in pieces of at most _SCAN_PIECE documents or BATCH_BYTES (chatdb._batches),
+        # undecoded, in a thread: it is left waiting for the server's next piece while this one
+        # is decoded and converted, so the two overlap (a cursor asks for its next batch only
+        # when the last is used up). A batch also ends early at BATCH_BYTES.
         piece = min(batch_size, _SCAN_PIECE)
+        budget = _batches.BATCH_BYTES
 
         def raw_pieces() -> Iterator[bytes]:
             raw = collection.with_options(codec_options=DEFAULT_RAW_BSON_OPTIONS)
@@ -231,7 +229,7 @@ class MongoRepository(RepositoryBase):
                 for doc in cursor:
                     docs.append(doc.raw)
                     size += len(doc.raw)
-                    if len(docs) == piece or size >= _SCAN_BYTES:
+                    if len(docs) == piece or size >= budget:
                         yield b"".join(docs)
                         docs, size = [], 0
                 if docs:
@@ -239,7 +237,7 @@ class MongoRepository(RepositoryBase):
             finally:
                 cursor.close()
 
-        pieces = prefetch(raw_pieces)
+        pieces = _batches.prefetch(raw_pieces)
         rows: list[tuple[Any, ...]] = []
         size = 0  # bytes of the documents in rows
         try:
@@ -264,7 +262,7 @@ class MongoRepository(RepositoryBase):
                 while len(rows) >= batch_size:
                     yield rows[:batch_size]
                     rows, size = rows[batch_size:], 0
-                if size >= _SCAN_BYTES and rows:
+                if size >= budget and rows:
                     yield rows
                     rows, size = [], 0
             if rows:

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from .. import _batches
 from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
@@ -43,10 +44,6 @@ NULL = "\x00"
 # threshold below: ~205 MB at 25,000; 12,500 costs 10-20% more CPU); its batches are gathered
 # again on this side.
 CHILD_BATCH_ROWS = 25_000
-# Bytes a MySQL page aims at, and the rows of its first page (see mysql_batches), and that
-# gather() stops at: 25,000 text-only messages are ~20 MB; with images, as many can be GBs.
-PAGE_BYTES = 32 << 20
-FIRST_PAGE_ROWS = 100
 
 
 class Lookup(NamedTuple):
@@ -174,7 +171,7 @@ def postgres_batches(
     *,
     lookup: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """Arrow tables of at least ``batch_rows`` rows or PAGE_BYTES (see :func:`gather`) for
+    """Arrow tables of at least ``batch_rows`` rows or BATCH_BYTES (see :func:`gather`) for
     ``sql`` (with ``$n`` parameters) on PostgreSQL; ``location`` (host and port) names the server in errors.
     ``lookup`` as in :mod:`chatdb._sqlite_arrow`, read in the same (repeatable-read) transaction:
     PostgreSQL plans the owner join as a parallel hash join and a sort of every message (425 ms
@@ -233,8 +230,8 @@ def mysql_batches(
     rows)`` is the SQL of the first ``rows`` rows, ``page((created_at, id), rows)`` of those
     after that key. The next page is read in a thread while the caller works on this one
     (connectorx releases the GIL), so at most three pages are held. Pages hold about
-    PAGE_BYTES, up to ``batch_rows`` rows: the first has FIRST_PAGE_ROWS, then each page's size
-    sets the next one's row count (messages with images are MBs each), and a page too large for
+    BATCH_BYTES (:mod:`chatdb._batches`), up to ``batch_rows`` rows: the first has FIRST_ROWS,
+    then each page's size sets the next one's row count (messages with images are MBs each), and a page too large for
     connectorx (2 GiB of text in one column: it panics) is read again in fewer rows. Not ``paged``: ``page(None, 0)`` is the
     whole scan, read at once and handed over in slices. ``lookup`` as in
     :mod:`chatdb._sqlite_arrow`, plus ``missing`` (see :class:`Lookup`): the lookup replaces a
@@ -264,7 +261,7 @@ def mysql_batches(
                 yield whole.slice(start, batch_rows)
             return
         after = None
-        rows = min(batch_rows, FIRST_PAGE_ROWS)  # then as many as PAGE_BYTES holds
+        rows = min(batch_rows, _batches.FIRST_ROWS)  # then as many as BATCH_BYTES holds
         while True:
             try:
                 table = read(page(after, rows))
@@ -278,7 +275,7 @@ def mysql_batches(
             if table.num_rows < rows:
                 return
             after = (table.column("created_at")[-1].as_py(), table.column("id")[-1].as_py())
-            rows = max(1, min(batch_rows, PAGE_BYTES * table.num_rows // max(1, table.nbytes)))
+            rows = _batches.rows_within(_batches.BATCH_BYTES, table.num_rows, table.nbytes, batch_rows)
             del table
 
     keys = values = None
@@ -311,8 +308,8 @@ def _unknown_keys(column: Any, keys: Any) -> list[str]:
 
 
 def gather(batches: Iterable[Any], rows: int) -> Iterator[Any]:
-    """Record batches as Arrow tables of at least ``rows`` rows or PAGE_BYTES (the last may be
-    smaller): rows of messages with images are MBs each."""
+    """Record batches as Arrow tables of at least ``rows`` rows or BATCH_BYTES (the last may be
+    smaller)."""
     import pyarrow as pa
 
     pending: list[Any] = []
@@ -321,7 +318,7 @@ def gather(batches: Iterable[Any], rows: int) -> Iterator[Any]:
         pending.append(batch)
         count += batch.num_rows
         size += batch.nbytes
-        if count >= rows or size >= PAGE_BYTES:
+        if count >= rows or size >= _batches.BATCH_BYTES:
             yield pa.Table.from_batches(pending)
             pending, count, size = [], 0, 0
     if pending:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import _batches
 from ..errors import BackendUnavailableError, ChatDbError
 from .dialects import RetryableError, SqlDialect, serialized
 
@@ -313,8 +314,8 @@ class Executor:
         """Rows of a SELECT as lists of plain tuples from a server-side cursor, in one read
         transaction; the driver's ``fetchmany`` keeps bulk reads near a raw driver scan.
         ``bulky``: the index of a column whose values may be MBs each (message content with
-        images): rows are then fetched and handed over in lists of about STREAM_BYTES of it
-        at most, the first fetch of 100 rows sizing the next."""
+        images): rows are then fetched and handed over in lists of about BATCH_BYTES of it at
+        most (:mod:`chatdb._batches`), a first fetch of FIRST_ROWS sizing the next."""
         sql, params = self.render(statement)
         with serialized(self._lock), self._connect() as conn:
             try:
@@ -337,24 +338,21 @@ class Executor:
                 raise
 
 
-STREAM_BYTES = 32 << 20
-
-
 def _by_size(cursor: Any, batch_size: int, column: int) -> Iterator[list[tuple[Any, ...]]]:
-    """``cursor``'s rows in lists of at most ``batch_size`` rows and about STREAM_BYTES of
+    """``cursor``'s rows in lists of at most ``batch_size`` rows and about BATCH_BYTES of
     ``column`` (text or bytes; its length is the measure), fetched in pieces sized by the
     bytes per row of the piece before."""
+    budget = _batches.BATCH_BYTES
     pending: list[tuple[Any, ...]] = []
     size = 0
-    piece = min(batch_size, 100)
+    piece = min(batch_size, _batches.FIRST_ROWS)
     while rows := cursor.fetchmany(piece):
         got = sum(len(value) for row in rows if (value := row[column]) is not None)
         pending += rows
         size += got
-        if len(pending) >= batch_size or size >= STREAM_BYTES:
+        if len(pending) >= batch_size or size >= budget:
             yield pending
             pending, size = [], 0
-        per_row = max(1, got // len(rows))
-        piece = max(1, min(batch_size - len(pending), (STREAM_BYTES - size) // per_row))
+        piece = _batches.rows_within(budget - size, len(rows), got, batch_size - len(pending))
     if pending:
         yield pending
