@@ -20,7 +20,8 @@ ALL_BACKENDS = [
     pytest.param("mongodb", marks=pytest.mark.mongodb),
 ]
 SERVER_BACKENDS = [p for p in ALL_BACKENDS if p.values[0] not in ("sqlite_memory",)]
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+# The Node application's output, kept in the project (see tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +70,4 @@ def repo(backend: Backend) -> Iterator[ChatRepository]:
 
 @pytest.fixture
 def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}", pytrace=False)
     return FIXTURES

@@ -1,5 +1,5 @@
 """chatdb and the Node application share one database: a database written by the real Node code
-(../shared/fixtures) is read exactly, and what chatdb writes has the Node formats."""
+(tests/fixtures/) is read exactly, and what chatdb writes has the Node formats."""
 
 from __future__ import annotations
 
