@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from .errors import ValidationError
@@ -23,6 +24,7 @@ __all__ = [
     "dump_json",
     "dump_metadata",
     "format_ts",
+    "js_number",
     "load_content",
     "load_metadata",
     "metadata_to_dict",
@@ -114,12 +116,81 @@ def next_ts(previous: str | None, now: datetime | None = None) -> datetime:
 # -- JSON ----------------------------------------------------------------------------------------
 
 
+def js_number(value: float) -> str:
+    """A float as ``JSON.stringify`` writes it (ECMAScript Number::toString): the shortest
+    digits that round-trip (as Python's ``repr``), without an exponent for magnitudes in
+    [1e-6, 1e21), ``-0`` as ``0`` and integral values without ``.0``: ``0.000036``, not
+    ``3.6e-05``; ``1e+21``; ``1e-7``. Other readers of the database (SQL reports, ``jq``)
+    then see the bytes the Node application writes. Raises ValueError for NaN and infinities."""
+    if not math.isfinite(value):
+        raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+    if value == 0:
+        return "0"
+    sign, digit_tuple, exponent = Decimal(repr(value)).as_tuple()
+    assert isinstance(exponent, int)  # finite
+    digits = "".join(map(str, digit_tuple))
+    significant = digits.rstrip("0")
+    k = len(significant)  # value = 0.<significant> * 10**n
+    n = exponent + len(digits)
+    if k <= n <= 21:
+        text = significant + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{significant[:n]}.{significant[n:]}"
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + significant
+    else:
+        power = f"e{'+' if n >= 1 else '-'}{abs(n - 1)}"
+        text = significant + power if k == 1 else f"{significant[0]}.{significant[1:]}{power}"
+    return "-" + text if sign else text
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(isinstance(key, float) or _has_float(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_float(item) for item in value)
+    return False
+
+
+def _js_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float):
+        return js_number(key)
+    if key is None or isinstance(key, (bool, int)):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+
+
+def _dump_js(value: Any, depth: int = 0) -> str:
+    """``json.dumps`` (compact, UTF-8 kept) with floats written by :func:`js_number`: the
+    standard encoder's C speed-up writes ``repr(float)`` and takes no hook for it."""
+    if depth > 500:
+        raise ValueError("value nests too deeply (or is circular)")
+    if isinstance(value, float):
+        return js_number(value)
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(_js_key(k), ensure_ascii=False)}:{_dump_js(v, depth + 1)}" for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_dump_js(item, depth + 1) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
 def dump_json(value: Any, what: str) -> str:
-    """Compact JSON as ``JSON.stringify`` writes it; ValidationError if it cannot be stored."""
+    """Compact JSON as ``JSON.stringify`` writes it (numbers too: see :func:`js_number`);
+    ValidationError if it cannot be stored."""
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if _has_float(value):
+            text = _dump_js(value)
+        else:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         text.encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"{what} cannot be stored as JSON: {exc}") from None
     return text
 

@@ -511,7 +511,7 @@ def _assistant_metadata(
         price = gen.price(model.name, created_ms)
         if price is not None:
             cost = round(price.cost(input_tokens, output_tokens, cache_write, cache_read), 8)
-            meta += f',"totalCostUsd":{int(cost) if cost.is_integer() else cost!r}'
+            meta += f',"totalCostUsd":{_codec.js_number(cost)}'
     if rng.random() >= _NO_DURATION:
         meta += f',"durationMs":{duration_ms}'
     if cached:

@@ -10,8 +10,11 @@ import pytest
 
 from chatdb import MessageMetadata, errors
 from chatdb._codec import (
+    dump_content,
+    dump_json,
     dump_metadata,
     format_ts,
+    js_number,
     load_content,
     load_metadata,
     next_ts,
@@ -82,3 +85,59 @@ def test_unreadable_content_is_shown_as_one_text_part() -> None:
 def test_metadata_given_with_an_extra_key_that_names_a_field_is_rejected() -> None:
     with pytest.raises(errors.ValidationError):
         normalize_metadata(MessageMetadata(extra={"inputTokens": 3}))
+
+
+# What JSON.stringify writes for these numbers, worked out from ECMAScript's Number::toString:
+# shortest round-trip digits, no exponent for magnitudes in [1e-6, 1e21), -0 as 0, no ".0".
+JS_NUMBERS = [
+    (0.1, "0.1"),
+    (1e-7, "1e-7"),
+    (1.5e-7, "1.5e-7"),
+    (1e-6, "0.000001"),
+    (3.6e-05, "0.000036"),
+    (0.000001234, "0.000001234"),
+    (0.050292, "0.050292"),
+    (123456789.123, "123456789.123"),
+    (1e20, "100000000000000000000"),
+    (1e21, "1e+21"),
+    (2.5e25, "2.5e+25"),
+    (-0.0, "0"),
+    (0.0, "0"),
+    (1.0, "1"),
+    (-1.5, "-1.5"),
+    (-3.6e-05, "-0.000036"),
+    (float(2**53), "9007199254740992"),
+    (12345678901234567890.0, "12345678901234567000"),
+    (1.7976931348623157e308, "1.7976931348623157e+308"),
+    (5e-324, "5e-324"),
+    (1.23e-18, "1.23e-18"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), JS_NUMBERS)
+def test_floats_are_written_as_json_stringify_writes_them(value: float, expected: str) -> None:
+    assert js_number(value) == expected
+    assert float(expected) == value  # the same number comes back
+
+
+def test_stored_metadata_and_content_have_json_stringify_numbers() -> None:
+    meta = normalize_metadata({"model": "m", "totalCostUsd": 3.6e-05, "x": {"f": [1e-7, 1e21, -0.0, 2**64]}})
+    assert dump_metadata(meta) == (
+        '{"model":"m","totalCostUsd":0.000036,"x":{"f":[1e-7,1e+21,0,18446744073709551616]}}'
+    )
+    parts = [{"type": "text", "text": "é 🚀", "score": 123456789.123, "n": 7, "ok": True, "none": None}]
+    assert dump_content(parts) == (
+        '[{"type":"text","text":"é 🚀","score":123456789.123,"n":7,"ok":true,"none":null}]'
+    )
+    assert dump_json({1.5: 0.1, 2: "x"}, "value") == '{"1.5":0.1,"2":"x"}'
+    with pytest.raises(errors.ValidationError):
+        dump_json({"x": float("nan")}, "metadata")
+    with pytest.raises(errors.ValidationError):
+        dump_json([{"x": 0.5, "y": object()}], "content")
+
+
+def test_both_number_forms_read_back_the_same() -> None:
+    """Rows written before (Python's repr) and after (JSON.stringify's form) read alike."""
+    before = load_metadata('{"model":"m","totalCostUsd":3.6e-05}')
+    after = load_metadata('{"model":"m","totalCostUsd":0.000036}')
+    assert before == after == MessageMetadata(model="m", total_cost_usd=3.6e-05)

@@ -110,7 +110,7 @@ def test_constructing_does_no_io_and_repr_hides_the_password() -> None:
     assert "s3cret" not in repr(repo)
 
 
-def test_message_document_leaves_out_absent_metadata() -> None:
+def test_message_document_stores_absent_metadata_as_null_like_the_node_app() -> None:
     parts = [{"type": "text", "text": "hi"}]
     assert mapping.message_document("m", "c", "user", parts, TS, None) == {
         "_id": "m",
@@ -118,7 +118,13 @@ def test_message_document_leaves_out_absent_metadata() -> None:
         "role": "user",
         "content": parts,
         "createdAt": TS,
+        "metadata": None,
     }
+    # Documents without the field (older chatdb) and with null read alike.
+    stored = mapping.message_document("m", "c", "user", parts, TS, None)
+    without = {k: v for k, v in stored.items() if k != "metadata"}
+    assert mapping.load_message(stored) == mapping.load_message(without)
+    assert mapping.load_message(stored).metadata is None
     assert mapping.message_document("m", "c", "user", parts, TS, {"model": "x"})["metadata"] == {"model": "x"}
 
 
@@ -153,7 +159,7 @@ def test_import_document_turns_sql_rows_into_node_shapes() -> None:
         "metadata": {"model": "claude", "inputTokens": 3},
     }
     decoded = {**row, "content": [{"type": "text", "text": "x"}], "metadata": None}
-    assert "metadata" not in mapping.import_document("messages", decoded)
+    assert mapping.import_document("messages", decoded)["metadata"] is None  # as the Node app stores it
     key = mapping.import_document(
         "api_keys",
         {
@@ -249,6 +255,7 @@ def test_documents_have_the_node_apps_shapes(repo: MongoRepository, mongo: Backe
         "role": "user",
         "content": [{"type": "text", "text": "hi 🚀"}],
         "createdAt": format_ts(first.created_at),
+        "metadata": None,
     }
     assert second_doc["metadata"] == {
         "model": "claude",

@@ -3,7 +3,8 @@
 Documents have the Node application's shapes: collections ``chats``, ``messages``, ``users`` and
 ``apiKeys``; ``_id`` is the UUID string; fields are camelCase; timestamps are the same ISO
 millisecond ``Z`` strings as in SQL (so they sort as strings); a message's ``content`` is a BSON
-array and its ``metadata`` a sub-document, absent when there is none. Nothing here does I/O, so
+array and its ``metadata`` a sub-document, ``null`` when there is none (as the Node app writes it;
+documents without the field, from older chatdb versions, read the same). Nothing here does I/O, so
 all of it is tested without a server.
 """
 
@@ -182,16 +183,14 @@ def message_document(
     created_at: str,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    document: dict[str, Any] = {
+    return {
         "_id": message_id,
         "chatId": chat_id,
         "role": role,
         "content": content,
         "createdAt": created_at,
+        "metadata": metadata,
     }
-    if metadata is not None:
-        document["metadata"] = metadata
-    return document
 
 
 def user_document(user: UserWithPasswordHash) -> dict[str, Any]:
@@ -367,8 +366,6 @@ def import_document(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
             value = stored_ts(value)
         elif table == "messages" and name in ("content", "metadata"):
             value = _decoded(value)
-            if name == "metadata" and value is None:
-                continue
         elif table == "chats" and name == "user_id" and value is None:
             value = "system"
         document[fields[name]] = value
