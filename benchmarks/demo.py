@@ -27,23 +27,17 @@ from chatdb.analytics.pricing import bundled_prices
 END = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def _plans(args: argparse.Namespace) -> tuple[demo._Generator, list[tuple[str, str, int, int, bool]]]:
-    """The chat plans generate() makes, rebuilt the same way (users and keys are not benchmarked)."""
+def _plans(args: argparse.Namespace) -> tuple[demo._Generator, list[demo._ChatPlan]]:
+    """The chat plans generate() makes, made the same way (users and keys are not benchmarked)."""
     gen = demo._Generator(args.seed, END, args.days, bundled_prices())
-    rng = gen.rng
-    sizes = demo._split(args.messages, args.chats, rng)
-    plans = [
-        (gen.uid(), f"user-{i % args.users}", gen.start_ms + rng.randrange(args.days * demo._DAY_MS), size,
-         rng.random() < demo._CACHED_CHATS)
-        for i, size in enumerate(sizes)
-    ]  # fmt: skip
-    return gen, plans
+    people = demo._make_users(gen, args.users)
+    return gen, demo._plan_chats(gen, people, args.chats, args.messages, args.days)
 
 
 def generate_only(args: argparse.Namespace) -> float:
     gen, plans = _plans(args)
     started = time.perf_counter()
-    for _ in demo._make_messages(gen, plans, {}):
+    for _ in demo._make_messages(gen, plans):
         pass
     return time.perf_counter() - started
 
@@ -67,7 +61,7 @@ def raw_sqlite(args: argparse.Namespace, path: Path) -> float:
     con = sqlite3.connect(path)
     started = time.perf_counter()
     rows = ((r["id"], r["chat_id"], r["role"], r["content"], r["created_at"], r["metadata"])
-            for r in demo._make_messages(gen, plans, {}))  # fmt: skip
+            for r in demo._make_messages(gen, plans))  # fmt: skip
     while chunk := list(islice(rows, 5_000)):
         con.executemany(insert, chunk)
         con.commit()

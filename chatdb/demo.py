@@ -10,7 +10,10 @@ image parts. Reported costs are the bundled price table's, at the price of the m
 
 Rows are built in the stored format and written with the repository's bulk path
 (``import_rows``), lazily: a million messages never sit in memory. The same ``seed`` and ``end``
-give the same ids, texts and timestamps, so running it twice inserts nothing the second time.
+(a fixed date by default, :data:`DEFAULT_END`) give the same ids, texts and timestamps, so running
+it twice inserts nothing the second time, and a run killed midway is completed by running it again.
+Each chat draws its messages from its own seeded stream, which lets the chats be written before
+their messages (whose times set the chats' ``updated_at``).
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ from .analytics.pricing import Price, PriceTable, bundled_prices
 from .errors import ValidationError
 from .repository import ChatRepository
 
-__all__ = ["DemoSummary", "generate"]
+__all__ = ["DEFAULT_END", "DemoSummary", "generate"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Where the demo history ends unless told otherwise: a fixed date, not "now", so that the same
+# seed and options give the same rows on any day (``chatdb demo --end`` moves it).
+DEFAULT_END = datetime(2026, 12, 1, tzinfo=UTC)
 _DAY_MS = 86_400_000
 _PROGRESS_EVERY = 5_000
 # version 4, RFC 4122 variant: bits 76-79 = 0100, bits 62-63 = 10
@@ -247,9 +253,10 @@ class _Generator:
         text = " ".join(self.rng.choice(_SENTENCES) for _ in range(count))
         return _codec.dump_json([{"type": "text", "text": text}], "content")
 
-    def uid(self) -> str:
-        """A random (version 4) UUID from the seeded stream; ``uuid.UUID`` is 3x slower."""
-        h = f"{self.rng.getrandbits(128) & _UUID_MASK | _UUID_BITS:032x}"
+    def uid(self, rng: random.Random | None = None) -> str:
+        """A random (version 4) UUID from ``rng`` (default: the main seeded stream);
+        ``uuid.UUID`` is 3x slower."""
+        h = f"{(rng or self.rng).getrandbits(128) & _UUID_MASK | _UUID_BITS:032x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def ts(self, ms: int) -> str:
@@ -301,11 +308,14 @@ def generate(
     end: datetime | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> DemoSummary:
-    """Fill ``repo`` with demo data ending at ``end`` (default: now) and spanning ``days``.
+    """Fill ``repo`` with demo data ending at ``end`` (default: :data:`DEFAULT_END`, a fixed
+    date, so the same arguments give the same rows whenever they run) and spanning ``days``.
 
-    ``progress`` is called with the number of messages written since its last call. Returns how
-    many rows each table gained (rows whose ids already exist are skipped, so a rerun with the
-    same seed and end inserts nothing; concurrent writers would be counted too). Raises
+    Tables are written parents first (users, chats, messages, API keys): a reader never sees a
+    message without its chat, and a run killed midway and run again ends with exactly the rows
+    of an uninterrupted run. ``progress`` is called with the number of messages written since
+    its last call. Returns how many rows each table gained (rows whose ids already exist are
+    skipped, so a rerun inserts nothing; concurrent writers would be counted too). Raises
     ValidationError for negative sizes or chats without users, and the repository's errors
     (BackendError, ...) when writing fails.
     """
@@ -315,34 +325,21 @@ def generate(
         raise ValidationError("chats need at least one user")
     bulk = cast(RepositoryBase, repo)  # every backend is one; the bulk path is not in the protocol
     started = time.perf_counter()
-    end = _codec.parse_ts(_codec.format_ts(end or _codec.utcnow()))
+    end = _codec.parse_ts(_codec.format_ts(DEFAULT_END if end is None else end))
     gen = _Generator(seed, end, days, bundled_prices())
-    rng = gen.rng
 
     people = _make_users(gen, users)
+    keys = list(_make_keys(gen, people))
+    plans = _plan_chats(gen, people, chats, messages, days)
     # Inserted rows are counted from the tables: driver row counts of bulk inserts are unreliable.
     before = bulk.count_rows()
     bulk.import_rows("users", people)
-    bulk.import_rows("api_keys", _make_keys(gen, people))
-
-    # Chats: owner (a few heavy users), start time in the owner's working hours, size.
-    owner_weights = [1.0 / (rank + 1) ** 0.9 for rank in range(users)]
-    owners = rng.choices(range(users), owner_weights, k=chats) if chats else []
-    sizes = _split(messages, chats, rng)
-    plans = []
-    for index in range(chats):
-        owner = people[owners[index]]
-        day = rng.randrange(days)
-        hour = min(23, max(0, int(rng.gauss(14, 3.2)))) - owner["_utc_offset"]
-        start = gen.start_ms + day * _DAY_MS + hour * 3_600_000 + rng.randrange(3_600_000)
-        plans.append((gen.uid(), owner["id"], start, sizes[index], rng.random() < _CACHED_CHATS))
-
-    bounds: dict[str, tuple[int, int]] = {}
-    rows = _make_messages(gen, plans, bounds)
+    bulk.import_rows("chats", _make_chats(gen, plans))
+    rows = _make_messages(gen, plans)
     if progress is not None:
         rows = _report_progress(rows, progress)
     bulk.import_rows("messages", rows)
-    bulk.import_rows("chats", _make_chats(gen, plans, bounds))
+    bulk.import_rows("api_keys", keys)
     after = bulk.count_rows()
     added = {table: after[table] - before.get(table, 0) for table in after}
     return DemoSummary(
@@ -355,6 +352,53 @@ def generate(
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+@dataclass(frozen=True)
+class _ChatPlan:
+    """What a chat's row and its messages are made from; ``seed`` seeds the chat's own random
+    stream, so its messages can be made again (the same) after its row was written."""
+
+    id: str
+    owner: str
+    start: int  # ms, before the chat is moved back to end inside the window
+    size: int
+    cached: bool
+    seed: int
+    lead: int  # ms between the chat's creation and its first message
+    title: str
+    session_id: str | None
+
+
+def _plan_chats(
+    gen: _Generator, people: list[dict[str, Any]], chats: int, messages: int, days: int
+) -> list[_ChatPlan]:
+    """Owner (a few heavy users), start time in the owner's working hours and size per chat."""
+    rng = gen.rng
+    users = len(people)
+    owner_weights = [1.0 / (rank + 1) ** 0.9 for rank in range(users)]
+    owners = rng.choices(range(users), owner_weights, k=chats) if chats else []
+    sizes = _split(messages, chats, rng)
+    plans = []
+    for index in range(chats):
+        owner = people[owners[index]]
+        day = rng.randrange(days)
+        hour = min(23, max(0, int(rng.gauss(14, 3.2)))) - owner["_utc_offset"]
+        start = gen.start_ms + day * _DAY_MS + hour * 3_600_000 + rng.randrange(3_600_000)
+        plans.append(
+            _ChatPlan(
+                id=gen.uid(),
+                owner=owner["id"],
+                start=start,
+                size=sizes[index],
+                cached=rng.random() < _CACHED_CHATS,
+                seed=rng.getrandbits(64),
+                lead=rng.randrange(100, 2_000),
+                title=rng.choice(_TOPICS).capitalize() if rng.random() < 0.85 else DEFAULT_TITLE,
+                session_id=gen.uid() if rng.random() < _SESSION_SHARE else None,
+            )
+        )
+    return plans
 
 
 def _make_users(gen: _Generator, count: int) -> list[dict[str, Any]]:
@@ -417,23 +461,26 @@ def _report_progress(
         progress(pending)
 
 
-def _make_messages(
-    gen: _Generator, plans: list[tuple[str, str, int, int, bool]], bounds: dict[str, tuple[int, int]]
-) -> Iterator[dict[str, Any]]:
-    """Each chat's messages in order; records each chat's first and last timestamp in ``bounds``."""
-    rng = gen.rng
-    lognorm, rand = rng.lognormvariate, rng.random
-    for index, (chat_id, _owner, start, size, cached) in enumerate(plans):
-        if size == 0:
-            continue
-        models, weights = _available_models(gen, start)
+class _Timeline:
+    """A chat's model and the times of its messages, drawn from the chat's own random stream
+    (``rng``, which then goes on to draw its messages): the same whenever it is made again."""
+
+    __slots__ = ("durations", "model", "offsets", "outputs", "rng", "start")
+
+    def __init__(self, gen: _Generator, plan: _ChatPlan, index: int) -> None:
+        rng = self.rng = random.Random(plan.seed)
+        lognorm, rand = rng.lognormvariate, rng.random
+        models, weights = _available_models(gen, plan.start)
         model = rng.choices(models, weights)[0]
         if index % _LOCAL_EVERY == _LOCAL_EVERY // 7:  # a fixed share, so even small demos have one
             model = _LOCAL_MODEL
+        self.model = model
         # Offsets first: the chat is moved back if it would run past the end of the window.
-        offsets, durations, outputs = [], [], []
+        offsets: list[int] = []
+        durations: list[int] = []
+        outputs: list[int] = []
         clock = rng.randrange(200, 3_000)
-        for i in range(size):
+        for i in range(plan.size):
             if i % 2 == 0:
                 pause = lognorm(10.5, 1.0) if i and rand() < 0.05 else lognorm(10.3, 0.8)
                 clock += int(pause) + 1 if i else 0
@@ -448,9 +495,21 @@ def _make_messages(
                 durations.append(took)
                 outputs.append(out)
             offsets.append(clock)
-        start = max(gen.start_ms, min(start, gen.end_ms - offsets[-1] - 1))
+        self.offsets, self.durations, self.outputs = offsets, durations, outputs
+        self.start = max(gen.start_ms, min(plan.start, gen.end_ms - (offsets[-1] if offsets else 0) - 1))
+
+
+def _make_messages(gen: _Generator, plans: list[_ChatPlan]) -> Iterator[dict[str, Any]]:
+    """Each chat's messages in order (their times are the ones ``_make_chats`` saw)."""
+    for index, plan in enumerate(plans):
+        if plan.size == 0:
+            continue
+        timeline = _Timeline(gen, plan, index)
+        rng, model, start, cached = timeline.rng, timeline.model, timeline.start, plan.cached
+        offsets, durations, outputs = timeline.offsets, timeline.durations, timeline.outputs
+        lognorm, rand = rng.lognormvariate, rng.random
         context = int(lognorm(6.5, 0.7))  # system prompt and first question, in tokens
-        for i in range(size):
+        for i in range(plan.size):
             created = start + offsets[i]
             if i % 2 == 0:
                 role = "user"
@@ -469,22 +528,22 @@ def _make_messages(
                 role = "assistant"
                 content = rng.choice(gen.assistant_contents)
                 metadata = _assistant_metadata(
-                    gen, model, created, min(context, _MAX_CONTEXT), outputs[i], durations[i], cached, i
+                    gen, rng, model, created, min(context, _MAX_CONTEXT), outputs[i], durations[i], cached, i
                 )
                 context += outputs[i]
             yield {
-                "id": gen.uid(),
-                "chat_id": chat_id,
+                "id": gen.uid(rng),
+                "chat_id": plan.id,
                 "role": role,
                 "content": content,
                 "created_at": gen.ts(created),
                 "metadata": metadata,
             }
-        bounds[chat_id] = (start + offsets[0], start + offsets[-1])
 
 
 def _assistant_metadata(
     gen: _Generator,
+    rng: random.Random,
     model: _Model,
     created_ms: int,
     context: int,
@@ -493,7 +552,6 @@ def _assistant_metadata(
     cached: bool,
     index: int,
 ) -> str | None:
-    rng = gen.rng
     if rng.random() < _NO_METADATA:
         return None
     if cached:
@@ -519,19 +577,19 @@ def _assistant_metadata(
     return meta + "}"
 
 
-def _make_chats(
-    gen: _Generator, plans: list[tuple[str, str, int, int, bool]], bounds: dict[str, tuple[int, int]]
-) -> Iterator[dict[str, Any]]:
-    rng = gen.rng
-    for chat_id, owner, start, _size, _cached in plans:
-        first, last = bounds.get(chat_id, (min(start, gen.end_ms), min(start, gen.end_ms)))
-        created = max(gen.start_ms, first - rng.randrange(100, 2_000))
-        title = rng.choice(_TOPICS).capitalize() if rng.random() < 0.85 else DEFAULT_TITLE
+def _make_chats(gen: _Generator, plans: list[_ChatPlan]) -> Iterator[dict[str, Any]]:
+    for index, plan in enumerate(plans):
+        if plan.size:
+            timeline = _Timeline(gen, plan, index)
+            first, last = timeline.start + timeline.offsets[0], timeline.start + timeline.offsets[-1]
+        else:
+            first = last = min(plan.start, gen.end_ms)
+        created = max(gen.start_ms, first - plan.lead)
         yield {
-            "id": chat_id,
-            "title": title,
-            "session_id": gen.uid() if rng.random() < _SESSION_SHARE else None,
-            "user_id": owner,
+            "id": plan.id,
+            "title": plan.title,
+            "session_id": plan.session_id,
+            "user_id": plan.owner,
             "created_at": gen.ts(created),
             "updated_at": gen.ts(max(created, last)),
         }

@@ -75,6 +75,62 @@ def test_the_same_seed_gives_the_same_database_and_a_rerun_inserts_nothing() -> 
         assert (again.users, again.chats, again.messages, again.api_keys) == (0, 0, 0, 0)
 
 
+def test_the_history_ends_at_a_fixed_date_unless_told_otherwise() -> None:
+    from chatdb.cli.demo import DEFAULT_END_TEXT
+
+    assert datetime.fromisoformat(DEFAULT_END_TEXT).replace(tzinfo=UTC) == demo.DEFAULT_END
+    with chatdb.create_repository("sqlite:///:memory:") as repo:
+        summary = demo.generate(repo, **SIZES)  # type: ignore[arg-type]
+        assert summary.end == demo.DEFAULT_END and summary.start == demo.DEFAULT_END - timedelta(days=14)
+        assert max(row[4] for batch in repo.scan_rows("messages", stored=True) for row in batch) < (
+            _codec.format_ts(demo.DEFAULT_END)
+        )
+
+
+class _Recorder:
+    """A repository whose import_rows records the tables in order and can fail after ``fail_after``
+    message rows, as a run killed midway would stop."""
+
+    def __init__(self, repo: Any, fail_after: int | None = None) -> None:
+        self.repo, self.fail_after = repo, fail_after
+        self.tables: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.repo, name)
+
+    def import_rows(self, table: str, rows: Any, **options: Any) -> int:
+        self.tables.append(table)
+        if table == "messages" and self.fail_after is not None:
+            rows, options = _stop_after(rows, self.fail_after), {**options, "batch_size": 100}
+        return int(self.repo.import_rows(table, rows, **options))
+
+
+def _stop_after(rows: Any, count: int) -> Any:
+    for index, row in enumerate(rows):
+        if index == count:
+            raise KeyboardInterrupt("killed")
+        yield row
+
+
+def test_parents_are_written_first_and_a_rerun_after_a_crash_gives_the_uninterrupted_data() -> None:
+    with (
+        chatdb.create_repository("sqlite:///:memory:") as whole,
+        chatdb.create_repository("sqlite:///:memory:") as crashed,
+    ):
+        demo.generate(whole, seed=3, **SIZES)  # type: ignore[arg-type]
+        recorder = _Recorder(crashed, fail_after=400)
+        with pytest.raises(KeyboardInterrupt):
+            demo.generate(recorder, seed=3, **SIZES)  # type: ignore[arg-type]
+        assert recorder.tables == ["users", "chats", "messages"]
+        partial = crashed.count_rows()
+        assert partial["chats"] == 25 and 0 < partial["messages"] < 900, partial
+        again = _Recorder(crashed)
+        summary = demo.generate(again, seed=3, **SIZES)  # type: ignore[arg-type]
+        assert again.tables == ["users", "chats", "messages", "api_keys"]
+        assert summary.messages == 900 - partial["messages"]
+        assert _dump(crashed) == _dump(whole)
+
+
 @pytest.fixture(scope="module")
 def sample() -> Any:
     with chatdb.create_repository("sqlite:///:memory:") as repo:
