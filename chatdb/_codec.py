@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,6 +29,7 @@ __all__ = [
     "load_metadata",
     "metadata_to_dict",
     "next_ts",
+    "next_ts_after",
     "normalize_content",
     "normalize_metadata",
     "parse_ts",
@@ -102,15 +103,25 @@ def next_ts(previous: str | None, now: datetime | None = None) -> datetime:
     ``max(now, previous + 1 ms)``: ordering by the stored string then equals insertion order,
     on every backend and for the Node application that orders by ``created_at`` alone.
     """
-    now = now or utcnow()
-    if previous:
+    return next_ts_after((previous,), now)
+
+
+def next_ts_after(previous: Iterable[str | None], now: datetime | None = None) -> datetime:
+    """A timestamp strictly after every one of ``previous`` (stored ones; None and unreadable
+    values are ignored), normally just now: ``max(now, latest + 1 ms)``. A message's
+    ``created_at`` takes it over the chat's ``updated_at`` and its last message's
+    ``created_at``, so another writer moving ``updated_at`` back cannot put a message before
+    the chat's earlier ones."""
+    stamp = now or utcnow()
+    for value in previous:
+        if not value:
+            continue
         try:
-            floor = parse_ts(previous) + _MS
-        except ValueError:
-            return now
-        if floor > now:
-            return floor
-    return now
+            floor = parse_ts(value) + _MS
+        except (TypeError, ValueError):
+            continue
+        stamp = max(stamp, floor)
+    return stamp
 
 
 # -- JSON ----------------------------------------------------------------------------------------

@@ -340,11 +340,13 @@ class MongoRepository(RepositoryBase):
         return [mapping.load_chat(doc) for doc in docs], total
 
     def _advance_chat(
-        self, query: dict[str, Any], changes: Mapping[str, Any]
+        self, query: dict[str, Any], changes: Mapping[str, Any], *, after_last_message: bool = False
     ) -> tuple[dict[str, Any], datetime] | None:
         """Move the chat's ``updatedAt`` to ``next_ts(updatedAt)`` (and apply ``changes``) by
         compare-and-set, retried when another writer moved it first; returns the document as it
-        was and the new timestamp, or None when no chat matches ``query``."""
+        was and the new timestamp, or None when no chat matches ``query``.
+        ``after_last_message``: the timestamp is also after the chat's last message (another
+        writer, the Node app, may have set ``updatedAt`` earlier than that)."""
         chats = self._col("chats")
         while True:
             with self._errors():
@@ -352,10 +354,18 @@ class MongoRepository(RepositoryBase):
                 if doc is None:
                     return None
                 previous = doc.get("updatedAt")
-                stamp = _codec.next_ts(mapping.stored_ts(previous))
+                last = self._last_message_at(doc["_id"]) if after_last_message else None
+                stamp = _codec.next_ts_after((mapping.stored_ts(previous), last))
                 update = {"$set": mapping.chat_changes(changes, _codec.format_ts(stamp))}
                 if chats.update_one({"_id": doc["_id"], "updatedAt": previous}, update).matched_count:
                     return doc, stamp
+
+    def _last_message_at(self, chat_id: Any) -> str | None:
+        """The chat's last message's ``createdAt`` (from the (chatId, createdAt) index)."""
+        last = self._col("messages").find_one(
+            {"chatId": chat_id}, {"createdAt": 1}, sort=[("createdAt", -1), ("_id", -1)]
+        )
+        return None if last is None else mapping.stored_ts(last.get("createdAt"))
 
     def _touch_chat(self, chat_id: str, user_id: str, changes: dict[str, Any]) -> Chat | None:
         advanced = self._advance_chat({"_id": chat_id, "userId": user_id}, changes)
@@ -401,7 +411,7 @@ class MongoRepository(RepositoryBase):
         if size > _MAX_MESSAGE_JSON_BYTES:
             raise ValidationError(f"message of {size} bytes is too large for a MongoDB document (16 MiB)")
         query = {"_id": draft.chat_id} if user_id is None else {"_id": draft.chat_id, "userId": user_id}
-        advanced = self._advance_chat(query, {})
+        advanced = self._advance_chat(query, {}, after_last_message=True)
         if advanced is None:
             return None
         _doc, stamp = advanced

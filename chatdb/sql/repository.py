@@ -92,6 +92,9 @@ _TOUCH_CHAT = {
 }
 
 _INSERT_MESSAGE = _insert_all(messages)
+# The chat's last message, from the (chat_id, created_at) index: another writer may have set
+# chats.updated_at earlier than it (the Node app writes its own clock there).
+_LAST_MESSAGE_AT = select(func.max(_M.created_at)).where(_M.chat_id == _p("chat_id"))
 _COUNT_MESSAGES = select(func.count()).select_from(messages).where(_M.chat_id == _p("chat_id"))
 _PAGE_MESSAGES = (
     select(*_MESSAGE_COLUMNS)
@@ -479,7 +482,8 @@ class SqlRepository(RepositoryBase):
             row = tx.first(lock, {"chat_id": draft.chat_id, "user_id": user_id})
             if row is None:
                 return None
-            stamp = _codec.next_ts(row[5])
+            last = tx.scalar(_LAST_MESSAGE_AT, {"chat_id": draft.chat_id})
+            stamp = _codec.next_ts_after((row[5], last))
             created_at = _codec.format_ts(stamp)
             tx.execute(
                 _INSERT_MESSAGE,
