@@ -8,6 +8,7 @@
 """
 
 from . import errors
+from .aio import AsyncChatRepository, create_async_repository
 from .config import DbConfig
 from .factory import create_repository
 from .models import ApiKey, Chat, Message, MessageMetadata, Page, User, UserWithPasswordHash
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApiKey",
+    "AsyncChatRepository",
     "Chat",
     "ChatRepository",
     "DbConfig",
@@ -26,6 +28,7 @@ __all__ = [
     "User",
     "UserWithPasswordHash",
     "__version__",
+    "create_async_repository",
     "create_repository",
     "errors",
 ]

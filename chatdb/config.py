@@ -80,7 +80,8 @@ class DbConfig:
     """Where the data lives. Field names are the Node app's settings in snake_case.
 
     ``connect_timeout`` (seconds) bounds how long an unreachable server is waited for before
-    :class:`~chatdb.errors.BackendUnavailableError`.
+    :class:`~chatdb.errors.BackendUnavailableError`. ``pool_size`` is the most connections an
+    :class:`~chatdb.aio.AsyncChatRepository` opens (the sync repository keeps one per thread).
     """
 
     driver: Driver = "sqlite"
@@ -90,6 +91,7 @@ class DbConfig:
     mongodb_url: str | None = None
     mongodb_name: str | None = None
     connect_timeout: float = 5.0
+    pool_size: int = 10
 
     def __post_init__(self) -> None:
         if self.driver not in DRIVERS:
@@ -108,6 +110,8 @@ class DbConfig:
             raise ConfigError("mongodb_name must be a non-empty string when given")
         if not isinstance(self.connect_timeout, (int, float)) or self.connect_timeout <= 0:
             raise ConfigError("connect_timeout must be a number of seconds > 0")
+        if isinstance(self.pool_size, bool) or not isinstance(self.pool_size, int) or self.pool_size < 1:
+            raise ConfigError("pool_size must be a whole number of connections >= 1")
 
     @property
     def url(self) -> str:
@@ -129,6 +133,8 @@ class DbConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None or (f.name == "sqlite_path" and self.driver != "sqlite"):
+                continue
+            if f.name == "pool_size" and value == f.default:
                 continue
             if f.name.endswith("_url"):
                 value = redact_url(value)

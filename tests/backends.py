@@ -60,12 +60,24 @@ class Backend:
     config: DbConfig
     admin: Any = None  # what reset() uses (an engine, a pymongo database)
     extra: dict[str, Any] = field(default_factory=dict)
+    asynchronous: bool = False  # new_repo() is chatdb.aio's, through tests/async_face.py
+
+    @property
+    def id(self) -> str:
+        return self.name + ("_async" if self.asynchronous else "")
 
     @property
     def url(self) -> str:
         return self.config.url
 
     def new_repo(self) -> ChatRepository:
+        if self.asynchronous:
+            from chatdb.aio import create_async_repository
+
+            from .async_face import SyncFace
+
+            face: Any = SyncFace(create_async_repository(self.config))
+            return face  # type: ignore[no-any-return]
         return chatdb.create_repository(self.config)
 
     def reset(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,10 @@ ALL_BACKENDS = [
     pytest.param("mongodb", marks=pytest.mark.mongodb),
 ]
 SERVER_BACKENDS = [p for p in ALL_BACKENDS if p.values[0] not in ("sqlite_memory",)]
+# The contract suite (tests/test_contract_*.py) also runs each backend through chatdb.aio.
+CONTRACT_BACKENDS = ALL_BACKENDS + [
+    pytest.param(f"{p.values[0]}_async", marks=p.marks) for p in ALL_BACKENDS if p.values[0] != "mongodb"
+]
 # The Node application's output, kept in the project (see tests/fixtures/README.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -54,10 +59,26 @@ def mongodb_backend(session_dir: Path) -> Iterator[Backend]:
     yield from backends.mongodb_backend(session_dir)
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` runs over ALL_BACKENDS (CONTRACT_BACKENDS in the contract suite) unless the
+    test names its own."""
+    if "backend" not in metafunc.fixturenames or any(
+        "backend" in str(mark.args[0]) for mark in metafunc.definition.iter_markers("parametrize")
+    ):
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    params = CONTRACT_BACKENDS if module.startswith("test_contract_") else ALL_BACKENDS
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> Backend:
-    """The selected backend, emptied: every test starts from no rows."""
-    selected: Backend = request.getfixturevalue(f"{request.param}_backend")
+    """The selected backend, emptied: every test starts from no rows. A name ending in
+    ``_async`` is the same database through ``chatdb.aio`` (see tests/async_face.py)."""
+    name = str(request.param)
+    selected: Backend = request.getfixturevalue(f"{name.removesuffix('_async')}_backend")
+    if name.endswith("_async"):
+        selected = replace(selected, asynchronous=True)
     selected.reset()
     return selected
 

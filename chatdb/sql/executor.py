@@ -218,7 +218,22 @@ class Executor:
                     reconnected = True
                     continue
                 raise error from exc
+            except BaseException:
+                # Interrupted mid-transaction (KeyboardInterrupt; in chatdb.aio, a cancelled
+                # task): the connection may be inside a transaction or mid-statement, so it is
+                # not used again; closing it makes the server roll back whatever was not
+                # committed. (:memory: cannot be closed without losing the database: rolled back.)
+                if self.dialect.serialize:
+                    self._rollback(held, begin)
+                else:
+                    self._forget(held)
+                raise
+            finally:
+                self._release(held)
         raise AssertionError("unreachable")
+
+    def _release(self, held: _Held) -> None:
+        """After each transaction: a thread keeps its connection (chatdb.aio's pool takes it back)."""
 
     def _acquire(self) -> _Held:
         held: _Held | None = getattr(self._local, "held", None)
@@ -226,13 +241,7 @@ class Executor:
             if time.monotonic() - held.last_used < PING_AFTER_IDLE_SECONDS or self._alive(held):
                 return held
             self._forget(held)
-        try:
-            proxy = self.engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise self.dialect.translate(exc, connecting=True) from exc
-        except self.engine.dialect.loaded_dbapi.Error as exc:
-            # raw_connection() lets the driver's own error through (connect refused, bad login).
-            raise self.dialect.translate(DBAPIError(None, None, exc), connecting=True) from exc
+        proxy = self._raw_connection()
         if self._lock is None:
             proxy.detach()  # ours for this thread's lifetime, not the pool's
         held = _Held(proxy.dbapi_connection)
@@ -246,6 +255,16 @@ class Executor:
             with self._held_lock:
                 self._finalizers.append(finalizer)
         return held
+
+    def _raw_connection(self) -> Any:
+        """A new pooled DB-API connection (SQLAlchemy's proxy), connect errors translated."""
+        try:
+            return self.engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise self.dialect.translate(exc, connecting=True) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            # raw_connection() lets the driver's own error through (connect refused, bad login).
+            raise self.dialect.translate(DBAPIError(None, None, exc), connecting=True) from exc
 
     def _alive(self, held: _Held) -> bool:
         if self.dialect.backend == "sqlite":

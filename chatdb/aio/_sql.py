@@ -1,0 +1,148 @@
+"""The SQL side of chatdb.aio: :class:`SqlRepository` itself, on asyncio drivers.
+
+Nothing of the SQL repository is rewritten here. Its methods run inside a greenlet (see
+:mod:`chatdb.aio._bridge`), and the DB-API connections under them are SQLAlchemy's adapters of
+the asyncio drivers (psycopg's ``AsyncConnection``, aiomysql, aiosqlite): each driver call
+suspends the greenlet and awaits the driver on the event loop. So statements, validation, row
+mapping, retries and error translation are the sync repository's own code, run unchanged.
+
+What differs is where a transaction's connection comes from: :class:`PooledExecutor` takes it
+from a bounded pool (``DbConfig.pool_size``) for one transaction and puts it back after, where
+the sync executor keeps one per thread (greenlets share their thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.util import await_only
+from sqlalchemy.util.concurrency import AsyncAdaptedLock
+
+from ..config import DbConfig
+from ..sql.dialects import SqlDialect, dialect_for
+from ..sql.executor import PING_AFTER_IDLE_SECONDS, Executor, _Held
+from ..sql.repository import SqlRepository
+
+T = TypeVar("T")
+
+
+class _Pooled(_Held):
+    __slots__ = ("driver",)
+
+    def __init__(self, conn: Any, driver: Any) -> None:
+        super().__init__(conn)
+        self.driver = driver
+
+
+class PooledExecutor(Executor):
+    """:class:`Executor` whose connections come from a bounded pool; called in a greenlet.
+
+    A connection goes back to the pool after each transaction only when it ended in COMMIT or
+    ROLLBACK; one that an error or a cancelled task interrupted is closed instead (the server
+    then rolls back what was not committed), so the pool never holds an open transaction. One
+    idle for a while is pinged before use, as on the sync side.
+    """
+
+    def __init__(self, dialect: SqlDialect, size: int) -> None:
+        super().__init__(dialect)
+        self._lock = None  # greenlets share a thread: the pool (of 1 for :memory:) serializes
+        self.size = 1 if dialect.serialize else size
+        self._slots = asyncio.Semaphore(self.size)
+        self._idle: list[_Pooled] = []
+        self._memory: Any = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = self.dialect.create_async_engine()
+        return self._engine
+
+    def _acquire(self) -> _Held:
+        await_only(self._slots.acquire())
+        try:
+            while self._idle:
+                held = self._idle.pop()
+                try:
+                    fresh = time.monotonic() - held.last_used < PING_AFTER_IDLE_SECONDS or self._alive(held)
+                except BaseException:  # cancelled mid-ping
+                    self._forget(held)
+                    raise
+                if fresh:
+                    return held
+                self._forget(held)
+            proxy = self._raw_connection()
+            pooled = _Pooled(proxy.dbapi_connection, proxy.driver_connection)
+            if self.dialect.serialize:
+                self._memory = proxy  # :memory: stays StaticPool's one connection
+            else:
+                proxy.detach()  # the pool's (ours) until closed
+            with self._held_lock:
+                self._held.add(pooled)
+            return pooled
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release(self, held: _Held) -> None:
+        if not held.dead:
+            self._idle.append(held)  # type: ignore[arg-type]
+        self._slots.release()
+
+    def _forget(self, held: _Held) -> None:
+        with self._held_lock:
+            self._held.discard(held)
+        if self.dialect.serialize:
+            held.dead = True  # the one :memory: connection: StaticPool hands it out again
+        else:
+            held.close()
+
+    def dispose(self) -> None:
+        """Close every connection (in a greenlet: closing awaits the driver)."""
+        self._idle.clear()
+        self._memory = None
+        super().dispose()
+
+    def idle_in_transaction(self) -> list[bool]:
+        """For each idle pooled connection, whether it is inside a transaction (tests)."""
+        return [self.dialect.in_transaction(held.driver) for held in self._idle]
+
+    # The Core paths (DDL, scans) hold a pool slot too, so the pool bounds every connection.
+
+    def run_core(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        await_only(self._slots.acquire())
+        try:
+            return super().run_core(work, write=write)
+        finally:
+            self._slots.release()
+
+    def stream(
+        self, statement: Any, batch_size: int, *, bulky: int | None = None
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        await_only(self._slots.acquire())
+        try:
+            yield from super().stream(statement, batch_size, bulky=bulky)
+        finally:
+            self._slots.release()
+
+
+class BridgedSqlRepository(SqlRepository):
+    """:class:`SqlRepository` over an asyncio driver; every call runs in a greenlet."""
+
+    def __init__(self, config: DbConfig) -> None:
+        super().__init__(config)
+        self._executor = PooledExecutor(dialect_for(config), config.pool_size)
+        # Schema creation awaits: tasks wait their turn on an asyncio lock, not a thread lock.
+        self._schema_lock = AsyncAdaptedLock()  # type: ignore[assignment]
+
+    @property
+    def pool(self) -> PooledExecutor:
+        executor = self._executor
+        assert isinstance(executor, PooledExecutor)
+        return executor
