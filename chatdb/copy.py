@@ -1,23 +1,31 @@
 """Copy every row from one backend to another (SQLite to PostgreSQL when a team outgrows one
 machine, or back), streaming in batches.
 
-Rows travel in their stored form (ids, timestamps and hashes unchanged), so users keep their
-passwords and API keys keep working. The target skips ids it already holds: copying twice leaves
-one copy, and an interrupted copy is finished by running it again.
+Rows travel in their stored form (ids, timestamps and hashes unchanged, message JSON as stored,
+unreadable text included), so users keep their passwords and API keys keep working. A producer
+thread reads the source a batch ahead while the target writes through its bulk path
+(``import_rows``: COPY on PostgreSQL, multi-row INSERTs on MySQL/MariaDB, large prepared
+transactions on SQLite, unordered ``insert_many`` on MongoDB). Tables go owners first (users,
+chats, messages, API keys), so a reader of the target never sees a message without its chat. The
+target skips ids it already holds: copying twice leaves one copy, and a copy killed at any moment
+is finished, exactly, by running it again.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import IMPORT_COLUMNS
+from ._batches import prefetch
+from .config import DbConfig
 from .errors import BackendError, ConfigError
 from .repository import ChatRepository
 
-__all__ = ["COPY_ORDER", "CopyResult", "TableCopy", "copy_database"]
+__all__ = ["COPY_ORDER", "CopyResult", "TableCopy", "copy_database", "same_database"]
 
 # Owners before what they own, so a reader of the target never sees a chat without its user.
 COPY_ORDER = ("users", "chats", "messages", "api_keys")
@@ -25,13 +33,15 @@ COPY_ORDER = ("users", "chats", "messages", "api_keys")
 
 @dataclass(frozen=True)
 class TableCopy:
-    """One table: rows read from the source, rows newly written, rows the target already had."""
+    """One table: rows read from the source, rows newly written, rows the target already had,
+    the target's rows at the end, and the seconds the table took."""
 
     table: str
     read: int
     inserted: int
     already_present: int
     target_rows: int
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,23 +68,28 @@ def copy_database(
 ) -> CopyResult:
     """Copy ``tables`` from source to target and verify the counts; returns a :class:`CopyResult`.
 
-    ``progress(table, rows)`` is called after each batch with the rows just read. Raises
+    ``batch_size`` is the rows per read of the source (reads of messages also end at about
+    32 MB); the target writes in chunks of its own bulk path's size. ``progress(table, rows)``
+    is called after each batch with the rows just read. Raises
     ConfigError when both sides are the same database, BackendError when the verification
     finds the target short of rows, and the backends' errors as they occur.
     """
     if batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     source_config, target_config = getattr(source_repo, "config", None), getattr(target_repo, "config", None)
-    if source_config is not None and source_config == target_config and not source_config.is_memory:
+    if source_config is not None and target_config is not None and same_database(source_config, target_config):
         raise ConfigError(f"source and target are the same database: {source_config.redacted_url}")
     started = time.perf_counter()
     target_repo.ensure_schema()
     before = target_repo.count_rows()
     read: dict[str, list[int]] = {}  # one-element lists the row stream counts into
+    seconds: dict[str, float] = {}
     for table in tables:
         read[table] = [0]
+        table_started = time.perf_counter()
         rows = _stored_rows(source_repo, table, batch_size, read[table], progress)
-        target_repo.import_rows(table, rows, batch_size=batch_size)
+        target_repo.import_rows(table, rows)
+        seconds[table] = time.perf_counter() - table_started
     after = target_repo.count_rows()
     result = {}
     for table in tables:
@@ -85,8 +100,25 @@ def copy_database(
                 f"copy verification failed for {table}: read {got} rows from the source, "
                 f"but the target went from {before[table]} to {after[table]} rows"
             )
-        result[table] = TableCopy(table, got, added, got - added, after[table])
+        result[table] = TableCopy(table, got, added, got - added, after[table], round(seconds[table], 3))
     return CopyResult(result, time.perf_counter() - started)
+
+
+def same_database(first: DbConfig, second: DbConfig) -> bool:
+    """Whether two configurations name the same database: SQLite files are compared by their
+    resolved paths (``sqlite:///data/chat.db`` is ``./data/chat.db``), servers by URL and
+    database name. Two ``:memory:`` databases are never the same."""
+    if first.driver != second.driver:
+        return False
+    if first.driver == "sqlite":
+        if first.is_memory or second.is_memory:
+            return False
+        return _resolved(first.sqlite_path) == _resolved(second.sqlite_path)
+    return first == second
+
+
+def _resolved(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def _stored_rows(
@@ -96,8 +128,10 @@ def _stored_rows(
     counter: list[int],
     progress: Callable[[str, int], None] | None,
 ) -> Iterator[dict[str, Any]]:
+    """The table's stored rows as import_rows takes them; the source is read one batch ahead
+    in a producer thread (its driver mostly waits on I/O or runs in C without the GIL)."""
     columns = IMPORT_COLUMNS[table]
-    for batch in repo.scan_rows(table, batch_size=batch_size, stored=True):
+    for batch in prefetch(lambda: repo.scan_rows(table, batch_size=batch_size, stored=True)):
         counter[0] += len(batch)
         yield from (dict(zip(columns, row, strict=True)) for row in batch)
         if progress is not None:

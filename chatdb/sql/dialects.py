@@ -357,6 +357,58 @@ def insert_skipping_existing(backend: str, table: Table) -> Any:
     return stmt.on_duplicate_key_update({"id": stmt.inserted.id})
 
 
+# -- the bulk path (import_rows) -------------------------------------------------------------------
+
+# MySQL/MariaDB: the largest multi-row INSERT statement PyMySQL builds (it splits executemany's
+# rows into statements of at most this many bytes), kept under the server's max_allowed_packet.
+MYSQL_STATEMENT_BYTES = 8 << 20
+
+
+def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]],
+                 *, fresh: bool) -> int:  # fmt: skip
+    """Write ``rows`` (tuples in ``columns`` order) into ``table`` through the backend's bulk
+    path in the open transaction, skipping rows whose id (or another unique key) exists;
+    returns the rows inserted. ``fresh``: the table was empty when the import began and only
+    this import writes to it, so nothing can conflict (MySQL then needs no count of existing ids).
+
+    * SQLite: one prepared ``INSERT OR IGNORE`` run for every row (``executemany``); its
+      rowcount is the rows inserted.
+    * PostgreSQL: ``COPY`` into a session's temporary staging table (emptied at each commit),
+      then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, whose rowcount is the rows inserted.
+    * MySQL/MariaDB: multi-row ``INSERT ... ON DUPLICATE KEY UPDATE id = id`` statements of up
+      to MYSQL_STATEMENT_BYTES (strict mode stays in force, unlike INSERT IGNORE, which would
+      truncate over-long values); the rows inserted are counted from the ids already present,
+      since the affected-row count cannot tell an insert from a match.
+    """
+    names = ", ".join(columns)
+    if backend == "sqlite":
+        marks = ", ".join("?" * len(columns))
+        cursor.executemany(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", rows)
+        return int(cursor.rowcount)
+    if backend == "postgres":
+        stage = f"chatdb_stage_{table}"
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING")
+        return int(cursor.rowcount)
+    existing = 0
+    if not fresh:
+        ids = [row[0] for row in rows]  # (id is the first import column of every table)
+        for start in range(0, len(ids), 10_000):
+            piece = ids[start : start + 10_000]
+            cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE id IN ({', '.join(['%s'] * len(piece))})", piece)
+            existing += int(cursor.fetchone()[0])
+    marks = ", ".join(["%s"] * len(columns))
+    cursor.max_stmt_length = MYSQL_STATEMENT_BYTES
+    cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows)
+    return len(rows) - existing
+
+
 def dialect_for(config: DbConfig) -> SqlDialect:
     if config.driver not in ("sqlite", "postgres", "mysql"):
         raise ConfigError(f"driver {config.driver!r} is not a SQL backend")

@@ -8,11 +8,10 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from itertools import islice
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -33,15 +32,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.schema import CreateIndex, CreateTable, DropIndex
 
-from .. import _codec
+from .. import _batches, _codec
 from .._base import IMPORT_COLUMNS, SCAN_COLUMNS, TABLE_NAMES, RepositoryBase, _DraftMessage
 from ..config import DbConfig
 from ..errors import BackendError, DuplicateApiKeyError, DuplicateUsernameError, ValidationError
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import arrow_scan, mapping
-from .dialects import UniqueViolation, dialect_for, insert_skipping_existing
+from .dialects import UniqueViolation, dialect_for, import_chunk
 from .executor import Executor, Tx
 from .schema import TABLES, api_keys, chats, messages, users
 
@@ -224,6 +223,8 @@ def _table_name(table: str) -> str:
 
 def _stored_value(value: Any) -> Any:
     """Content and metadata given as decoded JSON (as MongoDB holds them) become JSON text."""
+    if value is None or value.__class__ is str:
+        return value
     if isinstance(value, (list, dict)):
         return _codec.dump_json(value, "value")
     if isinstance(value, datetime):
@@ -231,20 +232,31 @@ def _stored_value(value: Any) -> Any:
     return value
 
 
-def _insert_new(tx: Tx, table: Any, statement: Any, rows: list[dict[str, Any]]) -> int:
-    """Insert, skipping existing ids; returns the rows inserted. Counted, not taken from the
-    driver: executemany's rowcount is -1 on psycopg and counts matches on MySQL."""
-    ids = {row["id"] for row in rows}
-    existing = tx.execute_once(select(func.count()).select_from(table).where(table.c.id.in_(ids))).fetchone()[
-        0
-    ]
-    tx.execute_many(statement, rows)
-    return len(ids) - int(existing)
+def _is_empty(tx: Tx, table: str) -> bool:
+    tx.cursor.execute(f"SELECT 1 FROM {table} LIMIT 1")
+    return tx.cursor.fetchone() is None
 
 
-def _chunks(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
+def _write_chunk(tx: Tx, write: Callable[..., int], rows: list[tuple[Any, ...]]) -> int:
+    return write(tx.cursor, rows=rows)
+
+
+def _row_chunks(
+    rows: Iterable[Mapping[str, Any]], columns: tuple[str, ...], most: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows as value tuples in ``columns`` order, in lists of at most ``most`` rows and about
+    BATCH_BYTES of text (messages with images are MBs each)."""
+    budget = _batches.BATCH_BYTES
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for row in rows:
+        values = tuple([_stored_value(row.get(name)) for name in columns])
+        chunk.append(values)
+        size += sum(len(value) for value in values if value.__class__ is str)
+        if len(chunk) >= most or size >= budget:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
         yield chunk
 
 
@@ -306,14 +318,7 @@ class SqlRepository(RepositoryBase):
             return missing
 
         # One index per transaction: MySQL commits DDL implicitly, so no savepoints around them.
-        dialect = self._executor.dialect
-        for index in self._executor.run_core(create_tables, write=True):
-            ddl = CreateIndex(index, if_not_exists=dialect.has_index_if_not_exists)
-            try:
-                self._executor.run_core(partial(Connection.execute, statement=ddl), write=True)
-            except BackendError as exc:
-                if not dialect.ignore_duplicate_index(exc.__cause__):
-                    raise
+        self._create_indexes(self._executor.run_core(create_tables, write=True))
 
     # -- storage-level access ----------------------------------------------------------------------
 
@@ -405,18 +410,46 @@ class SqlRepository(RepositoryBase):
         count = select(func.count()).select_from(bounded)
         return int(self._executor.run(lambda tx: tx.execute_once(count).fetchone()[0])) < rows
 
-    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 20_000) -> int:
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 50_000) -> int:
+        """See :meth:`RepositoryBase.import_rows`; the backend's bulk path is described in
+        :func:`chatdb.sql.dialects.import_chunk`. Chunks of ``batch_size`` rows (or about 32 MB)
+        are built in a producer thread while the one before is written, each in one
+        transaction. When the table is empty at the start, its secondary indexes are dropped and
+        built once at the end (as pgloader does); otherwise they are kept. An import that fails
+        midway leaves them to the next ``ensure_schema`` (which this repository then runs again)."""
         target = TABLES[_table_name(table)]
         columns = IMPORT_COLUMNS[target.name]
-        statement = _INSERT_NEW[target.name][self.backend]
         self.ensure_schema()
+        fresh = self._executor.run(partial(_is_empty, table=target.name))
+        deferred = self._drop_secondary_indexes(target) if fresh else []
+        write = partial(import_chunk, self.backend, table=target.name, columns=columns, fresh=fresh)
         inserted = 0
-        for chunk in _chunks(rows, batch_size):
-            params = [{name: _stored_value(row.get(name)) for name in columns} for row in chunk]
-            inserted += self._executor.run(
-                partial(_insert_new, table=target, statement=statement, rows=params), write=True
-            )
+        try:
+            for chunk in _batches.prefetch(lambda: _row_chunks(rows, columns, max(1, batch_size))):
+                inserted += self._executor.run(partial(_write_chunk, write=write, rows=chunk), write=True)
+                del chunk
+        except BaseException:
+            if deferred:
+                self._schema_ready = False  # the next call re-checks the catalog and builds them
+            raise
+        self._create_indexes(deferred)
         return inserted
+
+    def _drop_secondary_indexes(self, target: Any) -> list[Index]:
+        indexes = [index for index in target.indexes if not index.unique]
+        for index in indexes:
+            self._executor.run_core(partial(Connection.execute, statement=DropIndex(index)), write=True)
+        return indexes
+
+    def _create_indexes(self, indexes: list[Index]) -> None:
+        dialect = self._executor.dialect
+        for index in indexes:
+            ddl = CreateIndex(index, if_not_exists=dialect.has_index_if_not_exists)
+            try:
+                self._executor.run_core(partial(Connection.execute, statement=ddl), write=True)
+            except BackendError as exc:
+                if not dialect.ignore_duplicate_index(exc.__cause__):
+                    raise
 
     def count_rows(self) -> dict[str, int]:
         def work(tx: Tx) -> dict[str, int]:
@@ -590,9 +623,5 @@ class SqlRepository(RepositoryBase):
         self._executor.run(lambda tx: tx.execute(_TOUCH_KEY, {"key_id": key_id, "now": now}), write=True)
 
 
-_INSERT_NEW = {
-    name: {backend: insert_skipping_existing(backend, table) for backend in ("sqlite", "postgres", "mysql")}
-    for name, table in TABLES.items()
-}
 _MESSAGE_TIME_RANGE = select(func.min(_M.created_at), func.max(_M.created_at))
 _COUNTS = {name: select(func.count()).select_from(TABLES[name]) for name in TABLE_NAMES}
