@@ -374,7 +374,8 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
     * SQLite: one prepared ``INSERT OR IGNORE`` run for every row (``executemany``); its
       rowcount is the rows inserted.
     * PostgreSQL: ``COPY`` into a session's temporary staging table (emptied at each commit),
-      then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, whose rowcount is the rows inserted.
+      then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, whose rowcount is the rows inserted
+      (chatdb.aio's cursors have no COPY: they fill the staging table with ``executemany``).
     * MySQL/MariaDB: multi-row ``INSERT ... ON DUPLICATE KEY UPDATE id = id`` statements of up
       to MYSQL_STATEMENT_BYTES (strict mode stays in force, unlike INSERT IGNORE, which would
       truncate over-long values); the rows inserted are counted from the ids already present,
@@ -391,9 +392,13 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) "
             "ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        if hasattr(cursor, "copy"):
+            with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:  # chatdb.aio's adapted asyncio cursor, which has no COPY: a prepared INSERT
+            marks = ", ".join(["%s"] * len(columns))
+            cursor.executemany(f"INSERT INTO {stage} ({names}) VALUES ({marks})", rows)
         cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING")
         return int(cursor.rowcount)
     existing = 0
@@ -404,7 +409,8 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
             cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE id IN ({', '.join(['%s'] * len(piece))})", piece)
             existing += int(cursor.fetchone()[0])
     marks = ", ".join(["%s"] * len(columns))
-    cursor.max_stmt_length = MYSQL_STATEMENT_BYTES
+    if hasattr(cursor, "max_stmt_length"):  # (PyMySQL's and mysqlclient's; not chatdb.aio's adapter)
+        cursor.max_stmt_length = MYSQL_STATEMENT_BYTES
     cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows)
     return len(rows) - existing
 
