@@ -214,3 +214,54 @@ def test_out_naming_a_file_for_a_directory_format_is_a_usage_error(backend: Back
     line = one_error_line(invoke(backend.url, "export", "--out", str(target)), 2)
     assert "is a file" in line and "--out" in line
     assert target.read_text() == "keep me"
+
+
+@on_sqlite
+def test_duckdb_out_naming_a_file_that_is_not_duckdb_is_one_error_line(
+    backend: Backend, repo: ChatRepository, tmp_path: Path
+) -> None:
+    seed(repo)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    line = one_error_line(invoke(backend.url, "export", "--format", "duckdb", "--out", str(notes)))
+    assert "notes.txt exists and is not a DuckDB database" in line
+    assert notes.read_text() == "keep me\n" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@on_sqlite
+def test_duckdb_append_reports_the_rows_it_added(backend: Backend, repo: ChatRepository, tmp_path: Path) -> None:
+    ids = seed(repo)
+    target = str(tmp_path / "chat.duckdb")
+    args = ("export", "--format", "duckdb", "--out", target, "--append", "--tables", "messages,chats")
+    assert ok(backend.url, *args).stdout.startswith("exported messages 24, chats 4 rows")
+    assert ok(backend.url, *args).stdout.startswith("exported messages 0, chats 4 rows")
+    chat = repo.create_chat(ids["bob"], "later")
+    for m in range(3):
+        repo.add_message(chat.id, "user", [{"type": "text", "text": f"late {m}"}])
+    assert ok(backend.url, *args).stdout.startswith("exported messages 3, chats 5 rows")
+    with duckdb.connect(target, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM messages").fetchone() == (27,)
+
+
+@on_sqlite
+@pytest.mark.parametrize("damage", ["short", "truncated"])
+def test_the_manifest_is_derived_from_the_files_not_added_up(
+    backend: Backend, repo: ChatRepository, tmp_path: Path, damage: str
+) -> None:
+    ids = seed(repo)
+    out = tmp_path / "inc"
+    args = ("export", "--out", str(out), "--append", "--tables", "messages,users")
+    ok(backend.url, *args)
+    manifest = out / "manifest.json"
+    if damage == "short":  # a run killed between its data and its manifest
+        stale = json.loads(manifest.read_text())
+        stale["tables"]["messages"]["rows"] = 5
+        manifest.write_text(json.dumps(stale))
+    else:  # a manifest write that was cut short
+        manifest.write_text(manifest.read_text()[:40])
+    chat = repo.create_chat(ids["alice"], "later")
+    repo.add_message(chat.id, "user", [{"type": "text", "text": "late"}])
+    assert ok(backend.url, *args).stdout.startswith("exported messages 1, users 2 rows")
+    tables = json.loads(manifest.read_text())["tables"]
+    assert tables["messages"]["rows"] == 25 and tables["users"]["rows"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "messages.parquet", "users.parquet"]

@@ -1,5 +1,8 @@
 """Stream the application's tables into Arrow, Polars, DuckDB, Parquet and Ibis.
 
+:func:`export_tables` writes several tables at once (Parquet, CSV or NDJSON files with a
+``manifest.json``, or one DuckDB file): what ``chatdb export`` runs.
+
 Every function here is built on :func:`read`, which scans the database in ordered batches
 (``repo.scan_rows``: server-side cursors on SQL, a batched cursor on MongoDB; filters run in the
 database) and converts each batch to Arrow in bulk, so no table is ever loaded into Python
@@ -26,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ValidationError
-from ._stream import ExportWarning, Scan, require
+from ._files import EXPORT_FORMATS, ExportSummary, TableExport, export_tables
+from ._stream import ExportWarning, Scan, interruptible, require
 from .schemas import EXPORT_TABLES, schema
 
 if TYPE_CHECKING:
@@ -35,9 +39,13 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "EXPORT_FORMATS",
     "EXPORT_TABLES",
     "ExportResult",
+    "ExportSummary",
     "ExportWarning",
+    "TableExport",
+    "export_tables",
     "read",
     "schema",
     "to_duckdb",
@@ -139,9 +147,10 @@ def to_parquet(
     if mode == "append":
         check_append_target(target, partition_by, scan.schema)
         scan.resume_after(parquet_watermark(target, partition_by))
-    files = write_parquet(
-        scan, target, partition_by=partition_by, append=mode == "append", compression=compression
-    )
+    with interruptible():
+        files = write_parquet(
+            scan, target, partition_by=partition_by, append=mode == "append", compression=compression
+        )
     _warn(scan)
     return ExportResult(scan.rows, files, scan.skipped_rows, time.perf_counter() - started)
 
@@ -163,9 +172,24 @@ def to_duckdb(
     other tables, whose rows change (titles, revocations), are replaced. ``since``/``until``
     filter messages only, so every exported message finds its chat; ``user_id`` filters all.
     Tables load in the order users, chats, api_keys, messages: a chat deleted during the
-    export has no messages left to load, so none of them lacks its chat.
+    export has no messages left to load, so none of them lacks its chat. A failed export into
+    a new path leaves no file. Raises ValidationError (also for a path that is not a DuckDB
+    database), ConfigError, BackendError, OSError when the system fails the file (disk full:
+    the first error, also at COMMIT), and the target DuckDB's own errors otherwise.
     """
-    from ._sinks import duckdb_watermark, load_duckdb
+    connection, _ = _to_duckdb(repo, con, tables, mode, filters)
+    return connection
+
+
+def _to_duckdb(
+    repo: Any,
+    con: duckdb.DuckDBPyConnection | str | os.PathLike[str] | None,
+    tables: tuple[str, ...] | list[str],
+    mode: Mode,
+    filters: dict[str, Any],
+) -> tuple[duckdb.DuckDBPyConnection, dict[str, Scan]]:
+    """:func:`to_duckdb`, and the scans it ran (their ``rows``: what each table received)."""
+    from ._sinks import duckdb_watermark, load_duckdb, open_duckdb, remove_duckdb, target_error
 
     duckdb_module = require("duckdb")
     names = _tables(tables)
@@ -178,19 +202,35 @@ def to_duckdb(
     if "messages" not in scans:
         _scan(repo, "messages", filters)  # the message options too, though unused here
     connection: duckdb.DuckDBPyConnection
+    path: Path | None = None
+    created = False
     if con is None:
         connection = duckdb_module.connect()
     elif isinstance(con, (str, os.PathLike)):
-        connection = duckdb_module.connect(os.fspath(con))
+        path = Path(con)
+        connection, created = open_duckdb(duckdb_module, path)
     else:
         connection = con
-    append = mode == "append" and "messages" in scans
-    if append:
-        scans["messages"].resume_after(duckdb_watermark(connection, "messages", scans["messages"].schema))
-    load_duckdb(connection, [(scan, append and name == "messages") for name, scan in scans.items()])
+    try:
+        with interruptible():
+            append = mode == "append" and "messages" in scans
+            if append:
+                messages = scans["messages"]
+                messages.resume_after(duckdb_watermark(connection, "messages", messages.schema))
+            load_duckdb(connection, [(scan, append and name == "messages") for name, scan in scans.items()])
+    except BaseException as exc:
+        if path is not None:
+            connection.close()
+            if created:  # a failed export into a new path leaves no (empty) database behind
+                remove_duckdb(path)
+        if path is not None and isinstance(exc, duckdb_module.Error):
+            error = target_error(exc, path)
+            if error is not exc:
+                raise error from exc
+        raise
     for scan in scans.values():
-        _warn(scan)
-    return connection
+        _warn(scan, stacklevel=4)
+    return connection, scans
 
 
 def to_ibis(
@@ -264,6 +304,6 @@ def _check_mode(mode: str, table: str) -> None:
         raise ValidationError("mode='append' is for messages; other tables change in place, replace them")
 
 
-def _warn(scan: Scan) -> None:
+def _warn(scan: Scan, stacklevel: int = 3) -> None:
     if scan.skipped_rows:
-        warnings.warn(scan.warning(), ExportWarning, stacklevel=3)
+        warnings.warn(scan.warning(), ExportWarning, stacklevel=stacklevel)

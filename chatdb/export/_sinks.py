@@ -1,17 +1,31 @@
 """Where exported batches go: Parquet files or datasets, DuckDB tables; and append watermarks.
 
 Every writer consumes :class:`~chatdb.export._stream.Scan` batches one at a time, so memory
-stays bounded by the batch size whatever the table size. Replacing is atomic: new data is
-written beside the old (temporary file, directory or transaction) and swapped in at the end, so
-a failed export leaves the previous one intact.
+stays bounded by the batch size whatever the table size.
+
+Replacing and appending are atomic, and survive a crash (kill -9, power loss) at any point:
+
+* new data is written beside the target, in a staging file or directory named
+  ``.<target>.<32 hex>.tmp`` that the writing process holds an ``flock`` on while it lives;
+* a file is swapped in with ``os.replace``; a dataset directory with Linux's
+  ``renameat2(RENAME_EXCHANGE)``, which swaps two directories in one step (an append stages the
+  whole new dataset: hard links to the old files plus the new ones). Readers see the old
+  export or the new one, never a file without its footer. Elsewhere two renames leave the
+  path missing for an instant;
+* each run first removes the staging files and directories that no live process holds (a
+  crashed run's); they are never part of the export, so removing them is always safe;
+* DuckDB loads run in one transaction: a crash leaves the database as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +44,12 @@ __all__ = [
     "check_append_target",
     "duckdb_watermark",
     "load_duckdb",
+    "open_duckdb",
     "parquet_watermark",
+    "remove_duckdb",
+    "staging",
+    "sweep",
+    "target_error",
     "write_parquet",
 ]
 
@@ -80,8 +99,7 @@ def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> in
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with staging(path) as temporary:
         with pq.ParquetWriter(
             temporary,
             scan.schema,
@@ -100,8 +118,6 @@ def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> in
             for batch in scan.batches(warn=False):
                 writer.write_batch(batch)
         os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return 1
 
 
@@ -115,7 +131,6 @@ def _write_dataset(
         raise ValidationError(f"{path} is a file; a partitioned export needs a directory")
     if path.is_dir() and not append:
         _check_dataset_dir(path)
-    target = path if append else path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     schema = scan.schema
     batches: Iterator[pa.RecordBatch] = scan.batches(warn=False)
     partitioning = None
@@ -127,7 +142,8 @@ def _write_dataset(
             batches = (_partition_column(batch, partition_by) for batch in batches)
         partitioning = ds.partitioning(pa.schema([schema.field(partition_by)]), flavor="hive")
     written: list[str] = []
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with staging(path, directory=True) as target:
         ds.write_dataset(
             ds.Scanner.from_batches(batches, schema=schema),
             target,
@@ -143,16 +159,15 @@ def _write_dataset(
             max_open_files=256,
             file_visitor=lambda written_file: written.append(written_file.path),
         )
-        if not written and not append:
+        if not written and append:
+            return 0  # nothing new: the dataset stays as it is
+        if not written:
             # An empty export is still a readable dataset: one file with the schema, no rows.
-            target.mkdir(parents=True, exist_ok=True)
             pq.write_table(schema.empty_table(), target / "part-empty.parquet", compression=compression)
             written.append(str(target / "part-empty.parquet"))
-        if not append:
-            _swap_dir(target, path)
-    finally:
-        if not append and target.exists():
-            shutil.rmtree(target, ignore_errors=True)
+        if append and path.is_dir():
+            _link_tree(path, target)  # the staged directory becomes the whole new dataset
+        _swap_dir(target, path)
     return len(written)
 
 
@@ -167,12 +182,140 @@ def _check_dataset_dir(path: Path) -> None:
             )
 
 
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard links in ``target`` to every file under ``source`` (copies where the filesystem
+    has no hard links). New part files have names of their own, so nothing collides."""
+    for entry in source.rglob("*"):
+        if entry.is_dir():
+            continue
+        link = target / entry.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(entry, link)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            shutil.copy2(entry, link)
+
+
 def _swap_dir(new: Path, path: Path) -> None:
-    old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(new, path)
-    shutil.rmtree(old, ignore_errors=True)
+    """Put directory ``new`` at ``path``; afterwards ``new`` holds the old directory (or is
+    gone), for the caller to remove."""
+    if not path.exists():
+        os.rename(new, path)
+    elif not _exchange(new, path):
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        os.rename(path, aside)
+        os.rename(new, path)
+        os.rename(aside, new)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or filesystem cannot, and nothing was done."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            function = libc.renameat2
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = (function, ctypes.get_errno)
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    function, get_errno = _renameat2
+    at_fdcwd, rename_exchange = -100, 2
+    if function(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+_renameat2: Any = None  # (renameat2, get_errno) once looked up; False where there is none
+
+
+# -- staging beside the target, and what crashed runs left ----------------------------------------
+
+
+@contextmanager
+def staging(path: Path, *, directory: bool = False) -> Iterator[Path]:
+    """A new staging path beside ``path`` (an empty directory, or an empty file), locked for
+    the life of this process and removed when the block ends, however it ends. What crashed
+    runs left beside ``path`` is removed first (:func:`sweep`)."""
+    sweep(path)
+    token = uuid.uuid4().hex
+    # Made and locked under a name sweep() ignores, then renamed (the lock stays with it): a
+    # concurrent run's sweep never sees it unlocked.
+    fresh = path.with_name(f".{path.name}.{token}.new")
+    if directory:
+        fresh.mkdir()
+    else:
+        fresh.touch(exist_ok=False)
+    lock = _lock(fresh)
+    temporary = path.with_name(f".{path.name}.{token}.tmp")
+    try:
+        os.rename(fresh, temporary)
+        yield temporary
+    finally:
+        _remove(fresh)
+        _remove(temporary)
+        if lock is not None:
+            os.close(lock)
+
+
+def sweep(path: Path) -> list[Path]:
+    """Remove the staging files and directories beside ``path`` that no live process holds
+    (what crashed runs left; ``.old`` directories are earlier versions' leftovers) and return
+    them. Where there is no ``flock`` (Windows) nothing can be told apart and nothing goes."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{32}\.(?:tmp|old)")
+    removed: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        lock = _lock(entry)
+        if lock is None:
+            continue  # a live run's, or gone meanwhile
+        try:
+            _remove(entry)
+            removed.append(entry)
+        finally:
+            os.close(lock)
+    return removed
+
+
+def _lock(entry: Path) -> int | None:
+    """A descriptor holding an exclusive ``flock`` on ``entry``; None when another descriptor
+    holds one, the entry is gone, or the system has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        descriptor = os.open(entry, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def check_append_target(path: Path, partition_by: str | None, schema: pa.Schema) -> None:
@@ -276,7 +419,11 @@ def duckdb_watermark(con: duckdb.DuckDBPyConnection, table: str, schema: pa.Sche
 def load_duckdb(con: duckdb.DuckDBPyConnection, scans: list[tuple[Scan, bool]]) -> None:
     """Create (or replace, or with ``True`` append to) each scan's table, batch by batch, all in
     one transaction: a failure leaves every table as it was (old messages never meet new chats,
-    and a messages load that fails leaves no chats replaced)."""
+    and a messages load that fails leaves no chats replaced). The error raised is the first
+    one: a COMMIT that fails (disk full) has ended the transaction already, and the ROLLBACK's
+    own complaint ("no transaction is active") would hide why."""
+    import duckdb
+
     view = f"chatdb_export_{uuid.uuid4().hex}"
     con.execute("BEGIN TRANSACTION")
     try:
@@ -293,5 +440,65 @@ def load_duckdb(con: duckdb.DuckDBPyConnection, scans: list[tuple[Scan, bool]]) 
                 con.unregister(view)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        # No transaction may be left to roll back (a failed COMMIT ends it): nothing was kept.
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
         raise
+
+
+def open_duckdb(duckdb_module: Any, path: Path) -> tuple[duckdb.DuckDBPyConnection, bool]:
+    """A connection to the DuckDB file at ``path`` and whether this call created the file.
+    ValidationError when ``path`` exists and is not a DuckDB database (nothing is written to
+    it); OSError when the file cannot be opened or created."""
+    created = not path.exists()
+    try:
+        return duckdb_module.connect(os.fspath(path)), created
+    except duckdb_module.Error as exc:
+        if created:
+            remove_duckdb(path)
+        message = _first_line(exc)
+        if not created and "not a valid DuckDB database" in message:
+            raise ValidationError(
+                f"{path} exists and is not a DuckDB database: choose another path for the export"
+            ) from None
+        raise target_error(exc, path) from exc
+
+
+def remove_duckdb(path: Path) -> None:
+    """Remove a DuckDB file this export created, with its write-ahead log."""
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+
+
+# Errors of the system that DuckDB reports as text: "Could not write file "x": No space left on
+# device". They become OSError with their errno, as pyarrow's own I/O errors are.
+_SYSTEM_ERRORS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+)
+
+
+def target_error(exc: BaseException, path: Path) -> BaseException:
+    """An error of the target DuckDB as OSError when the system caused it (disk full, no
+    permission, a lock held by another process): one line, the file named. Any other error is
+    DuckDB's own and returned as it is."""
+    message = _first_line(exc)
+    for code in _SYSTEM_ERRORS:
+        if os.strerror(code) in message:
+            return OSError(code, os.strerror(code), str(path))
+    if "Could not set lock on file" in message:
+        return OSError(errno.EAGAIN, "another process has the DuckDB file open", str(path))
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

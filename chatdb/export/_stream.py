@@ -6,27 +6,35 @@ release the GIL), so the two overlap on two cores; the SQLite scan does its fetc
 stage in a child process instead. At most a few batches are in memory at once, whatever the
 table size. The producer opens, iterates and closes the scan itself, so a scan holding a
 per-thread lock or cursor is never touched from two threads.
+
+Errors are translated at this one boundary: whatever escapes a scan that is not a
+:class:`~chatdb.errors.ChatDbError` already (pyarrow's plain ``OSError`` when a PostgreSQL
+server restarts mid-export, a driver's own exception) becomes a ``BackendError`` -- or
+``BackendUnavailableError`` when the connection was lost -- naming the backend; and DuckDB's
+``RuntimeError("Query interrupted")``, which is how Ctrl-C surfaces inside a DuckDB query,
+becomes the ``KeyboardInterrupt`` it was.
 """
 
 from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from .. import _batches
 from .._base import SCAN_COLUMNS
 from .._batches import apply_stage, is_staged, prefetch, private_duckdb
-from ..errors import ConfigError, ValidationError
+from ..errors import BackendError, BackendUnavailableError, ChatDbError, ConfigError, ValidationError
 from ._flatten import Flattener
 from .schemas import EXPORT_TABLES
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["ExportWarning", "Scan", "require"]
+__all__ = ["ExportWarning", "Scan", "interruptible", "require"]
 
 # Rows fetched at a time, whatever the output batch size: a fetched chunk is held as Python
 # objects (content included, often twice: decoded text and its UTF-8 copy) until it is Arrow,
@@ -134,8 +142,9 @@ class Scan:
         pending: list[pa.Table] = []
         pending_rows = 0
         try:
-            for source in inline(scan) if shared else prefetch(scan):
-                table, skipped = self.flattener.convert(source)
+            for source in _scan_errors(inline(scan) if shared else prefetch(scan), self.repo):
+                with interruptible():
+                    table, skipped = self.flattener.convert(source)
                 self.rows += table.num_rows
                 self.skipped_rows += skipped
                 pending.append(table)
@@ -162,6 +171,68 @@ class Scan:
         import pyarrow as pa
 
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
+
+
+@contextmanager
+def interruptible() -> Generator[None, None, None]:
+    """Ctrl-C inside a DuckDB query surfaces as ``RuntimeError("Query interrupted")`` (or
+    DuckDB's ``InterruptException``): re-raise it as the KeyboardInterrupt it is."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if type(exc).__name__ == "InterruptException" or str(exc).startswith("Query interrupted"):
+            raise KeyboardInterrupt from exc
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "InterruptException":
+            raise KeyboardInterrupt from exc
+        raise
+
+
+# Words in a driver's message that mean the connection went away, not that a query failed.
+_LOST = ("connection", "connect", "closed", "terminat", "refused", "reset", "timed out", "broken pipe", "eof")
+
+
+def _scan_errors(sources: Iterator[Any], repo: Any) -> Iterator[Any]:
+    """``sources``, with what escapes the backend's scan made a ChatDbError naming the backend."""
+    try:
+        while True:
+            try:
+                source = next(sources)
+            except StopIteration:
+                return
+            except (ChatDbError, TypeError, AttributeError, NameError, AssertionError):
+                raise  # ours already, or a bug: not the backend's doing
+            except Exception as exc:
+                raise _backend_error(exc, repo) from exc
+            yield source
+    finally:
+        close = getattr(sources, "close", None)
+        if close is not None:
+            close()
+
+
+def _backend_error(exc: Exception, repo: Any) -> BackendError:
+    backend = getattr(repo, "backend", "") or type(repo).__name__
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else type(exc).__name__
+    for secret in _secrets(repo):
+        message = message.replace(secret, "***")
+    if isinstance(exc, OSError) or any(word in message.lower() for word in _LOST):
+        return BackendUnavailableError(f"{backend} connection lost during export scan: {message}")
+    return BackendError(f"{backend} error during export scan: {message}")
+
+
+def _secrets(repo: Any) -> list[str]:
+    """The password in the repository's URL, never to be shown in a message."""
+    from urllib.parse import unquote, urlsplit
+
+    url = getattr(getattr(repo, "config", None), "url", None)
+    try:
+        password = urlsplit(url).password if isinstance(url, str) else None
+    except ValueError:
+        return []
+    return [text for text in {password, unquote(password)} if text] if password else []
 
 
 def _join(tables: list[pa.Table]) -> pa.Table:
