@@ -22,9 +22,7 @@ ALL_BACKENDS = [
 ]
 SERVER_BACKENDS = [p for p in ALL_BACKENDS if p.values[0] not in ("sqlite_memory",)]
 # The contract suite (tests/test_contract_*.py) also runs each backend through chatdb.aio.
-CONTRACT_BACKENDS = ALL_BACKENDS + [
-    pytest.param(f"{p.values[0]}_async", marks=p.marks) for p in ALL_BACKENDS if p.values[0] != "mongodb"
-]
+CONTRACT_BACKENDS = ALL_BACKENDS + [pytest.param(f"{p.values[0]}_async", marks=p.marks) for p in ALL_BACKENDS]
 # The Node application's output, kept in the project (see tests/fixtures/README.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

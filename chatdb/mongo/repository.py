@@ -9,7 +9,7 @@ the documents back. There are no row locks, so ordered writes (a message's times
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -237,7 +237,7 @@ class MongoRepository(RepositoryBase):
             finally:
                 cursor.close()
 
-        pieces = _batches.prefetch(raw_pieces)
+        pieces = self._prefetch(raw_pieces)
         rows: list[tuple[Any, ...]] = []
         size = 0  # bytes of the documents in rows
         try:
@@ -269,6 +269,12 @@ class MongoRepository(RepositoryBase):
                 yield rows
         finally:
             pieces.close()
+
+    def _prefetch(self, open_scan: Callable[[], Iterator[bytes]]) -> Generator[bytes, None, None]:
+        """The scan's raw pieces, read ahead in a thread (chatdb.aio reads them in its task)."""
+        from .. import _batches
+
+        return _batches.prefetch(open_scan)
 
     def _resolve_owners(self, owners: dict[str, str | None], chat_ids: set[Any]) -> None:
         missing = [cid for cid in chat_ids if cid not in owners]
