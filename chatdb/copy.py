@@ -77,7 +77,11 @@ def copy_database(
     if batch_size < 1:
         raise ConfigError("batch_size must be at least 1")
     source_config, target_config = getattr(source_repo, "config", None), getattr(target_repo, "config", None)
-    if source_config is not None and target_config is not None and same_database(source_config, target_config):
+    if (
+        source_config is not None
+        and target_config is not None
+        and same_database(source_config, target_config)
+    ):
         raise ConfigError(f"source and target are the same database: {source_config.redacted_url}")
     started = time.perf_counter()
     target_repo.ensure_schema()

@@ -13,11 +13,10 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .. import _codec
+from .. import _batches, _codec
 from .._base import TABLE_NAMES, RepositoryBase, _DraftMessage
 from ..config import DbConfig, redact_url
 from ..errors import (
@@ -58,6 +57,35 @@ def _import_pymongo() -> Any:
     except ImportError:
         raise ConfigError("MongoDB needs the pymongo driver: pip install 'chatdb[mongodb]'") from None
     return pymongo
+
+
+def _document_chunks(
+    table: str, rows: Iterable[Mapping[str, Any]], most: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows as documents, in lists of at most ``most`` and about BATCH_BYTES of text (measured
+    on the stored rows: messages with images are MBs each)."""
+    budget = _batches.BATCH_BYTES
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        chunk.append(mapping.import_document(table, row))
+        size += sum(_text_size(value) for value in row.values())
+        if len(chunk) >= most or size >= budget:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _text_size(value: Any) -> int:
+    """The characters of text in a stored value (decoded JSON included)."""
+    if value.__class__ is str:
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_size(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_text_size(item) for item in value.values())
+    return 0
 
 
 def _count(collection: Collection[dict[str, Any]], query: dict[str, Any]) -> int:
@@ -290,15 +318,14 @@ class MongoRepository(RepositoryBase):
             owners[cid] = found.get(cid)
 
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
-        """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts, where only duplicate
-        keys (code 11000) are skipped; any other write error fails the import."""
+        """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts of ``batch_size``
+        documents (or about 32 MB of them), where only duplicate keys (code 11000) are skipped;
+        any other write error fails the import."""
         bulk_write_error = _import_pymongo().errors.BulkWriteError
         collection = self._col(mapping.collection_for(table))
         self.ensure_schema()
         inserted = 0
-        iterator = iter(rows)
-        while chunk := list(islice(iterator, max(1, batch_size))):
-            documents = [mapping.import_document(table, row) for row in chunk]
+        for documents in _document_chunks(table, rows, max(1, batch_size)):
             with self._errors():
                 try:
                     inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)

@@ -406,12 +406,16 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
         ids = [row[0] for row in rows]  # (id is the first import column of every table)
         for start in range(0, len(ids), 10_000):
             piece = ids[start : start + 10_000]
-            cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE id IN ({', '.join(['%s'] * len(piece))})", piece)
+            cursor.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE id IN ({', '.join(['%s'] * len(piece))})", piece
+            )
             existing += int(cursor.fetchone()[0])
     marks = ", ".join(["%s"] * len(columns))
     if hasattr(cursor, "max_stmt_length"):  # (PyMySQL's and mysqlclient's; not chatdb.aio's adapter)
         cursor.max_stmt_length = MYSQL_STATEMENT_BYTES
-    cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows)
+    cursor.executemany(
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows
+    )
     return len(rows) - existing
 
 

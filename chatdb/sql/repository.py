@@ -410,7 +410,7 @@ class SqlRepository(RepositoryBase):
         count = select(func.count()).select_from(bounded)
         return int(self._executor.run(lambda tx: tx.execute_once(count).fetchone()[0])) < rows
 
-    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 50_000) -> int:
+    def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 10_000) -> int:
         """See :meth:`RepositoryBase.import_rows`; the backend's bulk path is described in
         :func:`chatdb.sql.dialects.import_chunk`. Chunks of ``batch_size`` rows (or about 32 MB)
         are built in a producer thread while the one before is written, each in one
