@@ -23,6 +23,7 @@ __all__ = [
     "API_KEY_PREFIX",
     "DatabaseInfo",
     "NewApiKey",
+    "SchemaUpgrade",
     "create_api_key",
     "create_user",
     "database_info",
@@ -31,6 +32,7 @@ __all__ = [
     "hash_password",
     "message_time_range",
     "resolve_user",
+    "upgrade_schema",
     "verify_password",
 ]
 
@@ -144,3 +146,27 @@ def database_info(repo: ChatRepository) -> DatabaseInfo:
 def message_time_range(repo: ChatRepository) -> tuple[datetime | None, datetime | None]:
     """``(first, last)`` message ``created_at``, or ``(None, None)`` without messages."""
     return repo.message_time_range()
+
+
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What ``chatdb upgrade`` did (or, with ``dry_run``, would do)."""
+
+    backend: str
+    statements: tuple[str, ...]
+    applied: bool
+
+
+def upgrade_schema(repo: ChatRepository, *, dry_run: bool = False) -> SchemaUpgrade:
+    """Bring a database the Node app created to chatdb's schema, explicitly (never implicit):
+    on MySQL/MariaDB ``content``/``metadata`` become LONGTEXT, text columns binary-collated
+    VARCHAR/LONGTEXT (usernames then compare exactly), and chatdb's indexes whole; on every SQL
+    backend chatdb's indexes get their current shape. Column names and meanings stay, so the
+    Node app's queries keep working. MongoDB has nothing to upgrade.
+
+    Returns the statements, run unless ``dry_run``. Raises SchemaUpgradeError, naming the rows,
+    when a change would fail (a value too long for its new column) or merge data (values equal
+    under the new collation); nothing is changed then."""
+    upgrade = getattr(repo, "upgrade_schema", None)
+    statements = [] if upgrade is None else list(upgrade(dry_run=dry_run))
+    return SchemaUpgrade(repo.backend, tuple(statements), applied=bool(statements) and not dry_run)

@@ -9,8 +9,12 @@ Callers catch one root, :class:`ChatDbError`, or a precise subclass::
     │   ├── DuplicateUsernameError
     │   └── DuplicateApiKeyError
     ├── ConfigError            bad configuration or a missing optional dependency
+    ├── SchemaUpgradeError     ``chatdb upgrade`` refused: it would fail or merge the rows it names
     └── BackendError           the database failed in a way the caller did not cause
         └── BackendUnavailableError   cannot connect (names backend and host, never a password)
+
+One warning, :class:`SchemaWarning` (a ``UserWarning``): the database's schema (one the Node app
+created) cannot keep a promise; issued once per database and column, naming the fix.
 
 Driver exceptions are translated in one place per backend and chained (``raise ... from exc``);
 none escapes the public API.
@@ -27,6 +31,8 @@ __all__ = [
     "DuplicateApiKeyError",
     "DuplicateUsernameError",
     "NotFoundError",
+    "SchemaUpgradeError",
+    "SchemaWarning",
     "ValidationError",
 ]
 
@@ -57,6 +63,15 @@ class DuplicateApiKeyError(ConflictError):
 
 class ConfigError(ChatDbError):
     """Invalid configuration (driver, URL, path) or a missing optional dependency."""
+
+
+class SchemaUpgradeError(ChatDbError):
+    """The schema upgrade would fail or merge data; the message names the rows. Nothing changed."""
+
+
+class SchemaWarning(UserWarning):
+    """The database's schema limits a promise (e.g. TEXT content, case-insensitive usernames on a
+    MySQL schema the Node app created); the message names the table, the column and the fix."""
 
 
 class BackendError(ChatDbError):

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import pytest
 
 import chatdb
+import chatdb.admin
 from chatdb import DbConfig
 from chatdb.repository import ChatRepository
 
@@ -61,6 +62,9 @@ class Backend:
     admin: Any = None  # what reset() uses (an engine, a pymongo database)
     extra: dict[str, Any] = field(default_factory=dict)
     asynchronous: bool = False  # new_repo() is chatdb.aio's, through tests/async_face.py
+    # Promises its schema cannot keep (a Node-created MySQL one before `chatdb upgrade`):
+    # "usernames_ignore_case", "text_content". Tests assert the difference there.
+    limits: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -130,7 +134,7 @@ def sqlite_memory_backend() -> Iterator[Backend]:
     yield Backend("sqlite_memory", DbConfig(driver="sqlite", sqlite_path=":memory:"))
 
 
-def server_backend(name: str) -> Iterator[Backend]:
+def server_backend(name: str) -> Generator[Backend, None, None]:
     """Create a fresh database on the PostgreSQL or MySQL server, drop it at the end."""
     from sqlalchemy import create_engine, text
 
@@ -164,6 +168,52 @@ def server_backend(name: str) -> Iterator[Backend]:
             else:
                 conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
         admin.dispose()
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+NODE_DDL = {
+    "sqlite": "ccluster-node.schema.sql",
+    "postgres": "node-schema-postgres.sql",
+    "mysql": "node-schema-mysql.sql",
+}
+NODE_MYSQL_LIMITS = frozenset({"usernames_ignore_case", "text_content"})
+
+
+def node_ddl(name: str) -> list[str]:
+    """The Node layer's CREATE/ALTER statements for backend ``name`` (tests/fixtures)."""
+    lines = (FIXTURES / NODE_DDL[name]).read_text().splitlines()
+    body = "\n".join(line for line in lines if not line.lstrip().startswith("--"))
+    return [statement.strip() for statement in body.split(";") if statement.strip()]
+
+
+def node_schema_backend(name: str, tmp_dir: Path, *, upgraded: bool = False) -> Iterator[Backend]:
+    """A database whose tables the Node layer's own DDL created (tests/fixtures), emptied
+    before each test like the others; ``upgraded``: after ``chatdb upgrade``."""
+    from sqlalchemy import create_engine
+
+    if name == "sqlite":
+        path = tmp_dir / f"node-{'upgraded' if upgraded else 'plain'}.db"
+        base = Backend("sqlite", DbConfig(driver="sqlite", sqlite_path=str(path)))
+        base.admin = create_engine(f"sqlite:///{path}")
+        servers = None
+    else:
+        servers = server_backend(name)
+        base = next(servers)
+    try:
+        with base.admin.begin() as conn:
+            for statement in node_ddl(name):
+                conn.exec_driver_sql(statement)
+        limits = NODE_MYSQL_LIMITS if name == "mysql" and not upgraded else frozenset()
+        if upgraded:
+            with chatdb.create_repository(base.config) as repo:
+                chatdb.admin.upgrade_schema(repo)
+        label = f"{name}_node_upgraded" if upgraded else f"{name}_node"
+        yield Backend(label, base.config, admin=base.admin, extra=base.extra, limits=limits)
+    finally:
+        if servers is None:
+            base.admin.dispose()
+        else:
+            servers.close()
 
 
 def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:

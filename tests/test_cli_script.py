@@ -93,6 +93,7 @@ def test_the_issue_commands_all_exist() -> None:
         "chats show",
         "chats delete",
         "copy",
+        "upgrade",
     } <= names
 
 

@@ -146,7 +146,7 @@ def test_public_api_is_small_sorted_and_complete() -> None:
         assert hasattr(chatdb, name)
     assert issubclass(errors.ValidationError, ValueError)
     for name in errors.__all__:
-        assert issubclass(getattr(errors, name), errors.ChatDbError)
+        assert issubclass(getattr(errors, name), (errors.ChatDbError, errors.SchemaWarning))
 
 
 def test_importing_chatdb_does_not_import_optional_drivers() -> None:

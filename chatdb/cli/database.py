@@ -1,4 +1,4 @@
-"""``chatdb init``, ``chatdb info`` and ``chatdb copy``: the database as a whole."""
+"""``chatdb init``, ``info``, ``copy`` and ``upgrade``: the database as a whole."""
 
 from __future__ import annotations
 
@@ -22,6 +22,29 @@ def init() -> None:
     repo = app.open()
     repo.ensure_schema()
     app.note(f"schema ready: {repo.backend} {app.config().redacted_url}")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Print the statements without running them.")
+def upgrade(dry_run: bool) -> None:
+    """Upgrade a schema the Node app created to chatdb's (never done implicitly).
+
+    MySQL/MariaDB: LONGTEXT content, binary collations (usernames compare exactly), whole
+    indexes. Every SQL backend: chatdb's indexes in their current shape. Column names stay, so
+    the Node app keeps working. Refuses, naming the rows, when a change would fail or merge data.
+    """
+    app = state()
+    result = admin.upgrade_schema(app.open(), dry_run=dry_run)
+    for statement in result.statements:
+        click.echo(statement + ";")
+    if not result.statements:
+        app.note(f"nothing to upgrade: {result.backend} {app.config().redacted_url}")
+    elif result.applied:
+        app.note(
+            f"upgraded with {len(result.statements)} statements: {result.backend} {app.config().redacted_url}"
+        )
+    else:
+        app.note(f"dry run: {len(result.statements)} statements, none run")
 
 
 @click.command()
@@ -118,4 +141,4 @@ class _TableProgress:
             self.bar = None
 
 
-COMMANDS = [init, info, copy]
+COMMANDS = [init, info, copy, upgrade]

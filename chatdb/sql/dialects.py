@@ -208,10 +208,6 @@ class SqlDialect:
             conn.execution_options(chatdb_write=True)
 
     @property
-    def has_index_if_not_exists(self) -> bool:
-        return self.backend != "mysql"
-
-    @property
     def catalog_sql(self) -> str:
         """One read of the catalog: the names of this database's tables and indexes, and of the
         columns of ``chats`` as ``chats.<column>`` (what ``ensure_schema`` would create)."""
@@ -232,6 +228,30 @@ class SqlDialect:
             "UNION ALL SELECT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
             "UNION ALL SELECT CONCAT('chats.', column_name) FROM information_schema.columns "
             "WHERE table_schema = DATABASE() AND table_name = 'chats'"
+        )
+
+    @property
+    def column_facts_sql(self) -> str | None:
+        """MySQL/MariaDB: (table, column, data type, collation, max characters) of chatdb's
+        tables, to see where a Node-created schema differs (see schema.mysql_limits); None
+        elsewhere, where the Node app's types are chatdb's."""
+        if self.backend != "mysql":
+            return None
+        return (
+            "SELECT table_name, column_name, LOWER(data_type), collation_name, character_maximum_length "
+            "FROM information_schema.columns WHERE table_schema = DATABASE() "
+            "AND table_name IN ('chats', 'messages', 'users', 'api_keys')"
+        )
+
+    @property
+    def index_facts_sql(self) -> str | None:
+        """MySQL/MariaDB: (table, index, column, prefix length or NULL), columns in order; None
+        elsewhere (SQLAlchemy's inspector tells the rest, with no prefixes to see)."""
+        if self.backend != "mysql":
+            return None
+        return (
+            "SELECT table_name, index_name, column_name, sub_part FROM information_schema.statistics "
+            "WHERE table_schema = DATABASE() ORDER BY table_name, index_name, seq_in_index"
         )
 
     def ignore_duplicate_index(self, exc: BaseException | None) -> bool:

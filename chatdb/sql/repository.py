@@ -8,6 +8,8 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 
 from __future__ import annotations
 
+import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Select,
+    Text,
     and_,
     bindparam,
     delete,
@@ -32,17 +35,35 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.schema import CreateIndex, CreateTable, DropIndex
+from sqlalchemy.schema import CreateTable, DropIndex
 
 from .. import _batches, _codec
 from .._base import IMPORT_COLUMNS, SCAN_COLUMNS, TABLE_NAMES, RepositoryBase, _DraftMessage
 from ..config import DbConfig
-from ..errors import BackendError, DuplicateApiKeyError, DuplicateUsernameError, ValidationError
+from ..errors import (
+    BackendError,
+    DuplicateApiKeyError,
+    DuplicateUsernameError,
+    SchemaUpgradeError,
+    SchemaWarning,
+    ValidationError,
+)
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import arrow_scan, mapping
 from .dialects import UniqueViolation, dialect_for, import_chunk
 from .executor import Executor, Tx
-from .schema import TABLES, api_keys, chats, messages, users
+from .schema import (
+    TABLES,
+    ColumnFact,
+    IndexFact,
+    api_keys,
+    chats,
+    index_sql,
+    messages,
+    mysql_limits,
+    upgrade_plan,
+    users,
+)
 
 __all__ = ["SqlRepository", "build_scan"]
 
@@ -237,6 +258,36 @@ def _is_empty(tx: Tx, table: str) -> bool:
     return tx.cursor.fetchone() is None
 
 
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(where: str, notes: list[str]) -> None:
+    """Each schema limit once per database and process, however many repositories open it."""
+    for note in notes:
+        with _warned_lock:
+            if (where, note) in _warned:
+                continue
+            _warned.add((where, note))
+        warnings.warn(f"chatdb ({where}): {note}", SchemaWarning, stacklevel=5)
+
+
+def _text_columns(conn: Connection) -> dict[str, set[str]]:
+    """Per table, the columns that are TEXT/LONGTEXT-like (on MySQL, an index takes a prefix)."""
+    inspector = inspect(conn)
+    found = set(inspector.get_table_names())
+    return {
+        name: {c["name"] for c in inspector.get_columns(name) if isinstance(c["type"], Text)}
+        for name in TABLES
+        if name in found
+    }
+
+
+def _fetch_all(conn: Connection, sql: str, rows: bool = True) -> list[Any]:
+    result = conn.exec_driver_sql(sql)
+    return list(result) if rows else []
+
+
 def _write_chunk(tx: Tx, write: Callable[..., int], rows: list[tuple[Any, ...]]) -> int:
     return write(tx.cursor, rows=rows)
 
@@ -278,6 +329,9 @@ class SqlRepository(RepositoryBase):
         super().__init__(config)
         self._executor = Executor(dialect_for(config))
         self.backend = config.driver
+        # Bytes a column can hold where the schema (a Node-created MySQL one) holds less than
+        # chatdb promises, "table.column" -> bytes; learned by ensure_schema.
+        self._capacity: dict[str, int] = {}
 
     @property
     def engine(self) -> Engine:
@@ -294,16 +348,25 @@ class SqlRepository(RepositoryBase):
     def _create_schema(self) -> None:
         # Nearly always everything exists: one catalog read instead of SQLAlchemy's inspection
         # and CREATE ... IF NOT EXISTS statements (5-10x the time on the servers).
-        catalog = self._executor.dialect.catalog_sql
+        dialect = self._executor.dialect
+        catalog, facts = dialect.catalog_sql, dialect.column_facts_sql
 
-        def names(tx: Tx) -> set[str]:
+        def names(tx: Tx) -> tuple[set[str], list[ColumnFact]]:
             tx.cursor.execute(catalog)
-            return {str(row[0]) for row in tx.cursor.fetchall()}
+            found = {str(row[0]) for row in tx.cursor.fetchall()}
+            columns = []
+            if facts is not None:
+                tx.cursor.execute(facts)
+                columns = [ColumnFact(*row) for row in tx.cursor.fetchall()]
+            return found, columns
 
-        if self._executor.run(names) >= _SCHEMA_NAMES:
+        found, columns = self._executor.run(names)
+        self._capacity, notes = mysql_limits(columns)
+        _warn_once(self.config.redacted_url, notes)
+        if found >= _SCHEMA_NAMES:
             return
 
-        def create_tables(conn: Connection) -> list[Index]:
+        def create_tables(conn: Connection) -> tuple[list[Index], dict[str, set[str]]]:
             for table in TABLES.values():
                 conn.execute(CreateTable(table, if_not_exists=True))
             inspector = inspect(conn)
@@ -315,10 +378,71 @@ class SqlRepository(RepositoryBase):
             for table in TABLES.values():
                 existing = {ix["name"] for ix in inspector.get_indexes(table.name)}
                 missing += [ix for ix in table.indexes if ix.name not in existing]
-            return missing
+            return missing, _text_columns(conn)
 
         # One index per transaction: MySQL commits DDL implicitly, so no savepoints around them.
-        self._create_indexes(self._executor.run_core(create_tables, write=True))
+        self._create_indexes(*self._executor.run_core(create_tables, write=True))
+
+    def upgrade_schema(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the schema to chatdb's (see :func:`chatdb.sql.schema.upgrade_plan`): on a
+        Node-created MySQL/MariaDB database, LONGTEXT content, binary collations and whole
+        indexes; elsewhere, chatdb's indexes in their current shape. Returns the statements
+        (run unless ``dry_run``; none when there is nothing to do). Raises SchemaUpgradeError,
+        naming the rows, when a change would fail or merge data (nothing is changed then)."""
+        self.ensure_schema()
+        dialect = self._executor.dialect
+        columns_sql, indexes_sql = dialect.column_facts_sql, dialect.index_facts_sql
+
+        def facts(conn: Connection) -> tuple[list[ColumnFact], list[IndexFact], dict[str, set[str]]]:
+            text_columns = _text_columns(conn)
+            if columns_sql is None or indexes_sql is None:
+                inspector = inspect(conn)
+                found = [
+                    IndexFact(name, str(ix["name"]), tuple(str(c) for c in ix["column_names"]))
+                    for name in TABLES
+                    for ix in inspector.get_indexes(name)
+                ]
+                return [], found, text_columns
+            columns = [ColumnFact(*row) for row in conn.exec_driver_sql(columns_sql)]
+            parts: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+            for table, name, column, sub_part in conn.exec_driver_sql(indexes_sql):
+                parts.setdefault((table, name), []).append((column, sub_part))
+            indexes = [
+                IndexFact(table, name, tuple(c for c, _ in cols), any(p is not None for _, p in cols))
+                for (table, name), cols in parts.items()
+            ]
+            return columns, indexes, text_columns
+
+        columns, indexes, text_columns = self._executor.run_core(facts)
+        checks, statements = upgrade_plan(self.backend, self.engine.dialect, columns, indexes, text_columns)
+        problems = []
+        for check in checks:
+            rows = self._executor.run_core(partial(_fetch_all, sql=check.sql))
+            if rows:
+                shown = "; ".join(", ".join(str(value) for value in row) for row in rows)
+                problems.append(f"{check.problem}: {shown}")
+        if problems:
+            raise SchemaUpgradeError(
+                "the upgrade would fail or merge rows, nothing changed: " + " | ".join(problems)
+            )
+        if dry_run or not statements:
+            return statements
+        for statement in statements:
+            self._executor.run_core(partial(_fetch_all, sql=statement, rows=False), write=True)
+        with self._schema_lock:
+            self._schema_ready = False  # the limits are read again on the next call
+            self._capacity = {}
+        return statements
+
+    def _check_capacity(self, column: str, value: str | None) -> None:
+        limit = self._capacity.get(column)
+        if limit is not None and value is not None and len(value) * 4 > limit:
+            size = len(value.encode("utf-8"))
+            if size > limit:
+                raise ValidationError(
+                    f"{column.partition('.')[2]} of {size:,} bytes does not fit {column} here (at most "
+                    f"{limit:,} bytes, a Node-created MySQL schema); `chatdb upgrade` makes it LONGTEXT"
+                )
 
     # -- storage-level access ----------------------------------------------------------------------
 
@@ -441,10 +565,19 @@ class SqlRepository(RepositoryBase):
             self._executor.run_core(partial(Connection.execute, statement=DropIndex(index)), write=True)
         return indexes
 
-    def _create_indexes(self, indexes: list[Index]) -> None:
+    def _create_indexes(
+        self, indexes: list[Index], text_columns: Mapping[str, set[str]] | None = None
+    ) -> None:
+        """Build ``indexes`` in the shape this database's columns allow (see schema.index_sql);
+        ``text_columns``: per table, its TEXT columns, read from the catalog when not given."""
+        if not indexes:
+            return
         dialect = self._executor.dialect
+        if text_columns is None:
+            text_columns = self._executor.run_core(_text_columns)
         for index in indexes:
-            ddl = CreateIndex(index, if_not_exists=dialect.has_index_if_not_exists)
+            assert index.table is not None
+            ddl = text(index_sql(index, self.backend, text_columns.get(index.table.name, ())))
             try:
                 self._executor.run_core(partial(Connection.execute, statement=ddl), write=True)
             except BackendError as exc:
@@ -510,6 +643,9 @@ class SqlRepository(RepositoryBase):
 
     def _append_message(self, draft: _DraftMessage, user_id: str | None) -> Any:
         lock = _LOCK_ANY_CHAT if user_id is None else _LOCK_CHAT
+        if self._capacity:
+            self._check_capacity("messages.content", draft.content_json)
+            self._check_capacity("messages.metadata", draft.metadata_json)
 
         def work(tx: Tx) -> Any:
             row = tx.first(lock, {"chat_id": draft.chat_id, "user_id": user_id})
