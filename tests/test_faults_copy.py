@@ -1,0 +1,166 @@
+"""``chatdb demo`` and ``chatdb copy`` killed with SIGKILL at several moments: a reader sees no
+message without its chat (nor a chat without its user) at the moment of the kill, and running the
+same command again ends with exactly the rows of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import chatdb
+from chatdb import demo
+
+from .backends import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = {"users": 4, "chats": 40, "messages": 14_000, "days": 10, "seed": 9}  # 2 chunks of messages
+ORPHANS = (
+    "SELECT (SELECT COUNT(*) FROM messages WHERE chat_id NOT IN (SELECT id FROM chats)), "
+    "(SELECT COUNT(*) FROM chats WHERE user_id NOT IN (SELECT id FROM users))"
+)
+
+
+def chatdb_command(url: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "chatdb", "--quiet", "--db", url, *args]
+
+
+def demo_args() -> list[str]:
+    return ["demo", *(f"--{name}={value}" for name, value in DEMO.items())]
+
+
+def run(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` (polled); fails if it ended first."""
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert process.poll() is None, f"ended before the kill point: {process.stderr.read()!r}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "kill point not reached"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+        process.stderr.close()  # type: ignore[union-attr]
+    assert process.returncode == -signal.SIGKILL, "the process was not killed mid-run"
+
+
+def counts_of(engine: Any) -> Callable[[], dict[str, int]]:
+    def counts() -> dict[str, int]:
+        try:
+            with engine.connect() as conn:
+                return {
+                    t: int(conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one())
+                    for t in ("users", "chats", "messages")
+                }
+        except Exception:  # not created yet, or locked for a moment: not ready
+            return {"users": 0, "chats": 0, "messages": 0}
+
+    return counts
+
+
+def _reached(point: Callable[[dict[str, int]], bool], counts: Callable[[], dict[str, int]]) -> bool:
+    return point(counts())
+
+
+def orphans(engine: Any) -> tuple[int, int]:
+    with engine.connect() as conn:
+        row = conn.execute(text(ORPHANS)).one()
+        return int(row[0]), int(row[1])
+
+
+def stored(config: Any) -> dict[str, list[tuple[Any, ...]]]:
+    with chatdb.create_repository(config) as repo:
+        return {
+            t: sorted(row for batch in repo.scan_rows(t, stored=True) for row in batch)
+            for t in ("users", "chats", "messages", "api_keys")
+        }
+
+
+# Kill points: while the chats are written (no message yet), and in the middle of the messages.
+KILL_POINTS: dict[str, Callable[[dict[str, int]], bool]] = {
+    "before-messages": lambda c: c["chats"] > 0 and c["messages"] == 0,
+    "mid-messages": lambda c: 0 < c["messages"] < DEMO["messages"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+def test_a_killed_demo_is_consistent_and_a_rerun_gives_the_uninterrupted_rows(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.db"
+    with chatdb.create_repository(f"sqlite:///{whole}") as repo:
+        demo.generate(repo, **DEMO)  # type: ignore[arg-type]
+    expected = stored(f"sqlite:///{whole}")
+    for name, point in KILL_POINTS.items():
+        path = tmp_path / f"{name}.db"
+        engine = create_engine(f"sqlite:///{path}")
+        counts = counts_of(engine)
+        try:
+            ready = partial(_reached, point, counts)
+            kill_when(chatdb_command(f"sqlite:///{path}", *demo_args()), ready)
+            assert orphans(engine) == (0, 0), name
+            run(chatdb_command(f"sqlite:///{path}", *demo_args()))
+        finally:
+            engine.dispose()
+        assert stored(f"sqlite:///{path}") == expected, name
+
+
+@pytest.fixture(scope="module")
+def demo_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "source.db"
+    with chatdb.create_repository(f"sqlite:///{path}") as repo:
+        demo.generate(repo, **DEMO)  # type: ignore[arg-type]
+    return path
+
+
+COPY_KILL_POINTS: dict[str, Callable[[dict[str, int]], bool]] = {
+    "before-messages": lambda c: c["chats"] > 0 and c["messages"] == 0,
+    "mid-messages": lambda c: 0 < c["messages"] < DEMO["messages"],
+    "any-moment": lambda c: True,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "point"),
+    [
+        *(pytest.param("sqlite", point, marks=pytest.mark.sqlite) for point in COPY_KILL_POINTS),
+        pytest.param("postgres", "mid-messages", marks=pytest.mark.postgres),
+    ],
+    indirect=["backend"],
+)
+def test_a_killed_copy_is_consistent_and_a_rerun_completes_it_exactly(
+    backend: Backend, point: str, demo_source: Path
+) -> None:
+    source_url = f"sqlite:///{demo_source}"
+    command = chatdb_command(source_url, "copy", "--to", backend.url, "--batch-size", "500")
+    counts = counts_of(backend.admin)
+    started = time.monotonic()
+    ready = COPY_KILL_POINTS[point]
+    if point == "any-moment":  # somewhere in the first second or so, wherever that falls
+        delay = 0.3 + (os.getpid() % 10) / 10
+        kill_when(command, lambda: time.monotonic() - started > delay)
+    else:
+        kill_when(command, lambda: ready(counts()))
+    if counts()["users"]:  # (a kill before the schema exists leaves nothing to read)
+        assert orphans(backend.admin) == (0, 0)
+    run(command)
+    assert stored(backend.config) == stored(source_url)
