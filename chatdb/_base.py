@@ -3,6 +3,12 @@
 A backend subclasses :class:`RepositoryBase` and implements the ``_`` storage hooks, which receive
 checked values and only do I/O. That keeps the contract in one place: the same input is rejected
 (or stored) identically whatever the database.
+
+Schema: writes (and ``ensure_schema``) create chatdb's tables and indexes; reads never create or
+alter anything. A read on a database without chatdb's tables (or a SQLite file that does not
+exist) returns what an empty chatdb database returns: None, an empty page, no rows. A database
+with only some of the tables, or an older layout, is refused with SchemaError by reads (writes
+upgrade it, as ``ensure_schema`` does).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Self
 
 from . import _codec, _validate
 from .config import DbConfig
-from .errors import NotFoundError
+from .errors import NotFoundError, SchemaError
 from .models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
 
 TABLE_NAMES = ("users", "chats", "messages", "api_keys")
@@ -58,7 +64,8 @@ class RepositoryBase(ABC):
 
     def __init__(self, config: DbConfig) -> None:
         self.config = config
-        self._schema_ready = False
+        self._schema_ready = False  # ensure_schema found or made everything
+        self._tables_found = False  # every table reads need is there
         self._schema_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -74,6 +81,26 @@ class RepositoryBase(ABC):
             if not self._schema_ready:
                 self._create_schema()
                 self._schema_ready = True
+
+    def has_schema(self) -> bool:
+        """Whether chatdb's tables are in the database, from one read of its catalog (remembered
+        once true); creates nothing, not even a missing SQLite file. False when none of the
+        tables is there; raises SchemaError when only some are, or a column reads need is
+        missing (an older layout: ``ensure_schema`` upgrades it)."""
+        if self._schema_ready or self._tables_found:
+            return True
+        missing = self._missing_schema()
+        if not missing:
+            self._tables_found = True
+            return True
+        if set(TABLE_NAMES) <= set(missing):
+            return False
+        present = [t for t in TABLE_NAMES if t not in missing]
+        raise SchemaError(
+            f"{self.config.redacted_url} holds {', '.join(present)} but not chatdb's "
+            f"{', '.join(missing)}: another application's database, or chatdb's from an older "
+            "version (ensure_schema(), or `chatdb init`, upgrades it)"
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -104,7 +131,8 @@ class RepositoryBase(ABC):
         cid, owner = _validate.lookup_id("chat_id", chat_id), _validate.lookup_id("user_id", user_id)
         if cid is None or owner is None:
             return None
-        self.ensure_schema()
+        if not self.has_schema():
+            return None
         return self._fetch_chat(cid, owner)
 
     def list_chats(self, user_id: str, limit: int = 50, offset: int = 0) -> Page[Chat]:
@@ -112,7 +140,8 @@ class RepositoryBase(ABC):
         owner = _validate.lookup_id("user_id", user_id)
         if owner is None:
             return Page([], 0, limit, offset)
-        self.ensure_schema()
+        if not self.has_schema():
+            return Page([], 0, limit, offset)
         items, total = self._fetch_chats(owner, limit, offset)
         return Page(items, total, limit, offset)
 
@@ -175,7 +204,8 @@ class RepositoryBase(ABC):
         owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
         if cid is None or (user_id is not None and owner is None):
             return Page([], 0, limit, offset)
-        self.ensure_schema()
+        if not self.has_schema():
+            return Page([], 0, limit, offset)
         items, total = self._fetch_messages(cid, owner, limit, offset)
         return Page(items, total, limit, offset)
 
@@ -184,7 +214,8 @@ class RepositoryBase(ABC):
         owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
         if mid is None or (user_id is not None and owner is None):
             return None
-        self.ensure_schema()
+        if not self.has_schema():
+            return None
         return self._fetch_message(mid, owner)
 
     # -- users ----------------------------------------------------------------------------------
@@ -202,20 +233,23 @@ class RepositoryBase(ABC):
         name = _validate.lookup_id("username", username)
         if name is None:
             return None
-        self.ensure_schema()
+        if not self.has_schema():
+            return None
         return self._fetch_user("username", name)
 
     def get_user_by_id(self, user_id: str) -> User | None:
         uid = _validate.lookup_id("user_id", user_id)
         if uid is None:
             return None
-        self.ensure_schema()
+        if not self.has_schema():
+            return None
         found = self._fetch_user("id", uid)
         return None if found is None else User(found.id, found.username, found.created_at, found.updated_at)
 
     def list_users(self, limit: int = 50, offset: int = 0) -> Page[User]:
         limit, offset = _validate.page(limit, offset)
-        self.ensure_schema()
+        if not self.has_schema():
+            return Page([], 0, limit, offset)
         items, total = self._fetch_users(limit, offset)
         return Page(items, total, limit, offset)
 
@@ -235,14 +269,16 @@ class RepositoryBase(ABC):
         digest = _validate.lookup_id("key_hash", key_hash)
         if digest is None:
             return None
-        self.ensure_schema()
+        if not self.has_schema():
+            return None
         return self._fetch_api_key_by_hash(digest)
 
     def list_api_keys(self, user_id: str) -> list[ApiKey]:
         owner = _validate.lookup_id("user_id", user_id)
         if owner is None:
             return []
-        self.ensure_schema()
+        if not self.has_schema():
+            return []
         return self._fetch_api_keys(owner)
 
     def revoke_api_key(self, key_id: str, user_id: str) -> bool:
@@ -297,7 +333,8 @@ class RepositoryBase(ABC):
 
     def message_time_range(self) -> tuple[datetime | None, datetime | None]:
         """``created_at`` of the oldest and the newest message; ``(None, None)`` when empty."""
-        self.ensure_schema()
+        if not self.has_schema():
+            return None, None
         first, last = self._message_time_range()
         return _codec.parse_ts_or_none(first), _codec.parse_ts_or_none(last)
 
@@ -308,6 +345,12 @@ class RepositoryBase(ABC):
 
     @abstractmethod
     def _create_schema(self) -> None: ...
+
+    @abstractmethod
+    def _missing_schema(self) -> list[str]:
+        """What reads need and the database lacks: table names from TABLE_NAMES (every one of
+        them when there are none, or no database at all) and ``table.column`` names; creates
+        nothing."""
 
     @abstractmethod
     def _insert_chat(self, chat: Chat) -> None: ...

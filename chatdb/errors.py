@@ -9,6 +9,7 @@ Callers catch one root, :class:`ChatDbError`, or a precise subclass::
     │   ├── DuplicateUsernameError
     │   └── DuplicateApiKeyError
     ├── ConfigError            bad configuration or a missing optional dependency
+    ├── SchemaError            the database lacks chatdb's tables (or has only some of them)
     ├── SchemaUpgradeError     ``chatdb upgrade`` refused: it would fail or merge the rows it names
     └── BackendError           the database failed in a way the caller did not cause
         └── BackendUnavailableError   cannot connect (names backend and host, never a password)
@@ -31,6 +32,7 @@ __all__ = [
     "DuplicateApiKeyError",
     "DuplicateUsernameError",
     "NotFoundError",
+    "SchemaError",
     "SchemaUpgradeError",
     "SchemaWarning",
     "ValidationError",
@@ -72,6 +74,11 @@ class SchemaUpgradeError(ChatDbError):
 class SchemaWarning(UserWarning):
     """The database's schema limits a promise (e.g. TEXT content, case-insensitive usernames on a
     MySQL schema the Node app created); the message names the table, the column and the fix."""
+
+
+class SchemaError(ChatDbError):
+    """The database does not hold chatdb's tables, or only some of them, or an older layout of
+    them; ``ensure_schema()`` (``chatdb init``) creates or upgrades them."""
 
 
 class BackendError(ChatDbError):

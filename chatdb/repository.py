@@ -14,6 +14,11 @@ Rules that hold everywhere:
 * Usernames and key hashes match exactly (case and trailing spaces count).
 * Bad input raises :class:`~chatdb.errors.ValidationError` before anything is written; writes that
   touch two tables (add_message, delete_chat) are atomic.
+* Writes create the tables and indexes they need; reads never create or alter anything. On a
+  database without chatdb's tables (or a SQLite file that does not exist, which a read does not
+  create) reads return what an empty database returns: None, an empty page, no rows, zero
+  counts. A database with only some of the tables (another application's, or an older layout)
+  makes reads raise :class:`~chatdb.errors.SchemaError`; ``ensure_schema()`` upgrades it.
 """
 
 from __future__ import annotations
@@ -147,7 +152,13 @@ class ChatRepository(Protocol):
 
     # lifecycle
     def ensure_schema(self) -> None:
-        """Create missing tables and indexes (idempotent); done on first use anyway."""
+        """Create missing tables and indexes, upgrading an older layout (idempotent); every
+        write does it first. Reads never do."""
+        ...
+
+    def has_schema(self) -> bool:
+        """Whether chatdb's tables are there (creates nothing); False when none is, SchemaError
+        when only some are."""
         ...
 
     def close(self) -> None:

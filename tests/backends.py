@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -277,3 +279,47 @@ def temp_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="chatdb-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def empty_database(backend: Backend, tmp_dir: Path) -> Iterator[tuple[DbConfig, Callable[[], set[str]]]]:
+    """A new database on ``backend``'s server (a new file for SQLite) without any table, and a
+    function naming the tables (collections) it holds; dropped at the end."""
+    from sqlalchemy import create_engine, inspect, text
+
+    if backend.name in ("sqlite", "sqlite_memory"):
+        path = tmp_dir / f"{run_id()}.db"
+        sqlite3.connect(path).close()
+
+        def sqlite_tables() -> set[str]:
+            with sqlite3.connect(path) as conn:
+                return {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+
+        yield DbConfig(driver="sqlite", sqlite_path=str(path)), sqlite_tables
+        return
+    database = run_id()
+    if backend.name == "mongodb":
+        client = backend.extra["client"]
+        try:
+            yield (
+                DbConfig(driver="mongodb", mongodb_url=backend.config.mongodb_url, mongodb_name=database),
+                lambda: set(client[database].list_collection_names()),
+            )
+        finally:
+            client.drop_database(database)
+        return
+    admin = backend.extra["server_admin"]
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {database}"))
+    url = backend.admin.url.set(database=database)
+    engine = create_engine(url)
+    try:
+        yield (
+            DbConfig.from_url(url.render_as_string(hide_password=False)),
+            lambda: set(inspect(engine).get_table_names()),
+        )
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if backend.name == "postgres" else ""
+            conn.execute(text(f"DROP DATABASE IF EXISTS {database}{force}"))

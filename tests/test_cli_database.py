@@ -82,16 +82,20 @@ def test_default_database_is_data_chat_db_in_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    assert "no database at data/chat.db" in one_error_line(invoke(None, "info"))
+    ok(None, "init")
+    assert (tmp_path / "data" / "chat.db").is_file()
     [facts] = ok_json(None, "info")
     assert facts["backend"] == "sqlite" and facts["url"] == "sqlite:///./data/chat.db"
-    assert (tmp_path / "data" / "chat.db").is_file()
 
 
 def test_seed_env_vars_and_chatdb_url_choose_the_database(tmp_path: Path) -> None:
     seed_db, url_db = tmp_path / "seed" / "app.db", tmp_path / "url.db"
+    assert invoke(None, "init", env={"SQLITE_PATH": str(seed_db)}).exit_code == 0
     [facts] = json.loads(invoke(None, "info", "--json", env={"SQLITE_PATH": str(seed_db)}).stdout)
     assert facts["url"] == f"sqlite:///{seed_db}" and seed_db.is_file()
     env = {"SQLITE_PATH": str(seed_db), "CHATDB_URL": f"sqlite:///{url_db}"}
+    assert invoke(None, "init", env=env).exit_code == 0
     [facts] = json.loads(invoke(None, "info", "--json", env=env).stdout)
     assert facts["url"] == f"sqlite:///{url_db}"  # CHATDB_URL wins over the seed's variables
     line = one_error_line(invoke(None, "info", env={"DB_DRIVER": "postgres"}))

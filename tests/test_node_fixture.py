@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, inspect, text
 
 import chatdb
 from chatdb import DbConfig, MessageMetadata
+from chatdb.errors import SchemaError
 from chatdb.repository import ChatRepository
 
 from .backends import Backend
@@ -173,6 +174,10 @@ def test_a_database_whose_chats_lack_user_id_gets_the_column(tmp_path: Path) -> 
             "INSERT INTO chats VALUES ('c1', 'old chat', NULL, '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')"
         )
     with chatdb.create_repository(f"sqlite:///{path}") as repo:
+        # Reads never alter a schema: they say what is missing and how to upgrade.
+        with pytest.raises(SchemaError, match=r"chats\.user_id.*ensure_schema"):
+            repo.get_chat("c1", "system")
+        repo.ensure_schema()
         chat = repo.get_chat("c1", "system")
         assert chat is not None and chat.title == "old chat" and chat.user_id == "system"
 
@@ -232,13 +237,23 @@ def test_a_node_written_server_database_reads_exactly_and_gains_indexes(
     node_server_url: Any, fixtures_dir: Path
 ) -> None:
     _, url = node_server_url
+
+    def index_names() -> set[str]:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            names = {
+                str(ix["name"])
+                for table in ("chats", "messages", "api_keys")
+                for ix in inspector.get_indexes(table)
+            }
+        engine.dispose()
+        return names
+
+    before = index_names()
     with chatdb.create_repository(url.render_as_string(hide_password=False)) as repo:
         assert_reads_every_node_row_exactly(repo, expected_tables(fixtures_dir))
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        inspector = inspect(conn)
-        names = {
-            ix["name"] for table in ("chats", "messages", "api_keys") for ix in inspector.get_indexes(table)
-        }
-    engine.dispose()
-    assert names >= CHATDB_INDEXES
+        assert [row for batch in repo.scan_rows("messages") for row in batch]
+        assert index_names() == before  # reads alter nothing
+        repo.ensure_schema()
+    assert index_names() >= CHATDB_INDEXES

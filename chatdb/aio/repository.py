@@ -194,8 +194,14 @@ class AsyncChatRepository:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def ensure_schema(self) -> None:
-        """Create missing tables and indexes (idempotent); done on first use anyway."""
+        """Create missing tables and indexes, upgrading an older layout (idempotent); every
+        write does it first. Reads never do."""
         await self._call(self._repo.ensure_schema)
+
+    async def has_schema(self) -> bool:
+        """Whether chatdb's tables are there (creates nothing); False when none is, SchemaError
+        when only some are."""
+        return await self._call(self._repo.has_schema)
 
     async def aclose(self) -> None:
         """Close every pooled connection; the repository reconnects if used again."""

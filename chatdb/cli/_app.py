@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import click
 
-from .._base import RepositoryBase
 from ..config import DEFAULT_SQLITE_PATH, DbConfig
-from ..errors import ChatDbError
+from ..errors import ChatDbError, NotFoundError, SchemaError
+from ..repository import ChatRepository
 
 # The Node application's settings; any of them set means "use them" (DbConfig.from_env).
 SEED_ENV_VARS = ("DB_DRIVER", "SQLITE_PATH", "POSTGRES_URL", "MYSQL_URL", "MONGODB_URL", "MONGODB_DB_NAME")
@@ -44,16 +44,32 @@ class AppState:
                 self._config = DbConfig(driver="sqlite", sqlite_path=DEFAULT_SQLITE_PATH)
         return self._config
 
-    def open(self, url: str | None = None) -> RepositoryBase:
-        """A repository for this command, closed when the command ends."""
+    def open(self, url: str | None = None, *, create: bool = False) -> ChatRepository:
+        """A repository for this command, closed when the command ends.
+
+        Reading commands (the default) open what is there and create nothing: a SQLite file
+        that does not exist, or a database without chatdb's tables, is an error saying how to
+        make one. ``create=True`` (init, demo, users create, copy's target) is for commands
+        that write: their first write creates the file, its folder and the tables.
+        """
         from ..factory import create_repository
 
         config = self.config(url)
+        repo = click.get_current_context().with_resource(create_repository(config))
+        if create:
+            return repo
+        where = config.redacted_url
         if config.driver == "sqlite" and not config.is_memory:
-            Path(config.sqlite_path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # Every backend is a RepositoryBase: the CLI also uses its storage-level methods.
-        repo = cast(RepositoryBase, create_repository(config))
-        return click.get_current_context().with_resource(repo)
+            path = Path(config.sqlite_path)
+            if not path.exists():
+                raise NotFoundError(
+                    f"no database at {path}; run `chatdb demo` to make one with demo data, "
+                    "or `chatdb init` for an empty one (or pick another with --db)"
+                )
+            where = str(path)
+        if not repo.has_schema():
+            raise SchemaError(f"no chatdb tables in {where}; run `chatdb init` to create them")
+        return repo
 
     def show_progress(self) -> bool:
         return not self.quiet and sys.stdout.isatty()

@@ -26,7 +26,7 @@ def users() -> None:
 @output_options
 def users_create(username: str, password: str, fmt: str) -> None:
     """Create user USERNAME; only a scrypt hash of the password is stored."""
-    user = admin.create_user(state().open(), username, password)
+    user = admin.create_user(state().open(create=True), username, password)
     render([asdict(user)], USER_COLUMNS, fmt)
 
 

@@ -19,7 +19,7 @@ from .output import output_options, render
 def init() -> None:
     """Create the tables and indexes (safe to run again)."""
     app = state()
-    repo = app.open()
+    repo = app.open(create=True)
     repo.ensure_schema()
     app.note(f"schema ready: {repo.backend} {app.config().redacted_url}")
 
@@ -34,7 +34,7 @@ def upgrade(dry_run: bool) -> None:
     the Node app keeps working. Refuses, naming the rows, when a change would fail or merge data.
     """
     app = state()
-    result = admin.upgrade_schema(app.open(), dry_run=dry_run)
+    result = admin.upgrade_schema(app.open(create=True), dry_run=dry_run)
     for statement in result.statements:
         click.echo(statement + ";")
     if not result.statements:
@@ -85,7 +85,7 @@ def copy(target: str, source: str | None, batch_size: int, fmt: str) -> None:
     the end. On a terminal, a progress bar per table shows rows and rows/s (not with --quiet).
     """
     app = state()
-    source_repo, target_repo = app.open(source), app.open(target)
+    source_repo, target_repo = app.open(source), app.open(target, create=True)
     with _TableProgress(app, source_repo.count_rows()) as progress:
         result = copy_database(source_repo, target_repo, batch_size=batch_size, progress=progress)
     rows = [vars(t) for t in result.tables.values()]

@@ -35,7 +35,7 @@ def demo(users: int, chats: int, messages: int, days: int, end: datetime, seed: 
     from .. import demo as demo_data
 
     app = state()
-    repo = app.open()
+    repo = app.open(create=True)
     with app.progress(messages, "writing messages") as bar:
         summary = demo_data.generate(
             repo,

@@ -194,6 +194,15 @@ class MongoRepository(RepositoryBase):
                     if exc.code != _INDEX_EXISTS_UNDER_OTHER_NAME:
                         raise
 
+    def _missing_schema(self) -> list[str]:
+        # MongoDB makes a collection on its first insert, so one of them is enough: a chatdb
+        # database where, say, no API key was ever made has no api_keys collection.
+        with self._errors():
+            present = set(self.db.list_collection_names())
+        if any(mapping.COLLECTIONS[table] in present for table in TABLE_NAMES):
+            return []
+        return list(TABLE_NAMES)
+
     # -- storage-level access ----------------------------------------------------------------------
 
     def scan_rows(
@@ -229,7 +238,8 @@ class MongoRepository(RepositoryBase):
 
         from .. import _batches
 
-        self.ensure_schema()
+        if not self.has_schema():
+            return
         owner_filter: Any = user_id
         if table == "messages" and user_id is not None:
             with self._errors():
@@ -341,7 +351,8 @@ class MongoRepository(RepositoryBase):
         return inserted
 
     def count_rows(self) -> dict[str, int]:
-        self.ensure_schema()
+        if not self.has_schema():
+            return dict.fromkeys(TABLE_NAMES, 0)
         with self._errors():
             return {table: _count(self._col(mapping.COLLECTIONS[table]), {}) for table in TABLE_NAMES}
 

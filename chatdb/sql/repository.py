@@ -8,6 +8,7 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -188,6 +189,7 @@ def build_scan(
     null_as: str | None = None,
     owner: bool = True,
     slim_content: bool = False,
+    force_index: bool = True,
 ) -> Select[Any]:
     """The ordered, filtered SELECT behind ``scan_rows`` (pure; filters become WHERE clauses).
     ``null_as`` selects every column that can be NULL as ``ifnull(column, null_as)`` (for
@@ -197,7 +199,8 @@ def build_scan(
     itself. ``slim_content`` (SQLite 3.44+ only) selects a message content over
     SLIM_CONTENT_BYTES as its parts' ``type`` and ``text`` only, which is all an export reads:
     25,000 rows holding images overflowed an Arrow string column (2 GiB) in the native scan,
-    and carried megabytes per image that the export then skipped."""
+    and carried megabytes per image that the export then skipped. ``force_index=False`` leaves
+    out MySQL's index hint, for a database that lacks the index (reads do not create it)."""
     source = TABLES[_table_name(table)]
     names = IMPORT_COLUMNS[source.name] if stored else SCAN_COLUMNS[source.name]
     joined = source is messages and not stored
@@ -216,7 +219,7 @@ def build_scan(
     statement = select(*columns)
     if joined:
         statement = statement.select_from(messages.outerjoin(chats, _C.id == _M.chat_id))
-    if source is messages and user_id is None:
+    if source is messages and user_id is None and force_index:
         # Without a range on created_at, MySQL/MariaDB sort the whole table (rows, content and
         # all) instead of reading the (created_at, id) index in order: 1.1 s vs 0.7 s for
         # 200,000 messages, and 0.5 s before the first row. (With a user, its chats lead.)
@@ -332,6 +335,7 @@ class SqlRepository(RepositoryBase):
         # Bytes a column can hold where the schema (a Node-created MySQL one) holds less than
         # chatdb promises, "table.column" -> bytes; learned by ensure_schema.
         self._capacity: dict[str, int] = {}
+        self._indexes_found = False  # every index is there (a read's catalog look: has_schema)
 
     @property
     def engine(self) -> Engine:
@@ -341,9 +345,30 @@ class SqlRepository(RepositoryBase):
     def close(self) -> None:
         self._executor.dispose()
         if self.config.is_memory:
-            self._schema_ready = False  # the next use opens a new, empty database
+            # The next use opens a new, empty database.
+            self._schema_ready = self._tables_found = False
 
     # -- schema ---------------------------------------------------------------------------------
+
+    def _missing_schema(self) -> list[str]:
+        if (
+            self.backend == "sqlite"
+            and not self.config.is_memory
+            and not os.path.exists(self.config.sqlite_path)
+        ):
+            return list(TABLE_NAMES)  # (connecting would create the file)
+        catalog = self._executor.dialect.catalog_sql
+
+        def names(tx: Tx) -> set[str]:
+            tx.cursor.execute(catalog)
+            return {str(row[0]) for row in tx.cursor.fetchall()}
+
+        found = self._executor.run(names)
+        self._indexes_found = found >= _SCHEMA_NAMES
+        missing = [table for table in TABLE_NAMES if table not in found]
+        if "chats" in found and "chats.user_id" not in found:
+            missing.append("chats.user_id")
+        return missing
 
     def _create_schema(self) -> None:
         # Nearly always everything exists: one catalog read instead of SQLAlchemy's inspection
@@ -457,8 +482,18 @@ class SqlRepository(RepositoryBase):
         batch_size: int = 10_000,
         stored: bool = False,
     ) -> Iterator[list[tuple[Any, ...]]]:
-        statement = build_scan(table, since=since, until=until, user_id=user_id, after=after, stored=stored)
-        self.ensure_schema()
+        _table_name(table)
+        if not self.has_schema():
+            return iter(())
+        statement = build_scan(
+            table,
+            since=since,
+            until=until,
+            user_id=user_id,
+            after=after,
+            stored=stored,
+            force_index=self._schema_ready or self._indexes_found,
+        )
         # Message contents with images are MBs each: batches end at a size too.
         names = IMPORT_COLUMNS["messages"] if stored else SCAN_COLUMNS["messages"]
         bulky = names.index("content") if _table_name(table) == "messages" else None
@@ -492,8 +527,17 @@ class SqlRepository(RepositoryBase):
         native = arrow_scan.for_backend(self.backend)
         if not self.native_scans or self.config.is_memory or native is None:
             return None
-        self.ensure_schema()
-        scan = partial(build_scan, table, since=since, until=until, user_id=user_id, after=after)
+        if not self.has_schema():
+            return None  # (scan_rows: no rows)
+        scan = partial(
+            build_scan,
+            table,
+            since=since,
+            until=until,
+            user_id=user_id,
+            after=after,
+            force_index=self._schema_ready or self._indexes_found,
+        )
         if native.start_up_cost and self._has_fewer_rows(scan(), self.arrow_scan_min_rows):
             return None
         location = self._executor.dialect.location
@@ -588,7 +632,8 @@ class SqlRepository(RepositoryBase):
         def work(tx: Tx) -> dict[str, int]:
             return {name: int(tx.scalar(_COUNTS[name])) for name in TABLE_NAMES}
 
-        self.ensure_schema()
+        if not self.has_schema():
+            return dict.fromkeys(TABLE_NAMES, 0)
         return self._executor.run(work)
 
     def _message_time_range(self) -> tuple[str | None, str | None]:
