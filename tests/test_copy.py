@@ -236,3 +236,20 @@ def test_copy_progress_is_per_table_and_quiet_when_piped(tmp_path: Path) -> None
         bar("chats", 4)
     shown = err.getvalue()
     assert "users" in shown and "chats" in shown and "rows/s" in shown and "4/4" in shown
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_fresh_postgres_copy_that_meets_a_conflict_skips_it_through_the_staging_table(
+    backend: Backend,
+) -> None:
+    from chatdb.sql.dialects import import_chunk
+
+    columns = ("id", "chat_id", "role", "content", "created_at", "metadata")
+    rows = [(f"m{i}", "c", "user", "[]", "2026-01-01T00:00:00.000Z", None) for i in range(6)]
+    with backend.new_repo() as repo:
+        assert repo.import_rows("messages", [dict(zip(columns, row, strict=True)) for row in rows[:2]]) == 2
+        executor = repo._executor  # type: ignore[attr-defined]
+        # As if another writer had added two rows after this import found the table empty.
+        write = lambda tx: import_chunk("postgres", tx.cursor, "messages", columns, rows, fresh=True)  # noqa: E731
+        assert executor.run(write, write=True) == 4
+        assert repo.count_rows()["messages"] == 6

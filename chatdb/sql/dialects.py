@@ -396,6 +396,8 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
     * PostgreSQL: ``COPY`` into a session's temporary staging table (emptied at each commit),
       then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, whose rowcount is the rows inserted
       (chatdb.aio's cursors have no COPY: they fill the staging table with ``executemany``).
+      When ``fresh``, ``COPY`` goes straight into the table, behind a savepoint: should a row
+      conflict after all (another writer), the chunk takes the staging path instead.
     * MySQL/MariaDB: multi-row ``INSERT ... ON DUPLICATE KEY UPDATE id = id`` statements of up
       to MYSQL_STATEMENT_BYTES (strict mode stays in force, unlike INSERT IGNORE, which would
       truncate over-long values); the rows inserted are counted from the ids already present,
@@ -407,6 +409,8 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
         cursor.executemany(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", rows)
         return int(cursor.rowcount)
     if backend == "postgres":
+        if fresh and hasattr(cursor, "copy") and _copy_into(cursor, table, names, rows):
+            return len(rows)
         stage = f"chatdb_stage_{table}"
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) "
@@ -437,6 +441,23 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
         f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows
     )
     return len(rows) - existing
+
+
+def _copy_into(cursor: Any, table: str, names: str, rows: list[tuple[Any, ...]]) -> bool:
+    """PostgreSQL: COPY ``rows`` into ``table`` itself; False (and nothing written) when one of
+    them violates a unique constraint."""
+    cursor.execute("SAVEPOINT chatdb_bulk")
+    try:
+        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != _PG_UNIQUE:
+            raise
+        cursor.execute("ROLLBACK TO SAVEPOINT chatdb_bulk")
+        return False
+    cursor.execute("RELEASE SAVEPOINT chatdb_bulk")
+    return True
 
 
 def dialect_for(config: DbConfig) -> SqlDialect:
