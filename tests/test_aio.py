@@ -43,7 +43,6 @@ def test_lifecycle_is_async_with_and_aclose() -> None:
 @pytest.mark.parametrize(
     ("url", "module"),
     [
-        ("sqlite:///:memory:", "aiosqlite"),
         ("postgresql://u@127.0.0.1:1/db", "psycopg"),
         ("mysql://u@127.0.0.1:1/db", "aiomysql"),
         ("mongodb://127.0.0.1:1/", "pymongo"),

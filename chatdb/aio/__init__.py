@@ -1,8 +1,8 @@
 """chatdb for asyncio: :func:`create_async_repository` and :class:`AsyncChatRepository`.
 
 The same contract, models, errors and stored bytes as the sync repository, on asyncio drivers:
-psycopg's ``AsyncConnection`` (PostgreSQL), aiomysql (MySQL/MariaDB), pymongo's
-``AsyncMongoClient`` (MongoDB) and aiosqlite (SQLite). Install them with
+psycopg's ``AsyncConnection`` (PostgreSQL), aiomysql (MySQL/MariaDB) and pymongo's
+``AsyncMongoClient`` (MongoDB); SQLite's transactions run on threads (one writer). Install with
 ``pip install 'chatdb[async]'``. How one code base serves both sides: :mod:`chatdb.aio.repository`.
 """
 

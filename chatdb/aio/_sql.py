@@ -1,9 +1,10 @@
 """The SQL side of chatdb.aio: :class:`SqlRepository` itself, on asyncio drivers.
 
 Nothing of the SQL repository is rewritten here. Its methods run inside a greenlet (see
-:mod:`chatdb.aio._bridge`), and the DB-API connections under them are SQLAlchemy's adapters of
-the asyncio drivers (psycopg's ``AsyncConnection``, aiomysql, aiosqlite): each driver call
-suspends the greenlet and awaits the driver on the event loop. So statements, validation, row
+:mod:`chatdb.aio.repository`), and on the servers the DB-API connections under them are
+SQLAlchemy's adapters of the asyncio drivers (psycopg's ``AsyncConnection``, aiomysql): each
+driver call suspends the greenlet and awaits the driver on the event loop. SQLite runs each
+transaction on a thread instead (:class:`SqliteThreadExecutor`). So statements, validation, row
 mapping, retries and error translation are the sync repository's own code, run unchanged.
 
 What differs is where a transaction's connection comes from: :class:`PooledExecutor` takes it
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -25,7 +27,7 @@ from sqlalchemy.util.concurrency import AsyncAdaptedLock
 
 from ..config import DbConfig
 from ..sql.dialects import SqlDialect, dialect_for
-from ..sql.executor import PING_AFTER_IDLE_SECONDS, Executor, _Held
+from ..sql.executor import PING_AFTER_IDLE_SECONDS, Executor, Tx, _Held
 from ..sql.repository import SqlRepository
 
 T = TypeVar("T")
@@ -50,11 +52,10 @@ class PooledExecutor(Executor):
 
     def __init__(self, dialect: SqlDialect, size: int) -> None:
         super().__init__(dialect)
-        self._lock = None  # greenlets share a thread: the pool (of 1 for :memory:) serializes
-        self.size = 1 if dialect.serialize else size
+        self._lock = None  # (greenlets share a thread: no thread lock may be held across awaits)
+        self.size = size
         self._slots = asyncio.Semaphore(self.size)
         self._idle: list[_Pooled] = []
-        self._memory: Any = None
 
     @property
     def engine(self) -> Engine:
@@ -79,10 +80,7 @@ class PooledExecutor(Executor):
                 self._forget(held)
             proxy = self._raw_connection()
             pooled = _Pooled(proxy.dbapi_connection, proxy.driver_connection)
-            if self.dialect.serialize:
-                self._memory = proxy  # :memory: stays StaticPool's one connection
-            else:
-                proxy.detach()  # the pool's (ours) until closed
+            proxy.detach()  # the pool's (ours) until closed
             with self._held_lock:
                 self._held.add(pooled)
             return pooled
@@ -98,15 +96,11 @@ class PooledExecutor(Executor):
     def _forget(self, held: _Held) -> None:
         with self._held_lock:
             self._held.discard(held)
-        if self.dialect.serialize:
-            held.dead = True  # the one :memory: connection: StaticPool hands it out again
-        else:
-            held.close()
+        held.close()
 
     def dispose(self) -> None:
         """Close every connection (in a greenlet: closing awaits the driver)."""
         self._idle.clear()
-        self._memory = None
         super().dispose()
 
     def idle_in_transaction(self) -> list[bool]:
@@ -132,17 +126,86 @@ class PooledExecutor(Executor):
             self._slots.release()
 
 
+class SqliteThreadExecutor(Executor):
+    """SQLite: each transaction runs whole, with the sync driver, on a thread: writes on one
+    writer thread, reads on up to ``size`` reader threads (each thread keeps its connection,
+    as the sync executor does); the task awaits the thread's result.
+
+    SQLite has no asynchronous I/O, so a thread does its work either way. An asyncio adapter
+    (aiosqlite) hops to its thread and back for every statement, cursor and fetch, ten hops for
+    one message; here a transaction is one hop. One writer thread means writers queue in
+    process instead of polling SQLite's lock from several connections (its busy handler sleeps
+    up to 100 ms between tries). A cancelled task stops waiting, but a transaction already on
+    its thread runs to COMMIT or ROLLBACK there: it is whole or absent, and the connection is
+    left outside a transaction. ``:memory:`` (one connection) runs everything on the writer.
+    """
+
+    def __init__(self, dialect: SqlDialect, size: int) -> None:
+        super().__init__(dialect)
+        self.size = size
+        self._threads: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+
+    def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        """(writer, readers), started on first use and stopped by dispose()."""
+        if self._threads is None:
+            writer = ThreadPoolExecutor(1, thread_name_prefix="chatdb-sqlite-writer")
+            readers = writer
+            if not self.dialect.serialize:
+                readers = ThreadPoolExecutor(self.size, thread_name_prefix="chatdb-sqlite-reader")
+            self._threads = (writer, readers)
+        return self._threads
+
+    def _on_thread(self, pool: ThreadPoolExecutor, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await_only(asyncio.wrap_future(pool.submit(call, *args, **kwargs)))
+
+    def run(self, work: Callable[[Tx], T], *, write: bool = False) -> T:
+        writer, readers = self._pools()
+        result: T = self._on_thread(writer if write else readers, super().run, work, write=write)
+        return result
+
+    def run_core(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        result: T = self._on_thread(self._pools()[0], super().run_core, work, write=write)
+        return result
+
+    def stream(
+        self, statement: Any, batch_size: int, *, bulky: int | None = None
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        readers = self._pools()[1]
+        batches: Any = super().stream(statement, batch_size, bulky=bulky)
+        try:
+            while (batch := self._on_thread(readers, next, batches, None)) is not None:
+                yield batch
+        finally:
+            self._on_thread(readers, batches.close)
+
+    def dispose(self) -> None:
+        threads, self._threads = self._threads, None
+        if threads is None:
+            super().dispose()
+            return
+        self._on_thread(threads[0], super().dispose)
+        for pool in set(threads):
+            pool.shutdown(wait=False)
+
+    def idle_in_transaction(self) -> list[bool]:
+        """For each connection, whether it is inside a transaction (tests; call when idle)."""
+        with self._held_lock:
+            return [bool(held.conn.in_transaction) for held in self._held if not held.dead]
+
+
 class BridgedSqlRepository(SqlRepository):
     """:class:`SqlRepository` over an asyncio driver; every call runs in a greenlet."""
 
     def __init__(self, config: DbConfig) -> None:
         super().__init__(config)
-        self._executor = PooledExecutor(dialect_for(config), config.pool_size)
+        dialect = dialect_for(config)
+        executor = SqliteThreadExecutor if dialect.backend == "sqlite" else PooledExecutor
+        self._executor = executor(dialect, config.pool_size)
         # Schema creation awaits: tasks wait their turn on an asyncio lock, not a thread lock.
         self._schema_lock = AsyncAdaptedLock()  # type: ignore[assignment]
 
     @property
-    def pool(self) -> PooledExecutor:
+    def pool(self) -> PooledExecutor | SqliteThreadExecutor:
         executor = self._executor
-        assert isinstance(executor, PooledExecutor)
+        assert isinstance(executor, (PooledExecutor, SqliteThreadExecutor))
         return executor

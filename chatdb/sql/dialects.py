@@ -31,11 +31,10 @@ _MYSQL_DUP_KEYNAME = 1061
 _PG_UNIQUE = "23505"
 _PG_RETRY = {"40001", "40P01"}  # serialization failure, deadlock
 _MYSQL_GONE = {2002, 2003, 2006, 2013, 2055}
-# The asyncio driver per backend (chatdb.aio): aiomysql rather than asyncmy because its errors
-# are PyMySQL's own classes, so one errno table (and is_disconnect) serves both sides; aiosqlite
-# runs each connection's calls on a thread of its own, which is all an embedded database can
-# offer asyncio (its calls are short; a writer thread of our own would be the same thing).
-_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgres": "psycopg_async", "mysql": "aiomysql"}
+# The asyncio driver per server (chatdb.aio): aiomysql rather than asyncmy because its errors
+# are PyMySQL's own classes, so one errno table (and is_disconnect) serves both sides. (SQLite
+# has no asyncio driver here: chatdb.aio runs its transactions on threads, see aio/_sql.py.)
+_ASYNC_DRIVERS = {"postgres": "psycopg_async", "mysql": "aiomysql"}
 
 
 class UniqueViolation(ChatDbError):
@@ -119,52 +118,35 @@ class SqlDialect:
     def require_async_driver(self) -> None:
         """Raise ConfigError naming the extra when this backend's asyncio driver is missing."""
         _require("greenlet", "async", "chatdb.aio")
-        module = {"sqlite": "aiosqlite", "postgres": "psycopg", "mysql": "aiomysql"}[self.backend]
-        _require(module, "async", f"chatdb.aio on {self.backend}")
+        if self.backend != "sqlite":
+            module = {"postgres": "psycopg", "mysql": "aiomysql"}[self.backend]
+            _require(module, "async", f"chatdb.aio on {self.backend}")
 
     def create_async_engine(self) -> Engine:
-        """The engine of chatdb.aio, over this backend's asyncio driver: its sync face (run in a
-        greenlet; see chatdb.aio._sql). Pooling is the caller's (NullPool; :memory: is one
-        StaticPool connection), so no pool checkout nor pre-ping runs per call."""
+        """The engine of chatdb.aio on a server, over its asyncio driver: the sync face (run in a
+        greenlet; see chatdb.aio._sql). Pooling is the caller's (NullPool), so no pool checkout
+        nor pre-ping runs per call."""
         from sqlalchemy.ext.asyncio import create_async_engine
 
         self.require_async_driver()
         driver = _ASYNC_DRIVERS[self.backend]
         timeout = max(1, round(self.config.connect_timeout))
-        if self.backend == "sqlite":
-            if self.serialize:
-                url: Any = "sqlite+aiosqlite:///:memory:"
-                options: dict[str, Any] = {"poolclass": pool.StaticPool, "pool_reset_on_return": None}
-            else:
-                folder = os.path.dirname(os.path.abspath(self.config.sqlite_path))
-                try:
-                    os.makedirs(folder, exist_ok=True)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"sqlite_path folder {folder} cannot be created: {exc.strerror}"
-                    ) from None
-                url = URL.create("sqlite+aiosqlite", database=self.config.sqlite_path)
-                options = {"poolclass": pool.NullPool, "connect_args": {"timeout": 30.0}}
-        else:
-            url = self._url().set(drivername=f"{self._url().drivername.partition('+')[0]}+{driver}")
-            options = {"poolclass": pool.NullPool, "connect_args": {"connect_timeout": timeout}}
+        url = self._url().set(drivername=f"{self._url().drivername.partition('+')[0]}+{driver}")
+        options = {"poolclass": pool.NullPool, "connect_args": {"connect_timeout": timeout}}
         engine = create_async_engine(url, **options).sync_engine
-        if self.backend == "sqlite":
-            event.listen(engine, "connect", _sqlite_connect)
-            event.listen(engine, "begin", _sqlite_begin)
-        elif self.backend == "mysql":
+        if self.backend == "mysql":
             event.listen(engine, "connect", _mysql_session)
         return engine
 
     def in_transaction(self, driver_connection: Any) -> bool:
-        """Whether an asyncio driver's connection is inside a transaction (pool checks)."""
+        """Whether a driver's connection is inside a transaction (pool checks)."""
         if self.backend == "postgres":
             from psycopg.pq import TransactionStatus
 
             return bool(driver_connection.info.transaction_status != TransactionStatus.IDLE)
         if self.backend == "mysql":
             return bool(driver_connection.get_transaction_status())
-        return bool(driver_connection.in_transaction)
+        return bool(driver_connection.in_transaction)  # sqlite3
 
     def _sqlite_engine(self) -> Engine:
         path = self.config.sqlite_path
