@@ -141,3 +141,21 @@ def test_both_number_forms_read_back_the_same() -> None:
     before = load_metadata('{"model":"m","totalCostUsd":3.6e-05}')
     after = load_metadata('{"model":"m","totalCostUsd":0.000036}')
     assert before == after == MessageMetadata(model="m", total_cost_usd=3.6e-05)
+
+
+def test_a_chat_loaded_from_a_row_is_the_chat_the_constructor_builds() -> None:
+    import dataclasses
+    import pickle
+
+    from chatdb.models import Chat
+    from chatdb.sql.mapping import load_chat
+
+    for stamps in (("2026-01-02T03:04:05.678Z",) * 2, ("2026-01-02T03:04:05.678+01:00", "2026-01-02 03:04:05")):
+        row = ("c1", "title", None, "u1", *stamps)
+        loaded = load_chat(row)
+        built = Chat("c1", "title", None, "u1", parse_ts(stamps[0]), parse_ts(stamps[1]))
+        assert type(loaded) is Chat and loaded == built and hash(loaded) == hash(built)
+        assert repr(loaded) == repr(built) and dataclasses.asdict(loaded) == dataclasses.asdict(built)
+        assert pickle.loads(pickle.dumps(loaded)) == built
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            loaded.title = "changed"  # type: ignore[misc]

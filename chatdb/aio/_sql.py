@@ -158,9 +158,10 @@ class SqliteThreadExecutor(Executor):
     def _on_thread(self, pool: ThreadPoolExecutor, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await_only(asyncio.wrap_future(pool.submit(call, *args, **kwargs)))
 
-    def run(self, work: Callable[[Tx], T], *, write: bool = False) -> T:
+    def run(self, work: Callable[[Tx], T], *, write: bool = False, lone: bool = False) -> T:
         writer, readers = self._pools()
-        result: T = self._on_thread(writer if write else readers, super().run, work, write=write)
+        pool = writer if write else readers
+        result: T = self._on_thread(pool, super().run, work, write=write, lone=lone)
         return result
 
     def run_core(self, work: Callable[[Connection], T], *, write: bool = False) -> T:

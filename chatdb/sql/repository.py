@@ -647,7 +647,7 @@ class SqlRepository(RepositoryBase):
 
     def _fetch_chat(self, chat_id: str, user_id: str) -> Chat | None:
         params = {"chat_id": chat_id, "user_id": user_id}
-        row = self._executor.run(lambda tx: tx.first(_SELECT_CHAT, params))
+        row = self._executor.run(lambda tx: tx.first(_SELECT_CHAT, params), lone=True)
         return None if row is None else mapping.load_chat(row)
 
     def _fetch_chats(self, user_id: str, limit: int, offset: int) -> tuple[list[Chat], int]:
@@ -732,7 +732,7 @@ class SqlRepository(RepositoryBase):
     def _fetch_message(self, message_id: str, user_id: str | None) -> Message | None:
         params = {"message_id": message_id, "user_id": user_id}
         statement = _SELECT_MESSAGE if user_id is None else _SELECT_OWNED_MESSAGE
-        row = self._executor.run(lambda tx: tx.first(statement, params))
+        row = self._executor.run(lambda tx: tx.first(statement, params), lone=True)
         return None if row is None else mapping.load_message(row)
 
     # -- users ----------------------------------------------------------------------------------
@@ -751,7 +751,7 @@ class SqlRepository(RepositoryBase):
             raise DuplicateUsernameError(f"username {user.username!r} is taken") from None
 
     def _fetch_user(self, by: str, value: str) -> UserWithPasswordHash | None:
-        row = self._executor.run(lambda tx: tx.first(_SELECT_USER_BY[by], {"value": value}))
+        row = self._executor.run(lambda tx: tx.first(_SELECT_USER_BY[by], {"value": value}), lone=True)
         # Exact even on a Node-created MySQL table whose collation ignores case.
         if row is None or row[_USER_KEY_INDEX[by]] != value:
             return None
@@ -784,7 +784,7 @@ class SqlRepository(RepositoryBase):
             raise DuplicateApiKeyError("an API key with this hash already exists") from None
 
     def _fetch_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        row = self._executor.run(lambda tx: tx.first(_SELECT_ACTIVE_KEY, {"key_hash": key_hash}))
+        row = self._executor.run(lambda tx: tx.first(_SELECT_ACTIVE_KEY, {"key_hash": key_hash}), lone=True)
         return None if row is None else mapping.load_api_key(row)
 
     def _fetch_api_keys(self, user_id: str) -> list[ApiKey]:
