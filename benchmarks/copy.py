@@ -50,7 +50,16 @@ COLUMNS = {
     "users": ("id", "username", "password_hash", "created_at", "updated_at"),
     "chats": ("id", "title", "session_id", "user_id", "created_at", "updated_at"),
     "messages": ("id", "chat_id", "role", "content", "created_at", "metadata"),
-    "api_keys": ("id", "user_id", "key_hash", "key_prefix", "name", "created_at", "last_used_at", "revoked_at"),
+    "api_keys": (
+        "id",
+        "user_id",
+        "key_hash",
+        "key_prefix",
+        "name",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ),
 }
 CHUNK = 5_000
 
@@ -74,7 +83,10 @@ def run_psycopg(source: str, target: str) -> None:
     with psycopg.connect(target) as con:
         for table in TABLES:
             for rows in _source_rows(source, table):
-                with con.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS[table])}) FROM STDIN") as cp:
+                with (
+                    con.cursor() as cur,
+                    cur.copy(f"COPY {table} ({', '.join(COLUMNS[table])}) FROM STDIN") as cp,
+                ):
                     for row in rows:
                         cp.write_row(row)
                 con.commit()
@@ -130,7 +142,17 @@ def run_pymongo(source: str, target: str) -> None:
 
 
 def run_chatdb(source: str, target: str) -> None:
-    command = [sys.executable, "-m", "chatdb", "--quiet", "--db", f"sqlite:///{source}", "copy", "--to", target]
+    command = [
+        sys.executable,
+        "-m",
+        "chatdb",
+        "--quiet",
+        "--db",
+        f"sqlite:///{source}",
+        "copy",
+        "--to",
+        target,
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -143,7 +165,9 @@ RUNS = {"psycopg": run_psycopg, "pymysql": run_pymysql, "pymongo": run_pymongo, 
 def measure(command: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB: the child's, or its own child's for chatdb) of a command."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL
+    )
     peak = [0.0]
     stop = threading.Event()
 
@@ -195,7 +219,9 @@ class Servers:
 
         self.pg_admin = create_engine(postgres.replace("postgresql://", "postgresql+psycopg://", 1),
                                       isolation_level="AUTOCOMMIT")  # fmt: skip
-        self.my_admin = create_engine(mysql.replace("mysql://", "mysql+pymysql://", 1), isolation_level="AUTOCOMMIT")
+        self.my_admin = create_engine(
+            mysql.replace("mysql://", "mysql+pymysql://", 1), isolation_level="AUTOCOMMIT"
+        )
         self.pg_base, self.my_base = postgres.rsplit("/", 1)[0], mysql.rsplit("/", 1)[0]
         self.made: list[tuple[str, str]] = []
         self.nx: Any = None
@@ -261,7 +287,9 @@ class Servers:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--chats", type=int, default=20_000)
     parser.add_argument("--users", type=int, default=200)
@@ -293,7 +321,9 @@ def main() -> None:
         size = Path(source).stat().st_size / 1e6
         print(f"source: {source} ({size:,.0f} MB, {messages:,} messages); load: {os.getloadavg()[0]:.2f}")
 
-        def one(label: str, kind: str, command: list[str], schema: bool = True, url: str | None = None) -> None:
+        def one(
+            label: str, kind: str, command: list[str], schema: bool = True, url: str | None = None
+        ) -> None:
             target = url or servers.new(kind, schema)
             seconds, peak = measure([*command, target] if url is None else command)
             got = servers.counts(target)["messages"] if kind != "pgloader" else _pg_count(target)
@@ -316,7 +346,9 @@ def main() -> None:
             one("chatdb copy -> MongoDB", "mongodb", [*me, "chatdb", source])
             target = servers.new("mongodb")
             base, _, name = target.rpartition("/")
-            one("pymongo insert_many loop", "mongodb", [*me, "pymongo", source, f"{base}/#{name}"], url=target)
+            one(
+                "pymongo insert_many loop", "mongodb", [*me, "pymongo", source, f"{base}/#{name}"], url=target
+            )
     finally:
         servers.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -229,7 +229,9 @@ def test_duckdb_out_naming_a_file_that_is_not_duckdb_is_one_error_line(
 
 
 @on_sqlite
-def test_duckdb_append_reports_the_rows_it_added(backend: Backend, repo: ChatRepository, tmp_path: Path) -> None:
+def test_duckdb_append_reports_the_rows_it_added(
+    backend: Backend, repo: ChatRepository, tmp_path: Path
+) -> None:
     ids = seed(repo)
     target = str(tmp_path / "chat.duckdb")
     args = ("export", "--format", "duckdb", "--out", target, "--append", "--tables", "messages,chats")

@@ -35,6 +35,7 @@ UNREADABLE = (
     ("bad-content", '[{"type":"text","text":"cut off', None),
     ("bad-metadata", '[{"type":"text","text":"fine"}]', '{"model": "claude", oops}'),
     ("not-json", "plain text from another program", "NaN-ish: {"),
+    ("escapes", "tab\there\nnew\\line\r\\N \u2603 \U0001f600 '\"", "\\"),
 )
 
 

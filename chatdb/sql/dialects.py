@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -361,8 +362,8 @@ def insert_skipping_existing(backend: str, table: Table) -> Any:
 
 # -- the bulk path (import_rows) -------------------------------------------------------------------
 
-# MySQL/MariaDB: the largest multi-row INSERT statement PyMySQL builds (it splits executemany's
-# rows into statements of at most this many bytes), kept under the server's max_allowed_packet.
+# MySQL/MariaDB: the largest multi-row INSERT statement import_rows sends (but a row larger than
+# this goes alone), kept under the server's default max_allowed_packet (16 MB).
 MYSQL_STATEMENT_BYTES = 8 << 20
 
 
@@ -381,9 +382,11 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
       When ``fresh``, ``COPY`` goes straight into the table, behind a savepoint: should a row
       conflict after all (another writer), the chunk takes the staging path instead.
     * MySQL/MariaDB: multi-row ``INSERT ... ON DUPLICATE KEY UPDATE id = id`` statements of up
-      to MYSQL_STATEMENT_BYTES (strict mode stays in force, unlike INSERT IGNORE, which would
-      truncate over-long values); the rows inserted are counted from the ids already present,
-      since the affected-row count cannot tell an insert from a match.
+      to MYSQL_STATEMENT_BYTES, built here (strict mode stays in force, unlike INSERT IGNORE or
+      LOAD DATA LOCAL, which turn over-long values into truncations; LOCAL INFILE would also
+      let the server read any file of the client, so it stays off); the rows inserted are
+      counted from the ids already present, since the affected-row count cannot tell an insert
+      from a match.
     """
     names = ", ".join(columns)
     if backend == "sqlite":
@@ -416,13 +419,57 @@ def import_chunk(backend: str, cursor: Any, table: str, columns: tuple[str, ...]
                 f"SELECT COUNT(*) FROM {table} WHERE id IN ({', '.join(['%s'] * len(piece))})", piece
             )
             existing += int(cursor.fetchone()[0])
-    marks = ", ".join(["%s"] * len(columns))
-    if hasattr(cursor, "max_stmt_length"):  # (PyMySQL's and mysqlclient's; not chatdb.aio's adapter)
-        cursor.max_stmt_length = MYSQL_STATEMENT_BYTES
-    cursor.executemany(
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) ON DUPLICATE KEY UPDATE id = id", rows
-    )
+    head, tail = f"INSERT INTO {table} ({names}) VALUES ", " ON DUPLICATE KEY UPDATE id = id"
+    server_status = getattr(getattr(cursor, "connection", None), "server_status", None)
+    if isinstance(server_status, int) and not server_status & _MYSQL_NO_BACKSLASH_ESCAPES:
+        for values in _mysql_values(rows):
+            cursor.execute(head + values + tail)
+    else:  # chatdb.aio's adapted cursor, or a server without backslash escapes: the driver's own
+        marks = ", ".join(["%s"] * len(columns))
+        cursor.executemany(f"{head}({marks}){tail}", rows)
     return len(rows) - existing
+
+
+_MYSQL_NO_BACKSLASH_ESCAPES = 512  # SERVER_STATUS_NO_BACKSLASH_ESCAPES
+_MYSQL_SPECIAL = re.compile("[" + re.escape("\\\0\n\r\x1a'\"") + "]")
+
+
+def _mysql_literal(value: Any) -> str:
+    """A value as a MySQL string literal (backslash escapes, as PyMySQL writes them): found
+    special characters are replaced in C, where PyMySQL's per-value ``str.translate`` took
+    most of a bulk insert's time on text that is not ASCII."""
+    if value is None:
+        return "NULL"
+    text = value if value.__class__ is str else str(value)
+    if _MYSQL_SPECIAL.search(text) is not None:
+        text = (
+            text.replace("\\", "\\\\")
+            .replace("\0", "\\0")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+            .replace("\x1a", "\\Z")
+            .replace("'", "\\'")
+            .replace('"', '\\"')
+        )
+    return "'" + text + "'"
+
+
+def _mysql_values(rows: list[tuple[Any, ...]]) -> Iterator[str]:
+    """The VALUES lists of multi-row INSERTs of about MYSQL_STATEMENT_BYTES at most each (a
+    longer row goes alone; a character counts 1 here, up to 4 bytes in utf8mb4, so the budget
+    is a quarter of the statement's)."""
+    budget = MYSQL_STATEMENT_BYTES // 4
+    piece: list[str] = []
+    size = 0
+    for row in rows:
+        item = "(" + ", ".join([_mysql_literal(value) for value in row]) + ")"
+        if piece and size + len(item) > budget:
+            yield ", ".join(piece)
+            piece, size = [], 0
+        piece.append(item)
+        size += len(item) + 2
+    if piece:
+        yield ", ".join(piece)
 
 
 def _copy_into(cursor: Any, table: str, names: str, rows: list[tuple[Any, ...]]) -> bool:
