@@ -203,6 +203,8 @@ def test_the_default_sqlite_file_is_the_same_database_by_any_spelling(
     assert not same_database(default, DbConfig.from_url("sqlite:///data/other.db"))
     memory = DbConfig.from_url("sqlite:///:memory:")
     assert not same_database(memory, memory)
+    with chatdb.create_repository(default) as made:
+        made.ensure_schema()  # (copy reads an existing database only)
     line = one_error_line(invoke(None, "copy", "--to", "sqlite:///data/chat.db"))
     assert "same database" in line
     with chatdb.create_repository(default) as one, pytest.raises(ConfigError, match="same database"):
