@@ -143,8 +143,9 @@ class ChatDbGroup(click.Group):
             _fail(f"Error: {exc.format_message()}{hint}", exc.exit_code)
         except click.ClickException as exc:
             _fail(f"Error: {exc.format_message()}", exc.exit_code)
-        except click.Abort:
-            _fail("Aborted.", 1)
+        except click.Abort as exc:
+            # Click turns Ctrl-C into Abort (after a newline): still the 130 of a SIGINT.
+            _fail("Aborted.", 130 if isinstance(exc.__cause__, KeyboardInterrupt) else 1)
         except (EOFError, KeyboardInterrupt):
             _fail("\nAborted.", 130)
         except BrokenPipeError:

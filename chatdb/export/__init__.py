@@ -201,17 +201,18 @@ def _to_duckdb(
     }
     if "messages" not in scans:
         _scan(repo, "messages", filters)  # the message options too, though unused here
-    connection: duckdb.DuckDBPyConnection
+    connection: duckdb.DuckDBPyConnection | None = None
     path: Path | None = None
     created = False
-    if con is None:
-        connection = duckdb_module.connect()
-    elif isinstance(con, (str, os.PathLike)):
-        path = Path(con)
-        connection, created = open_duckdb(duckdb_module, path)
-    else:
-        connection = con
     try:
+        if con is None:
+            connection = duckdb_module.connect()
+        elif isinstance(con, (str, os.PathLike)):
+            path = Path(con)
+            created = not path.exists()
+            connection = open_duckdb(duckdb_module, path)
+        else:
+            connection = con
         with interruptible():
             append = mode == "append" and "messages" in scans
             if append:
@@ -220,7 +221,8 @@ def _to_duckdb(
             load_duckdb(connection, [(scan, append and name == "messages") for name, scan in scans.items()])
     except BaseException as exc:
         if path is not None:
-            connection.close()
+            if connection is not None:
+                connection.close()
             if created:  # a failed export into a new path leaves no (empty) database behind
                 remove_duckdb(path)
         if path is not None and isinstance(exc, duckdb_module.Error):

@@ -446,22 +446,20 @@ def load_duckdb(con: duckdb.DuckDBPyConnection, scans: list[tuple[Scan, bool]]) 
         raise
 
 
-def open_duckdb(duckdb_module: Any, path: Path) -> tuple[duckdb.DuckDBPyConnection, bool]:
-    """A connection to the DuckDB file at ``path`` and whether this call created the file.
-    ValidationError when ``path`` exists and is not a DuckDB database (nothing is written to
-    it); OSError when the file cannot be opened or created."""
-    created = not path.exists()
+def open_duckdb(duckdb_module: Any, path: Path) -> duckdb.DuckDBPyConnection:
+    """A connection to the DuckDB file at ``path`` (created when missing). ValidationError when
+    ``path`` exists and is not a DuckDB database (nothing is written to it); OSError when the
+    file cannot be opened or created."""
+    existed = path.exists()
     try:
-        return duckdb_module.connect(os.fspath(path)), created
+        connection: duckdb.DuckDBPyConnection = duckdb_module.connect(os.fspath(path))
     except duckdb_module.Error as exc:
-        if created:
-            remove_duckdb(path)
-        message = _first_line(exc)
-        if not created and "not a valid DuckDB database" in message:
+        if existed and "not a valid DuckDB database" in _first_line(exc):
             raise ValidationError(
                 f"{path} exists and is not a DuckDB database: choose another path for the export"
             ) from None
         raise target_error(exc, path) from exc
+    return connection
 
 
 def remove_duckdb(path: Path) -> None:
