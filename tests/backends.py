@@ -65,7 +65,7 @@ class Backend:
     extra: dict[str, Any] = field(default_factory=dict)
     asynchronous: bool = False  # new_repo() is chatdb.aio's, through tests/async_face.py
     # Promises its schema cannot keep (a Node-created MySQL one before `chatdb upgrade`):
-    # "usernames_ignore_case", "text_content". Tests assert the difference there.
+    # "text_ignores_case", "text_content". Tests assert the difference there.
     limits: frozenset[str] = frozenset()
 
     @property
@@ -178,7 +178,7 @@ NODE_DDL = {
     "postgres": "node-schema-postgres.sql",
     "mysql": "node-schema-mysql.sql",
 }
-NODE_MYSQL_LIMITS = frozenset({"usernames_ignore_case", "text_content"})
+NODE_MYSQL_LIMITS = frozenset({"text_ignores_case", "text_content"})
 
 
 def node_ddl(name: str) -> list[str]:
@@ -216,6 +216,18 @@ def node_schema_backend(name: str, tmp_dir: Path, *, upgraded: bool = False) -> 
             base.admin.dispose()
         else:
             servers.close()
+
+
+def refuses_content_too_large(backend: Backend, repo: ChatRepository, parts: list[dict[str, Any]]) -> bool:
+    """Where the schema's content column is TEXT (the Node app's MySQL, before `chatdb upgrade`),
+    assert the difference (ValidationError naming the fix, nothing stored) and return True."""
+    if "text_content" not in backend.limits:
+        return False
+    chat = repo.create_chat("u-limits")
+    with pytest.raises(chatdb.errors.ValidationError, match="chatdb upgrade"):
+        repo.add_message(chat.id, "user", parts)
+    assert repo.get_messages(chat.id).total == 0
+    return True
 
 
 def mongodb_backend(tmp_dir: Path) -> Iterator[Backend]:

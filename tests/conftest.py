@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _pytest.mark.structures import ParameterSet
 
 from chatdb.repository import ChatRepository
 
@@ -23,6 +24,32 @@ ALL_BACKENDS = [
 SERVER_BACKENDS = [p for p in ALL_BACKENDS if p.values[0] not in ("sqlite_memory",)]
 # The contract suite (tests/test_contract_*.py) also runs each backend through chatdb.aio.
 CONTRACT_BACKENDS = ALL_BACKENDS + [pytest.param(f"{p.values[0]}_async", marks=p.marks) for p in ALL_BACKENDS]
+# ... and on databases whose tables the Node layer's own DDL made (tests/fixtures/*schema*.sql):
+# MySQL before `chatdb upgrade` (Backend.limits: the tests assert the differences) and after it.
+NODE_SCHEMA_BACKENDS = [
+    pytest.param("sqlite_node", marks=[pytest.mark.sqlite, pytest.mark.node_schema]),
+    pytest.param("postgres_node", marks=[pytest.mark.postgres, pytest.mark.node_schema]),
+    pytest.param("mysql_node", marks=[pytest.mark.mysql, pytest.mark.node_schema]),
+    pytest.param("mysql_node_upgraded", marks=[pytest.mark.mysql, pytest.mark.node_schema]),
+]
+# CI time: the whole suite on all four adds about 9 minutes on two shared cores, so the variants
+# run where they can differ: everything after the upgrade; the CRUD modules (and, on MySQL before
+# the upgrade, the stateful model, which then asserts the collation) on the Node DDL as it is.
+_CRUD = {"test_contract_chats", "test_contract_messages", "test_contract_users_keys"}
+NODE_SCHEMA_MODULES: dict[str, set[str] | None] = {
+    "sqlite_node": _CRUD,
+    "postgres_node": _CRUD,
+    "mysql_node": _CRUD | {"test_contract_stateful"},
+    "mysql_node_upgraded": None,  # the whole suite
+}
+
+
+def contract_backends(module: str) -> list[ParameterSet]:
+    """CONTRACT_BACKENDS, and those of NODE_SCHEMA_BACKENDS that run in ``module``."""
+    node = [p for p in NODE_SCHEMA_BACKENDS if module in (NODE_SCHEMA_MODULES[str(p.values[0])] or {module})]
+    return CONTRACT_BACKENDS + node
+
+
 # The Node application's output, kept in the project (see tests/fixtures/README.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -53,6 +80,26 @@ def mysql_backend() -> Iterator[Backend]:
 
 
 @pytest.fixture(scope="session")
+def sqlite_node_backend(session_dir: Path) -> Iterator[Backend]:
+    yield from backends.node_schema_backend("sqlite", session_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_node_backend(session_dir: Path) -> Iterator[Backend]:
+    yield from backends.node_schema_backend("postgres", session_dir)
+
+
+@pytest.fixture(scope="session")
+def mysql_node_backend(session_dir: Path) -> Iterator[Backend]:
+    yield from backends.node_schema_backend("mysql", session_dir)
+
+
+@pytest.fixture(scope="session")
+def mysql_node_upgraded_backend(session_dir: Path) -> Iterator[Backend]:
+    yield from backends.node_schema_backend("mysql", session_dir, upgraded=True)
+
+
+@pytest.fixture(scope="session")
 def mongodb_backend(session_dir: Path) -> Iterator[Backend]:
     yield from backends.mongodb_backend(session_dir)
 
@@ -65,7 +112,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ):
         return
     module = metafunc.module.__name__.rpartition(".")[2]
-    params = CONTRACT_BACKENDS if module.startswith("test_contract_") else ALL_BACKENDS
+    params = contract_backends(module) if module.startswith("test_contract_") else ALL_BACKENDS
     metafunc.parametrize("backend", params, indirect=True)
 
 

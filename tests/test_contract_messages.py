@@ -10,6 +10,8 @@ import pytest
 from chatdb import Message, MessageMetadata, errors
 from chatdb.repository import ChatRepository
 
+from .backends import Backend, refuses_content_too_large
+
 TEXT = [{"type": "text", "text": "hello"}]
 
 
@@ -192,30 +194,38 @@ def test_unicode_and_emoji_round_trip(repo: ChatRepository) -> None:
     assert fetched is not None and fetched.content[0]["text"] == text
 
 
-def test_a_one_megabyte_text_part_round_trips(repo: ChatRepository) -> None:
-    chat = repo.create_chat("u1")
+def test_a_one_megabyte_text_part_round_trips(backend: Backend, repo: ChatRepository) -> None:
     text = ("lorem ipsum dolor sit amet 🚀 " * 40_000)[:1_000_000]
+    if refuses_content_too_large(backend, repo, [{"type": "text", "text": text}]):
+        return
+    chat = repo.create_chat("u1")
     message = repo.add_message(chat.id, "user", [{"type": "text", "text": text}])
     fetched = repo.get_message(message.id)
     assert fetched is not None and fetched.content[0]["text"] == text
 
 
-def test_an_image_part_round_trips(repo: ChatRepository) -> None:
-    chat = repo.create_chat("u1")
+def test_an_image_part_round_trips(backend: Backend, repo: ChatRepository) -> None:
     data = base64.b64encode(bytes(range(256)) * 400).decode()
     parts = [
         {"type": "text", "text": "What is this?"},
         {"type": "image", "imageData": data, "mimeType": "image/png"},
     ]
+    if refuses_content_too_large(backend, repo, parts):
+        return
+    chat = repo.create_chat("u1")
     message = repo.add_message(chat.id, "user", parts)
     assert repo.get_messages(chat.id).items[0].content == parts
     assert repo.get_message(message.id) == message
 
 
-def test_a_five_megabyte_image_round_trips(repo: ChatRepository) -> None:
-    chat = repo.create_chat("u1")
+def test_a_five_megabyte_image_round_trips(backend: Backend, repo: ChatRepository) -> None:
     data = base64.b64encode(bytes(range(256)) * 14_700).decode()  # ~5 MB of base64
     assert len(data) > 5_000_000
+    if refuses_content_too_large(
+        backend, repo, [{"type": "image", "imageData": data, "mimeType": "image/png"}]
+    ):
+        return
+    chat = repo.create_chat("u1")
     message = repo.add_message(
         chat.id, "user", [{"type": "image", "imageData": data, "mimeType": "image/png"}]
     )

@@ -9,6 +9,8 @@ import pytest
 from chatdb import ApiKey, User, UserWithPasswordHash, errors
 from chatdb.repository import ChatRepository
 
+from .backends import Backend
+
 HASH = "$scrypt$n=16384,r=8,p=1$c2FsdA$aGFzaA"
 
 
@@ -39,8 +41,17 @@ def test_get_user_by_id_never_carries_the_hash(repo: ChatRepository) -> None:
     assert repo.get_user_by_id("missing") is None
 
 
-def test_usernames_match_exactly_in_case_and_spaces(repo: ChatRepository) -> None:
+def test_usernames_match_exactly_in_case_and_spaces(backend: Backend, repo: ChatRepository) -> None:
     lower = repo.create_user("alice", HASH)
+    if "text_ignores_case" in backend.limits:
+        # The Node app's MySQL collation (warned about; `chatdb upgrade` fixes it): one username
+        # whatever the case or trailing spaces, but lookups stay exact.
+        for other in ("Alice", "alice "):
+            with pytest.raises(errors.DuplicateUsernameError):
+                repo.create_user(other, HASH)
+        assert repo.get_user_by_username("alice").id == lower.id  # type: ignore[union-attr]
+        assert [repo.get_user_by_username(n) for n in ("Alice", "alice ", "ALICE")] == [None] * 3
+        return
     upper = repo.create_user("Alice", HASH)
     spaced = repo.create_user("alice ", HASH)
     assert len({lower.id, upper.id, spaced.id}) == 3

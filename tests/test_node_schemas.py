@@ -122,7 +122,7 @@ def test_a_node_created_mysql_schema_opens_warns_once_and_keeps_what_it_can(node
         with chatdb.create_repository(node_mysql.config) as again:  # the same database: no repeat
             assert again.get_user_by_username("alice") is not None
     notes = schema_warnings(caught)
-    assert len(notes) == 3, notes
+    assert len(notes) == 4, notes
     assert any("messages.content is TEXT" in n and "chatdb upgrade" in n for n in notes)
     assert any(
         "users.username uses collation utf8mb4_general_ci" in n and "chatdb upgrade" in n for n in notes

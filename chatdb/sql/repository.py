@@ -142,7 +142,9 @@ _COUNT_USERS = select(func.count()).select_from(users)
 _PAGE_USERS = select(*_USER_COLUMNS).order_by(_U.created_at, _U.id).limit(_p("limit")).offset(_p("offset"))
 
 _INSERT_KEY = _insert_all(api_keys)
-_SELECT_ACTIVE_KEY = select(*_KEY_COLUMNS).where(_K.key_hash == _p("key_hash"), _K.revoked_at.is_(None))
+_SELECT_ACTIVE_KEY = select(*_KEY_COLUMNS, _K.key_hash).where(
+    _K.key_hash == _p("key_hash"), _K.revoked_at.is_(None)
+)
 _LIST_KEYS = (
     select(*_KEY_COLUMNS).where(_K.user_id == _p("user_id")).order_by(_K.created_at.desc(), _K.id.desc())
 )
@@ -785,7 +787,8 @@ class SqlRepository(RepositoryBase):
 
     def _fetch_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         row = self._executor.run(lambda tx: tx.first(_SELECT_ACTIVE_KEY, {"key_hash": key_hash}), lone=True)
-        return None if row is None else mapping.load_api_key(row)
+        # Exact even on a Node-created MySQL table whose collation ignores case.
+        return None if row is None or row[-1] != key_hash else mapping.load_api_key(row[:-1])
 
     def _fetch_api_keys(self, user_id: str) -> list[ApiKey]:
         rows = self._executor.run(lambda tx: tx.all(_LIST_KEYS, {"user_id": user_id}))

@@ -198,6 +198,13 @@ def index_sql(index: Index, backend: str, text_columns: Iterable[str] = ()) -> s
     return f"CREATE INDEX {exists}{index.name} ON {table.name} ({', '.join(parts)})"
 
 
+# Unique text columns whose collation decides what counts as a duplicate.
+_UNIQUE_NAMES = {
+    "users.username": ("usernames", "create_user('Alice') after 'alice' raises DuplicateUsernameError"),
+    "api_keys.key_hash": ("key hashes", "a hash in upper case collides with its lower-case twin"),
+}
+
+
 def _is_binary(collation: str | None) -> bool:
     return collation is None or collation.endswith("_bin")
 
@@ -220,12 +227,12 @@ def mysql_limits(columns: Iterable[ColumnFact]) -> tuple[dict[str, int], list[st
                     f"the Node app created it: a larger message raises ValidationError instead of being "
                     f"stored. Fix: `chatdb upgrade` (makes it LONGTEXT)."
                 )
-        elif where == "users.username" and not _is_binary(fact.collation):
+        elif where in _UNIQUE_NAMES and not _is_binary(fact.collation):
+            what, example = _UNIQUE_NAMES[where]
             warnings.append(
-                f"users.username uses collation {fact.collation} in this database, as the Node app "
-                f"created it: usernames that differ only in case (or trailing spaces) are one username "
-                f"here, so create_user('Alice') after 'alice' raises DuplicateUsernameError. Fix: "
-                f"`chatdb upgrade` (switches to a binary collation)."
+                f"{where} uses collation {fact.collation} in this database, as the Node app "
+                f"created it: {what} that differ only in case (or trailing spaces) are one here, so "
+                f"{example}. Lookups stay exact. Fix: `chatdb upgrade` (switches to a binary collation)."
             )
     return capacity, warnings
 
