@@ -45,7 +45,7 @@ def test_init_creates_the_tables_and_is_idempotent(backend: Backend) -> None:
 @on_backends
 def test_info_json_matches_sql(backend: Backend, repo: ChatRepository) -> None:
     seed(repo)
-    [facts] = ok_json(backend.url, "info")
+    facts = ok_json(backend.url, "info")
     counts = {t: sql_rows(backend, f"SELECT count(*) AS n FROM {t}")[0]["n"] for t in TABLES}
     span = sql_rows(backend, "SELECT min(created_at) AS lo, max(created_at) AS hi FROM messages")[0]
     assert facts == {
@@ -62,7 +62,7 @@ def test_info_json_matches_sql(backend: Backend, repo: ChatRepository) -> None:
 
 @on_backends
 def test_info_on_an_empty_database_has_no_time_range(backend: Backend) -> None:
-    [facts] = ok_json(backend.url, "info")
+    facts = ok_json(backend.url, "info")
     assert facts["messages_rows"] == 0 and facts["first_message_at"] is None
 
 
@@ -85,18 +85,18 @@ def test_default_database_is_data_chat_db_in_the_working_directory(
     assert "no database at data/chat.db" in one_error_line(invoke(None, "info"))
     ok(None, "init")
     assert (tmp_path / "data" / "chat.db").is_file()
-    [facts] = ok_json(None, "info")
+    facts = ok_json(None, "info")
     assert facts["backend"] == "sqlite" and facts["url"] == "sqlite:///./data/chat.db"
 
 
 def test_seed_env_vars_and_chatdb_url_choose_the_database(tmp_path: Path) -> None:
     seed_db, url_db = tmp_path / "seed" / "app.db", tmp_path / "url.db"
     assert invoke(None, "init", env={"SQLITE_PATH": str(seed_db)}).exit_code == 0
-    [facts] = json.loads(invoke(None, "info", "--json", env={"SQLITE_PATH": str(seed_db)}).stdout)
+    facts = json.loads(invoke(None, "info", "--json", env={"SQLITE_PATH": str(seed_db)}).stdout)
     assert facts["url"] == f"sqlite:///{seed_db}" and seed_db.is_file()
     env = {"SQLITE_PATH": str(seed_db), "CHATDB_URL": f"sqlite:///{url_db}"}
     assert invoke(None, "init", env=env).exit_code == 0
-    [facts] = json.loads(invoke(None, "info", "--json", env=env).stdout)
+    facts = json.loads(invoke(None, "info", "--json", env=env).stdout)
     assert facts["url"] == f"sqlite:///{url_db}"  # CHATDB_URL wins over the seed's variables
     line = one_error_line(invoke(None, "info", env={"DB_DRIVER": "postgres"}))
     assert "POSTGRES_URL is required" in line
@@ -167,7 +167,7 @@ def test_copy_through_mongodb_round_trips_every_stored_row(backend: Backend, tmp
     }
     to_mongo = invoke(None, "copy", "--from", source_url, "--to", mongo_url, "--json", env=env)
     assert to_mongo.exit_code == 0, to_mongo.output
-    [facts] = json.loads(invoke(None, "info", "--json", env=env).stdout)
+    facts = json.loads(invoke(None, "info", "--json", env=env).stdout)
     assert (facts["backend"], facts["messages_rows"], facts["chats_rows"]) == ("mongodb", 6, 2)
     back_url = f"sqlite:///{tmp_path / 'back.db'}"
     result = invoke(None, "copy", "--to", back_url, env=env)

@@ -60,3 +60,5 @@ def test_notebook_runs_headless_and_draws_its_charts(
     ]
     charts = sum("plots." in cell.source for cell in notebook.cells if cell.cell_type == "code")
     assert charts and len(images) >= charts, f"{len(images)} images for {charts} chart cells"
+    # ... and leaves nothing in the temp folder (a demo database is about 12 MB a run).
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("chatdb-")]

@@ -11,7 +11,9 @@ nothing left open when a script makes hundreds of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,6 @@ __all__ = [
     "daily_cost_by_model",
     "latency_by_model",
     "plot_report",
-    "render_demo_daily_cost",
     "save",
     "tokens_per_user",
 ]
@@ -69,8 +70,68 @@ def _label(name: Any) -> str:
     return "(no model)" if name is None else str(name)
 
 
-def _period_dates(frame: pl.DataFrame) -> list[Any]:  # dates; matplotlib stubs want floats
-    return frame["period"].str.slice(0, 10).str.to_date().to_list()
+_NAME_CHARS = 32
+
+
+def _short(name: str, limit: int = _NAME_CHARS) -> str:
+    """A name in full, or cut with an ellipsis when longer than ``limit`` characters."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _names(ids: Sequence[Any], labels: Mapping[str, str] | None, missing: str) -> list[str]:
+    """What to call each id on an axis: its label (a username, a chat title) or the id itself,
+    in full or ellipsized; two ids with the same label keep apart by their id's start."""
+    shown = [_short(str((labels or {}).get(i) or i)) if i is not None else missing for i in ids]
+    taken = Counter(shown)
+    return [
+        _short(f"{name} ({str(i)[:8]})", _NAME_CHARS + 11) if taken[name] > 1 and i is not None else name
+        for name, i in zip(shown, ids, strict=True)
+    ]
+
+
+def _period_dates(frame: pl.DataFrame) -> list[Any]:  # datetimes; matplotlib stubs want floats
+    """The start of each ``period`` (``2026-10``, ``2026-10-19``, ``2026-10-25T02:00+01:00``) as
+    a naive wall-clock datetime, which is what the period's label shows."""
+    text = frame["period"].str.slice(0, 16)
+    parsed = (
+        pl.when(text.str.len_chars() == 7)
+        .then(pl.concat_str([text, pl.lit("-01T00:00")]))
+        .when(text.str.len_chars() == 10)
+        .then(pl.concat_str([text, pl.lit("T00:00")]))
+        .otherwise(text)
+    )
+    return (
+        pl.select(parsed.str.to_datetime("%Y-%m-%dT%H:%M", time_unit="ms").alias("x")).to_series().to_list()
+    )
+
+
+def _period_kind(frame: pl.DataFrame) -> str | None:
+    first = str(frame["period"][0]) if frame.height else ""
+    return "month" if len(first) == 7 else "hour" if "T" in first else None
+
+
+def _bar_width(x: Sequence[Any], period: str | None = None) -> float:
+    """Bar width in days: 80% of the shortest step between periods (a day when there is one)."""
+    steps = [(b - a).total_seconds() / 86_400 for a, b in itertools.pairwise(x) if b > a]
+    step = min(steps) if steps else {"month": 30.0, "week": 7.0, "hour": 1 / 24}.get(period or "", 1.0)
+    return 0.8 * min(step, 31.0)
+
+
+def _date_axis(ax: Any) -> None:
+    """Ticks thinned to what fits (matplotlib's AutoDateLocator) and labelled concisely: the
+    year or month once, where it changes, instead of on every tick."""
+    from matplotlib import dates
+
+    locator = dates.AutoDateLocator(minticks=3, maxticks=10)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
+def _pad_y(ax: Any) -> None:
+    """Room above the tallest bar, which otherwise touches the frame (a stacked segment of zero
+    on top of it pins matplotlib's margins there)."""
+    top = float(ax.dataLim.y1)
+    ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
 
 
 def _stacked_bars(figure: Figure, report: pl.DataFrame, value: str, ylabel: str, title: str) -> Figure:
@@ -87,18 +148,20 @@ def _stacked_bars(figure: Figure, report: pl.DataFrame, value: str, ylabel: str,
     models.sort(key=lambda m: -float(wide[m].sum()))
     colors = _colors(models)
     x = _period_dates(wide) if wide.height else []
+    width = _bar_width(x, _period_kind(wide))
     bottom = [0.0] * wide.height
     for model in models:
         values = wide[model].to_list()
         if not any(values):
             continue
-        ax.bar(x, values, bottom=bottom, label=model, color=colors[model], width=0.85)
+        ax.bar(x, values, bottom=bottom, label=_short(model), color=colors[model], width=width)
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if models:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    figure.autofmt_xdate()
+    _date_axis(ax)
+    _pad_y(ax)
     ax.grid(axis="y", alpha=0.3)
     return figure
 
@@ -127,15 +190,13 @@ def tokens_per_user(
     **filters: Any,
 ) -> Figure:
     """The ``n`` users with the most tokens, as horizontal bars split by token kind.
-    ``usernames`` maps user ids to the names shown (ids are shortened otherwise)."""
+    ``usernames`` maps user ids to the names shown (else the ids; both in full up to 32
+    characters, then ellipsized)."""
     report = usage.usage_report(source, "user", **filters)
     top = report.sort("total_tokens", descending=True).head(n).reverse()
     figure = Figure(figsize=(10.0, max(3.0, 0.4 * top.height + 1.5)))
     ax = figure.add_subplot()
-    names = [
-        (usernames or {}).get(uid) or ("(no user)" if uid is None else uid[:8])
-        for uid in top["user_id"].to_list()
-    ]
+    names = _names(top["user_id"].to_list(), usernames, "(no user)")
     left = [0.0] * top.height
     colors = _colors(list(_TOKEN_LABELS.values()))
     for column, label in _TOKEN_LABELS.items():
@@ -196,15 +257,24 @@ def cumulative_spend(
     ax.set_title(f"Cumulative spend ({timezone})")
     ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
-    figure.autofmt_xdate()
+    _date_axis(ax)
+    _pad_y(ax)
     return _finish(figure, path)
 
 
-def plot_report(report: pl.DataFrame, *, path: str | Path | None = None, title: str | None = None) -> Figure:
+def plot_report(
+    report: pl.DataFrame,
+    *,
+    path: str | Path | None = None,
+    title: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Figure:
     """The chart for a :func:`~chatdb.analytics.usage_report` result: cost per period (stacked
     by model when the report has a model breakdown), or the costliest models/users/chats as bars.
-    Raises ValidationError when ``report`` is not a usage report."""
-    keys = [k for k in ("period", "model", "user_id", "chat_id") if k in report.columns]
+    ``labels`` maps user or chat ids to the names shown (usernames, chat titles; else the ids),
+    in full up to 32 characters, then ellipsized. Raises ValidationError when ``report`` is not a
+    usage report."""
+    keys = [k for k in report.columns if k in ("period", "model", "user_id", "chat_id")]
     if not keys or "cost_usd" not in report.columns:
         raise ValidationError(
             "plot_report needs a usage_report result (a period, model, user_id or chat_id column)"
@@ -217,40 +287,26 @@ def plot_report(report: pl.DataFrame, *, path: str | Path | None = None, title: 
             )
         ax = figure.add_subplot()
         ordered = report.sort("period")
-        ax.bar(ordered["period"].to_list(), ordered["cost_usd"].fill_null(0.0).to_list(), color="tab:blue")
+        x = _period_dates(ordered) if ordered.height else []
+        costs = ordered["cost_usd"].fill_null(0.0).to_list()
+        ax.bar(x, costs, color="tab:blue", width=_bar_width(x, _period_kind(ordered)))
         ax.set_ylabel("USD")
         ax.set_title(title or "Cost by period")
-        ax.tick_params(axis="x", labelrotation=60, labelsize="small")
+        _date_axis(ax)
+        _pad_y(ax)
         ax.grid(axis="y", alpha=0.3)
         return _finish(figure, path)
     key = keys[0]
-    top = report.sort("cost_usd", descending=True, nulls_last=True).head(20).reverse()
-    labels = [_label(v) if key == "model" else _label(v)[:8] for v in top[key].to_list()]
+    if len(keys) > 1:  # a model breakdown of users or chats: one bar per user or chat
+        report = report.group_by(key).agg(pl.col("cost_usd").sum())
+    top = report.sort(["cost_usd", key], descending=[True, False], nulls_last=True).head(20).reverse()
+    ids = top[key].to_list()
+    names = [_short(_label(v)) for v in ids] if key == "model" else _names(ids, labels, f"(no {key[:-3]})")
+    figure.set_size_inches(_SIZE[0], max(3.0, 0.3 * top.height + 1.5))
     ax = figure.add_subplot()
-    ax.barh(labels, top["cost_usd"].fill_null(0.0).to_list(), color="tab:blue")
+    ax.barh(names, top["cost_usd"].fill_null(0.0).to_list(), color="tab:blue")
     ax.set_xlabel("USD")
     ax.set_title(title or f"Cost by {key.removesuffix('_id')} (top {top.height})")
+    ax.margins(x=0.05)
     ax.grid(axis="x", alpha=0.3)
     return _finish(figure, path)
-
-
-def render_demo_daily_cost(path: str | Path, *, seed: int = 42, timezone: str = "UTC") -> Figure:
-    """The README picture: the daily cost chart of a default-sized demo database (made in a
-    temporary folder, ending on a fixed date so the picture only changes when the code does)."""
-    import tempfile
-    from datetime import UTC, datetime
-
-    from .. import demo
-    from ..factory import create_repository
-
-    with tempfile.TemporaryDirectory() as folder, create_repository(f"sqlite:///{folder}/demo.db") as repo:
-        demo.generate(repo, seed=seed, end=datetime(2026, 11, 1, tzinfo=UTC))
-        return daily_cost_by_model(repo, timezone=timezone, path=path)
-
-
-if __name__ == "__main__":  # python -m chatdb.analytics.plots docs/daily_cost.png
-    import sys
-
-    target = sys.argv[1] if len(sys.argv) > 1 else "daily_cost.png"
-    render_demo_daily_cost(target)
-    print(target)

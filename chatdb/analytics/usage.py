@@ -18,11 +18,17 @@ Definitions every report shares:
 - ``estimated_cost_usd`` is the part of ``cost_usd`` that came from the price table.
 - Durations: mean and 95th percentile (linear interpolation, as DuckDB's ``quantile_cont``) of
   ``duration_ms`` over the messages that report one.
-- ``since`` is inclusive, ``until`` exclusive; a date or a naive datetime is read in ``timezone``.
+- ``since`` is inclusive, ``until`` exclusive; a date or a naive datetime is read in ``timezone``
+  (an IANA name in any case; ``UTC``, ``utc`` and ``Z`` are UTC).
+- Reports round money (``cost_usd``, ``estimated_cost_usd``) to 6 decimal places and durations
+  (``avg_duration_ms``, ``p95_duration_ms``) to 1, so the same data gives byte-identical
+  reports on every backend.
 """
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from pathlib import Path
@@ -40,6 +46,7 @@ __all__ = [
     "cost_reported_vs_estimated",
     "latency_percentiles",
     "messages_frame",
+    "resolve_timezone",
     "token_mix",
     "top_chats",
     "top_users",
@@ -72,7 +79,8 @@ GROUPINGS: dict[str, str] = {
     "chat": "chat_id",
 }
 _ALIASES = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "models": "model",
-            "users": "user", "chats": "chat", "user_id": "user", "chat_id": "chat"}  # fmt: skip
+            "users": "user", "chats": "chat", "user_id": "user", "chat_id": "chat", "hours": "hour",
+            "days": "day", "weeks": "week", "months": "month"}  # fmt: skip
 _TRUNCATE = {"hour": "1h", "day": "1d", "week": "1w", "month": "1mo"}
 _PERIOD_FORMAT = {"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
 
@@ -101,13 +109,26 @@ CostMode = Literal["auto", "calculate", "display"]
 # -- reading a source -------------------------------------------------------------------------------
 
 
-def _zone(timezone: str) -> ZoneInfo:
+def resolve_timezone(name: str) -> ZoneInfo:
+    """The IANA zone ``name`` names, in any case (``europe/berlin``); ``UTC``, ``utc`` and ``Z``
+    are UTC. Raises ValidationError for a name that is no zone."""
+    text = str(name).strip()
+    if text.upper() in ("Z", "UTC"):
+        return ZoneInfo("UTC")
+    canonical = _zone_names().get(text.lower(), text)
     try:
-        return ZoneInfo(timezone)
+        return ZoneInfo(canonical)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(
-            f"unknown timezone {timezone!r} (use an IANA name such as Europe/Berlin)"
-        ) from None
+        raise ValidationError(f"unknown timezone {name!r} (use an IANA name such as Europe/Berlin)") from None
+
+
+@functools.cache
+def _zone_names() -> dict[str, str]:
+    return {zone.lower(): zone for zone in zoneinfo.available_timezones()}
+
+
+def _zone(timezone: str) -> ZoneInfo:
+    return resolve_timezone(timezone)
 
 
 def _instant(value: When, zone: ZoneInfo, what: str) -> datetime | None:
@@ -314,7 +335,8 @@ def _aggregations() -> list[pl.Expr]:
 
 
 def _canonical_by(by: str) -> str:
-    name = _ALIASES.get(by, by)
+    folded = str(by).strip().lower()
+    name = _ALIASES.get(folded, folded)
     if name not in GROUPINGS:
         choices = ", ".join(sorted(set(GROUPINGS) | set(_ALIASES)))
         raise ValidationError(f"cannot group usage by {by!r}; choose one of {choices}")
@@ -324,7 +346,7 @@ def _canonical_by(by: str) -> str:
 def _with_period(frame: pl.LazyFrame, by: str, timezone: str) -> pl.LazyFrame:
     """Add ``_bucket`` (local wall-clock start of the period) and, for hours, ``_offset``, so the
     repeated hour when clocks go back stays two periods."""
-    local = pl.col("created_at").dt.convert_time_zone(timezone)
+    local = pl.col("created_at").dt.convert_time_zone(resolve_timezone(timezone).key)
     frame = frame.with_columns(_bucket=local.dt.replace_time_zone(None).dt.truncate(_TRUNCATE[by]))
     if by == "hour":
         offset = (local.dt.base_utc_offset() + local.dt.dst_offset()).dt.total_minutes()
@@ -362,12 +384,14 @@ def usage_report(
     ``by``: ``hour``/``day``/``week``/``month`` (key ``period``, cut in ``timezone``: hours as
     ``2026-10-25T02:00+01:00``, days and weeks (starting Monday) as ``2026-10-19``, months as
     ``2026-10``), ``model``, ``user`` or ``chat`` (keys ``model``, ``user_id``, ``chat_id``;
-    ``daily``-style and plural names are accepted too). ``breakdown="model"`` adds a ``model``
+    ``daily``-style and plural names are accepted too, in any case). ``breakdown="model"`` adds a ``model``
     column with one row per model under each period. Rows are ordered by key (chronologically
     for periods), ``order="desc"`` reverses. ``prices`` is a table or a price file path (see
     :func:`load_prices`). Raises ValidationError for bad options, ConfigError for a bad price file.
     """
     kind = _canonical_by(by)
+    if breakdown is not None and str(breakdown).strip().lower() in ("model", "models"):
+        breakdown = "model"
     if breakdown not in (None, "model"):
         raise ValidationError(f"breakdown must be 'model' or None, not {breakdown!r}")
     if order not in ("asc", "desc"):
@@ -390,7 +414,7 @@ def usage_report(
     else:
         grouped = frame.group_by([key, *extra]).agg(*_aggregations())
         grouped = grouped.sort([key, *extra], descending=order == "desc", nulls_last=True)
-    return grouped.select(key, *extra, *REPORT_COLUMNS).collect()
+    return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS).collect())
 
 
 def usage_totals(
@@ -415,7 +439,26 @@ def usage_totals(
     frame = messages_frame(
         source, since=since, until=until, user_id=user_id, model=model, timezone=timezone, prices=table
     )
-    return _with_cost(frame, table, cost_mode).select(_aggregations()).select(REPORT_COLUMNS).collect()
+    return _rounded(
+        _with_cost(frame, table, cost_mode).select(_aggregations()).select(REPORT_COLUMNS).collect()
+    )
+
+
+# Money to a millionth of a dollar, durations to a tenth of a millisecond: float sums differ in
+# their last bits with the order of the rows and the backend that stored them (0.797189 vs
+# 0.7971889999999999); rounded, the same data gives the same report everywhere.
+COST_DECIMALS = 6
+DURATION_DECIMALS = 1
+
+
+def _rounded(frame: pl.DataFrame) -> pl.DataFrame:
+    rounding = {"cost_usd": COST_DECIMALS, "estimated_cost_usd": COST_DECIMALS,
+                "avg_duration_ms": DURATION_DECIMALS, "p95_duration_ms": DURATION_DECIMALS}  # fmt: skip
+    return frame.with_columns(
+        pl.col(name).cast(pl.Float64()).round(places)
+        for name, places in rounding.items()
+        if name in frame.columns
+    )
 
 
 # -- questions analysts ask -------------------------------------------------------------------------

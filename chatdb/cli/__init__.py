@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ._app import AppState, ChatDbGroup
+from ._app import AppState, ChatDbGroup, accept_global_options
 
 __all__ = ["cli", "main"]
 
@@ -30,7 +30,9 @@ __all__ = ["cli", "main"]
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None, debug: bool, quiet: bool) -> None:
     """Work with a chat application's database: usage reports, exports, demo data,
-    users and API keys, and copies between SQLite, PostgreSQL, MySQL and MongoDB."""
+    users and API keys, and copies between SQLite, PostgreSQL, MySQL and MongoDB.
+
+    The options below may also follow the command (chatdb info --db URL)."""
     ctx.obj = AppState(db_url=db_url, debug=debug, quiet=quiet)
 
 
@@ -51,6 +53,7 @@ def _register() -> None:
         chat_commands,
     ):
         for command in commands:
+            accept_global_options(command)
             cli.add_command(command)
 
 

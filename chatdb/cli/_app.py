@@ -103,6 +103,28 @@ def state() -> AppState:
     return click.get_current_context().ensure_object(AppState)
 
 
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is None or value is False or param.name is None:
+        return
+    setattr(ctx.ensure_object(AppState), param.name, value)
+
+
+def accept_global_options(command: click.Command) -> None:
+    """Let ``--db``, ``--debug`` and ``--quiet`` also follow the subcommand
+    (``chatdb info --db URL``); hidden from its help, which the group's already lists."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_global_options(sub)
+        return
+    command.params += [
+        click.Option(
+            ["--db", "db_url"], metavar="URL", hidden=True, expose_value=False, callback=_set_global
+        ),
+        click.Option(["--debug"], is_flag=True, hidden=True, expose_value=False, callback=_set_global),
+        click.Option(["-q", "--quiet"], is_flag=True, hidden=True, expose_value=False, callback=_set_global),
+    ]
+
+
 def describe(exc: BaseException) -> str:
     """The one line shown for an expected error."""
     if isinstance(exc, OSError) and not isinstance(exc, ChatDbError):

@@ -12,7 +12,7 @@ from .. import admin
 from .._base import TABLE_NAMES
 from ..copy import copy_database
 from ._app import AppState, state
-from .output import output_options, render
+from .output import output_options, render, render_one
 
 
 @click.command()
@@ -62,7 +62,7 @@ def info(fmt: str) -> None:
     row: dict[str, Any] = {"backend": facts.backend, "url": facts.url}
     row |= {f"{t}_rows": facts.counts.get(t, 0) for t in TABLE_NAMES}
     row |= {"first_message_at": facts.first_message_at, "last_message_at": facts.last_message_at}
-    render([row], list(row), fmt)
+    render_one(row, fmt)
 
 
 def _ts(value: Any) -> str:

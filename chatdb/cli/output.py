@@ -11,6 +11,7 @@ import csv
 import functools
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
@@ -21,7 +22,7 @@ import click
 
 from .._codec import format_ts
 
-__all__ = ["FORMATS", "output_options", "render"]
+__all__ = ["FORMATS", "output_options", "render", "render_one"]
 
 FORMATS = ("table", "json", "nl", "csv", "tsv", "markdown")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,8 +40,14 @@ def output_options(func: F) -> F:
     )
     @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
     @click.option("--csv", "as_csv", is_flag=True, help="Same as --format csv.")
+    @click.option(
+        "--wide",
+        is_flag=True,
+        help="Tables: every column, even on a narrow terminal (piped output always has them all).",
+    )
     @functools.wraps(func)
-    def wrapper(*args: Any, fmt: str | None, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, fmt: str | None, as_json: bool, as_csv: bool, wide: bool, **kwargs: Any) -> Any:
+        click.get_current_context().meta[_WIDE] = wide
         chosen = {name for name, on in (("json", as_json), ("csv", as_csv)) if on}
         if fmt is not None:
             chosen.add(fmt.lower())
@@ -57,11 +64,14 @@ def render(
     fmt: str,
     *,
     out: IO[str] | None = None,
+    compact: Sequence[str] | None = None,
 ) -> int:
     """Write ``rows`` (only ``columns``, in that order) to ``out`` (stdout); returns the row count.
 
     JSON, NDJSON, CSV and TSV are written as rows arrive; table and markdown need every row to
-    size their columns, so they are for listings meant for people.
+    size their columns, so they are for listings meant for people. A table wider than the
+    terminal keeps only the ``compact`` columns (when given), unless ``--wide``; output that is
+    not a terminal always has every column.
     """
     stream = out if out is not None else sys.stdout
     if fmt == "json":
@@ -82,10 +92,50 @@ def render(
         return count
     if fmt in ("table", "markdown"):
         cells = [[_human(row.get(c), c) for c in columns] for row in rows]
+        if fmt == "table" and compact is not None:
+            columns, cells = _fit(columns, cells, compact)
         numeric = [_is_numeric_column(rows_col) for rows_col in zip(*cells, strict=False)] if cells else []
         stream.write(_grid(columns, cells, numeric, markdown=fmt == "markdown"))
         return len(cells)
     raise click.UsageError(f"unknown format {fmt!r} (use one of: {', '.join(FORMATS)})")
+
+
+def render_one(row: Mapping[str, Any], fmt: str, *, out: IO[str] | None = None) -> None:
+    """One record (``chatdb info``): JSON as one object, not a list of one; the other formats
+    as a one-row listing."""
+    if fmt == "json":
+        (out if out is not None else sys.stdout).write(_dumps(row, list(row)) + "\n")
+    else:
+        render([row], list(row), fmt, out=out)
+
+
+_WIDE = "chatdb.wide"
+
+
+def terminal_width() -> int | None:
+    """Columns of the terminal stdout is, or None when it is none (a pipe, a file)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def _fit(
+    columns: Sequence[str], cells: list[list[str]], compact: Sequence[str]
+) -> tuple[Sequence[str], list[list[str]]]:
+    ctx = click.get_current_context(silent=True)
+    width = None if ctx is not None and ctx.meta.get(_WIDE) else terminal_width()
+    if width is None or _grid_width(columns, cells) <= width:
+        return columns, cells
+    keep = [i for i, name in enumerate(columns) if name in compact]
+    click.echo(
+        f"({len(columns) - len(keep)} columns left out to fit the terminal; --wide shows them)", err=True
+    )
+    return [columns[i] for i in keep], [[row[i] for i in keep] for row in cells]
+
+
+def _grid_width(columns: Sequence[str], cells: list[list[str]]) -> int:
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    return sum(widths) + 2 * (len(widths) - 1)
 
 
 # -- writers ---------------------------------------------------------------------------------------

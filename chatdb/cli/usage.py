@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -13,7 +13,8 @@ from .. import admin
 from ._app import DATETIME, check_range, localize, state
 from .output import output_options, render
 
-# Subcommand-style report names (as ccusage has them) -> chatdb.analytics.usage_report(by=...)
+# Report names as ccusage has them, and every other spelling the library takes (singular,
+# plural, any case) -> chatdb.analytics.usage_report(by=...).
 REPORTS = {
     "hourly": "hour",
     "daily": "day",
@@ -23,19 +24,46 @@ REPORTS = {
     "users": "user",
     "chats": "chat",
 }
+_SPELLINGS = {
+    **REPORTS,
+    **{by: by for by in REPORTS.values()},
+    **{by + "s": by for by in ("hour", "day", "week", "month")},
+}
+
+
+def _report(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    by = _SPELLINGS.get(value.strip().lower())
+    if by is None:
+        choices = ", ".join(REPORTS)
+        raise click.BadParameter(f"{value!r} is not a report (choose from {choices}; singular works too)")
+    return by
+
+
+def _breakdown(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value.strip().lower() not in ("model", "models"):
+        raise click.BadParameter(f"{value!r} is not a breakdown (use model)")
+    return "model"
 
 
 def _zone(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from .. import analytics
+    from ..errors import ValidationError
+
     try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise click.BadParameter(f"{value!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
-    return value
+        return str(analytics.resolve_timezone(value).key)
+    except ValidationError:
+        raise click.BadParameter(
+            f"{value!r} is not an IANA time zone (e.g. Europe/Berlin, UTC; any case)"
+        ) from None
 
 
 @click.command()
-@click.argument("report", type=click.Choice(list(REPORTS)), default="daily")
-@click.option("--breakdown", type=click.Choice(["model"]), help="Add per-model rows under each period.")
+@click.argument("report", metavar="[REPORT]", default="daily", callback=_report)
+@click.option(
+    "--breakdown", metavar="model", callback=_breakdown, help="Add per-model rows under each period."
+)
 @click.option("--since", type=DATETIME, help="From this date/time (inclusive; in --timezone).")
 @click.option("--until", type=DATETIME, help="Up to this date/time (exclusive; in --timezone).")
 @click.option("--user", help="Only this user's messages (username or id).")
@@ -46,7 +74,7 @@ def _zone(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default="UTC",
     show_default=True,
     callback=_zone,
-    help="IANA zone in which hours, days and weeks are cut.",
+    help="IANA zone in which hours, days and weeks are cut (any case; UTC or Z for UTC).",
 )
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
 @click.option(
@@ -82,11 +110,14 @@ def usage(
     plot: Path | None,
     fmt: str,
 ) -> None:
-    """Usage report (REPORT: daily by default): messages, tokens, cost (reported and
-    estimated), latency and unpriced messages, with a totals row in tables."""
+    """Usage report: messages, tokens, cost (reported and estimated), latency and unpriced
+    messages, with a totals row in tables.
+
+    REPORT is hourly, daily (the default), weekly, monthly, models, users or chats; the
+    singular (hour, day, model, ...) and any case work too."""
     from .. import analytics
 
-    zone = ZoneInfo(tz)
+    zone = ZoneInfo(tz)  # (already a canonical name: see _zone)
     since, until = localize(since, zone), localize(until, zone)
     check_range(since, until)
     repo = state().open()
@@ -100,16 +131,20 @@ def usage(
         "cost_mode": cost_mode,
         "prices": analytics.load_prices(prices) if prices is not None else None,
     }
+    if prices is not None:
+        _warn_unknown_prices(prices, repo, options)
     source: Any = repo
     tabular = fmt in ("table", "markdown")  # with a totals row
-    if tabular:
-        # The totals row is a second pass (exact over the messages: a p95 of p95s would not be);
-        # both read one export of the messages instead of the database twice.
+    if tabular or plot is not None:
+        # The totals row (exact over the messages: a p95 of p95s would not be) and the chart's
+        # names read one export of the messages instead of the database again.
         from .. import export
 
         source = export.to_polars(repo, "messages", since=since, until=until, user_id=user_id)
-    frame = analytics.usage_report(source, REPORTS[report], breakdown=breakdown, order=order, **options)
-    keys = [c for c in ("period", "model", "user_id", "chat_id") if c in frame.columns]
+    frame = analytics.usage_report(source, report, breakdown=breakdown, order=order, **options)
+    if frame.height == 0:
+        _say_empty(since, until, zone, user, model)
+    keys = [c for c in frame.columns if c in ("period", "model", "user_id", "chat_id")]
     columns = [*keys, *analytics.REPORT_COLUMNS]
     rows: Any = frame.iter_rows(named=True)
     if tabular and "model" in keys:
@@ -117,12 +152,66 @@ def usage(
     if tabular and frame.height:
         totals = analytics.usage_totals(source, **options).row(0, named=True)
         rows = [*rows, {keys[0]: "Total", **totals}]
-    render(rows, columns, fmt)
+    render(rows, columns, fmt, compact=[*keys, *COMPACT_COLUMNS])
     if plot is not None:
         from ..analytics import plots
 
-        plots.plot_report(frame, path=plot)
+        labels = _names(repo, keys[0]) if keys[0] in ("user_id", "chat_id") else None
+        plots.plot_report(frame, path=plot, labels=labels)
         state().note(f"chart written to {plot}")
+
+
+# What a table keeps when the terminal is too narrow for every column (as ccusage does).
+COMPACT_COLUMNS = ("messages", "input_tokens", "output_tokens", "cost_usd")
+
+
+def _say_empty(
+    since: datetime | None, until: datetime | None, zone: ZoneInfo, user: str | None, model: str | None
+) -> None:
+    """An empty report says so on stderr (stdout keeps its header, or [] for JSON)."""
+
+    def when(value: datetime | None, default: str) -> str:
+        return default if value is None else value.astimezone(zone).isoformat(sep=" ", timespec="minutes")
+
+    what = " ".join(
+        part
+        for part in ("no messages", f"of {user}" if user else "", f"for model {model}" if model else "")
+        if part
+    )
+    click.echo(f"{what} between {when(since, 'the first')} and {when(until, 'now')}", err=True)
+
+
+def _warn_unknown_prices(path: Path, repo: Any, options: dict[str, Any]) -> None:
+    """Warn about a model of the price file that is no known model and no message's model:
+    most likely a typo, which would otherwise leave those messages priced from the bundled
+    table (or unpriced) without a word."""
+    from .. import analytics
+
+    override = analytics.load_prices(path, replace=True)
+    bundled = analytics.load_prices()
+    unknown = [name for name in override.models if bundled.family(name) is None]
+    if not unknown:
+        return
+    used = analytics.usage_report(repo, "model", **{**options, "model": None})["model"].to_list()
+    matched = {override.family(name) for name in used}
+    for name in unknown:
+        if name not in matched:
+            click.echo(
+                f"Warning: {path} prices model {name!r}, which matches no known model and no "
+                "message (a typo?); it is not used",
+                err=True,
+            )
+
+
+def _names(repo: Any, key: str) -> dict[str, str]:
+    """User ids -> usernames, or chat ids -> titles, for the chart's labels."""
+    from .. import export
+
+    if key == "user_id":
+        users = export.to_polars(repo, "users")
+        return dict(zip(users["user_id"].to_list(), users["username"].to_list(), strict=True))
+    chats = export.to_polars(repo, "chats")
+    return dict(zip(chats["chat_id"].to_list(), chats["title"].to_list(), strict=True))
 
 
 COMMANDS = [usage]
