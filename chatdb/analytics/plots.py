@@ -154,7 +154,7 @@ def _stacked_bars(figure: Figure, report: pl.DataFrame, value: str, ylabel: str,
         values = wide[model].to_list()
         if not any(values):
             continue
-        ax.bar(x, values, bottom=bottom, label=_short(model), color=colors[model], width=width)
+        ax.bar(x, values, bottom=bottom, label=_short(model), color=colors[model], width=width, align="edge")
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -289,7 +289,7 @@ def plot_report(
         ordered = report.sort("period")
         x = _period_dates(ordered) if ordered.height else []
         costs = ordered["cost_usd"].fill_null(0.0).to_list()
-        ax.bar(x, costs, color="tab:blue", width=_bar_width(x, _period_kind(ordered)))
+        ax.bar(x, costs, color="tab:blue", width=_bar_width(x, _period_kind(ordered)), align="edge")
         ax.set_ylabel("USD")
         ax.set_title(title or "Cost by period")
         _date_axis(ax)

@@ -9,10 +9,9 @@ from typing import Any
 import click
 
 from .. import admin
-from .._base import TABLE_NAMES
 from ..copy import copy_database
 from ._app import AppState, state
-from .output import output_options, render, render_one
+from .output import format_ts, output_options, render, render_one
 
 
 @click.command()
@@ -57,17 +56,15 @@ def info(fmt: str) -> None:
         if facts.first_message_at is not None:
             click.echo(f"messages  {_ts(facts.first_message_at)} .. {_ts(facts.last_message_at)}")
         click.echo()
-        render(({"table": t, "rows": facts.counts.get(t, 0)} for t in TABLE_NAMES), ("table", "rows"), fmt)
+        render(({"table": t, "rows": n} for t, n in facts.counts.items()), ("table", "rows"), fmt)
         return
     row: dict[str, Any] = {"backend": facts.backend, "url": facts.url}
-    row |= {f"{t}_rows": facts.counts.get(t, 0) for t in TABLE_NAMES}
+    row |= {f"{t}_rows": n for t, n in facts.counts.items()}
     row |= {"first_message_at": facts.first_message_at, "last_message_at": facts.last_message_at}
     render_one(row, fmt)
 
 
 def _ts(value: Any) -> str:
-    from .._codec import format_ts
-
     return format_ts(value) if value is not None else ""
 
 

@@ -14,18 +14,22 @@ import math
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import IO, Any, TypeVar, cast
 
 import click
 
-from .._codec import format_ts
-
-__all__ = ["FORMATS", "output_options", "render", "render_one"]
+__all__ = ["FORMATS", "format_ts", "output_options", "render", "render_one"]
 
 FORMATS = ("table", "json", "nl", "csv", "tsv", "markdown")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def format_ts(value: datetime) -> str:
+    """A timestamp as the database stores it, ``2026-11-26T11:21:40.612Z`` (a naive one is UTC)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def output_options(func: F) -> F:
