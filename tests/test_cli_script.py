@@ -43,7 +43,7 @@ def test_console_script_runs_in_a_real_process(tmp_path: Path) -> None:
     info = subprocess.run(
         [*run, "info", "--json"], capture_output=True, text=True, env=clean_env(), timeout=60, check=True
     )
-    assert json.loads(info.stdout)[0]["users_rows"] == 1
+    assert json.loads(info.stdout)["users_rows"] == 1
     failed = subprocess.run(
         [*run, "keys", "list", "--user", "ghost"], capture_output=True, text=True, env=clean_env(), timeout=60
     )
