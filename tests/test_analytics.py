@@ -15,7 +15,7 @@ from polars.testing import assert_frame_equal
 
 import chatdb
 from chatdb import analytics, demo
-from chatdb.analytics import plots
+from chatdb.analytics import plots, usage
 from chatdb.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -67,11 +67,17 @@ def test_reports_agree_across_repository_polars_parquet_and_duckdb(sources: dict
 
 
 def _close(got: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
-    """Equal up to float rounding; None (no value) only equals None."""
-    return len(got) == len(want) and all(
-        g is w is None or (g is not None and w is not None and g == pytest.approx(w, rel=1e-9, abs=1e-12))
-        for g, w in zip(got, want, strict=True)
-    )
+    """Equal up to float rounding, or to the report's documented rounding (money to 6 decimal
+    places, durations to 1); None (no value) only equals None."""
+
+    def same(g: Any, w: Any) -> bool:
+        if g is None or w is None:
+            return g is w
+        exact = pytest.approx(w, rel=1e-9, abs=1e-12)
+        places = (usage.COST_DECIMALS, usage.DURATION_DECIMALS)
+        return bool(g == exact or any(g == pytest.approx(round(w, p), abs=1e-12) for p in places))
+
+    return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=True))
 
 
 def _sqlite_prices(models: list[str]) -> str:
