@@ -156,6 +156,10 @@ def test_an_empty_report_says_so_on_stderr(demo_url: str) -> None:
     assert result.stderr.strip() == "no messages between 2020-01-01 00:00+00:00 and 2020-02-01 00:00+00:00"
     as_json = invoke(demo_url, "usage", "--since", "2020-01-01", "--until", "2020-02-01", "--json")
     assert json.loads(as_json.stdout) == [] and "no messages between" in as_json.stderr
+    since = invoke(demo_url, "usage", "--since", "2031-01-01T10:00", "--timezone", "Europe/Berlin")
+    assert since.stderr.strip() == "no messages since 2031-01-01 10:00+01:00"
+    nobody = invoke(demo_url, "usage", "--model", "no-such-model")
+    assert nobody.stderr.strip() == "no messages for model no-such-model in the database"
 
 
 def test_an_unknown_model_in_a_price_file_is_named_in_a_warning(demo_url: str, tmp_path: Path) -> None:

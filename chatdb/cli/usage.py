@@ -170,15 +170,23 @@ def _say_empty(
 ) -> None:
     """An empty report says so on stderr (stdout keeps its header, or [] for JSON)."""
 
-    def when(value: datetime | None, default: str) -> str:
-        return default if value is None else value.astimezone(zone).isoformat(sep=" ", timespec="minutes")
+    def when(value: datetime) -> str:
+        return value.astimezone(zone).isoformat(sep=" ", timespec="minutes")
 
     what = " ".join(
         part
         for part in ("no messages", f"of {user}" if user else "", f"for model {model}" if model else "")
         if part
     )
-    click.echo(f"{what} between {when(since, 'the first')} and {when(until, 'now')}", err=True)
+    if since is not None and until is not None:
+        what += f" between {when(since)} and {when(until)}"
+    elif since is not None:
+        what += f" since {when(since)}"
+    elif until is not None:
+        what += f" before {when(until)}"
+    else:
+        what += " in the database"
+    click.echo(what, err=True)
 
 
 def _warn_unknown_prices(path: Path, repo: Any, options: dict[str, Any]) -> None:
