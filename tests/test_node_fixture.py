@@ -19,7 +19,7 @@ from chatdb import DbConfig, MessageMetadata
 from chatdb.errors import SchemaError
 from chatdb.repository import ChatRepository
 
-from .backends import Backend
+from .backends import Backend, node_ddl
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 CHATDB_INDEXES = {
@@ -184,21 +184,6 @@ def test_a_database_whose_chats_lack_user_id_gets_the_column(tmp_path: Path) -> 
 
 # -- PostgreSQL and MySQL: the same rows loaded from the portable INSERTs ----------------------
 
-SEED_DDL = {
-    "postgres": [
-        "CREATE TABLE chats (id TEXT PRIMARY KEY, title TEXT NOT NULL, session_id TEXT, user_id TEXT NOT NULL DEFAULT 'system', created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
-        "CREATE TABLE messages (id TEXT PRIMARY KEY, chat_id TEXT NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, created_at TEXT NOT NULL, metadata TEXT)",
-        "CREATE TABLE users (id TEXT PRIMARY KEY, username TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
-        "CREATE TABLE api_keys (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, key_prefix TEXT NOT NULL, name TEXT NOT NULL, created_at TEXT NOT NULL, last_used_at TEXT, revoked_at TEXT)",
-    ],
-    "mysql": [
-        "CREATE TABLE chats (id VARCHAR(36) PRIMARY KEY, title TEXT NOT NULL, session_id VARCHAR(255), user_id VARCHAR(36) NOT NULL DEFAULT 'system', created_at VARCHAR(30) NOT NULL, updated_at VARCHAR(30) NOT NULL) CHARACTER SET utf8mb4",
-        "CREATE TABLE messages (id VARCHAR(36) PRIMARY KEY, chat_id VARCHAR(36) NOT NULL, role VARCHAR(20) NOT NULL, content TEXT NOT NULL, created_at VARCHAR(30) NOT NULL, metadata TEXT) CHARACTER SET utf8mb4",
-        "CREATE TABLE users (id VARCHAR(36) PRIMARY KEY, username VARCHAR(255) NOT NULL UNIQUE, password_hash VARCHAR(255) NOT NULL, created_at VARCHAR(30) NOT NULL, updated_at VARCHAR(30) NOT NULL) CHARACTER SET utf8mb4",
-        "CREATE TABLE api_keys (id VARCHAR(36) PRIMARY KEY, user_id VARCHAR(36) NOT NULL, key_hash VARCHAR(128) NOT NULL UNIQUE, key_prefix VARCHAR(20) NOT NULL, name VARCHAR(255) NOT NULL, created_at VARCHAR(30) NOT NULL, last_used_at VARCHAR(30), revoked_at VARCHAR(30)) CHARACTER SET utf8mb4",
-    ],
-}
-
 
 @pytest.fixture(
     params=[
@@ -207,7 +192,7 @@ SEED_DDL = {
     ]
 )
 def node_server_url(request: pytest.FixtureRequest, fixtures_dir: Path) -> Any:
-    """A fresh database on the server with the seed's tables and the Node rows, no extra indexes."""
+    """A fresh database on the server with the Node layer's own tables and rows, no extra indexes."""
     backend: Backend = request.getfixturevalue(f"{request.param}_backend")
     admin = backend.extra["server_admin"]
     name = f"chatdb_node_{uuid.uuid4().hex[:10]}"
@@ -217,8 +202,8 @@ def node_server_url(request: pytest.FixtureRequest, fixtures_dir: Path) -> Any:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            for ddl in SEED_DDL[request.param]:
-                conn.execute(text(ddl))
+            for ddl in node_ddl(request.param):  # the Node layer's own tables (tests/fixtures)
+                conn.exec_driver_sql(ddl)
             if request.param == "mysql":  # the file is standard SQL: a backslash is just a character
                 conn.exec_driver_sql("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
             for line in (fixtures_dir / "ccluster-node.sql").read_text().splitlines():

@@ -302,3 +302,27 @@ def test_upgrade_has_nothing_to_do_on_mongodb_and_on_chatdb_s_own_schema(
 ) -> None:
     repo.ensure_schema()
     assert chatdb.admin.upgrade_schema(repo, dry_run=True).statements == ()
+
+
+@pytest.mark.sqlite
+def test_upgrade_reshapes_an_older_sqlite_chat_index_so_node_ties_keep_their_order(tmp_path: Path) -> None:
+    """A file chatdb opened before gave its chat index a trailing id (ties in random id order
+    for the Node app); the upgrade, and nothing implicit, rebuilds it as (chat_id, created_at)."""
+    path = tmp_path / "older.db"
+    with chatdb.create_repository(f"sqlite:///{path}") as repo:
+        repo.ensure_schema()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX idx_messages_chat_created")
+        conn.execute("CREATE INDEX idx_messages_chat_created ON messages (chat_id, created_at, id)")
+    with chatdb.create_repository(f"sqlite:///{path}") as repo:
+        repo.ensure_schema()  # not an upgrade: the index stays as it is
+        planned = chatdb.admin.upgrade_schema(repo, dry_run=True)
+        assert planned.statements == (
+            "DROP INDEX idx_messages_chat_created",
+            "CREATE INDEX IF NOT EXISTS idx_messages_chat_created ON messages (chat_id, created_at)",
+        )
+        assert chatdb.admin.upgrade_schema(repo).applied
+        assert chatdb.admin.upgrade_schema(repo, dry_run=True).statements == ()
+    with sqlite3.connect(path) as conn:
+        columns = [r[2] for r in conn.execute("PRAGMA index_info('idx_messages_chat_created')")]
+    assert columns == ["chat_id", "created_at"]
