@@ -240,3 +240,17 @@ def test_duckdb_query_interrupted_is_a_keyboard_interrupt() -> None:
         raise RuntimeError("Query interrupted")
     with pytest.raises(RuntimeError, match="other"), interruptible():
         raise RuntimeError("other")
+
+
+def test_an_append_to_a_dataset_holding_a_file_cut_short_is_a_validation_error(
+    repo: ChatRepository, tmp_path: Path
+) -> None:
+    path = tmp_path / "by_day"
+    export.to_parquet(repo, path, partition_by="day")
+    # What an export killed mid-append left before appends were atomic: a file without its footer.
+    folder = next(path.iterdir())
+    whole = next(folder.iterdir()).read_bytes()
+    (folder / "part-cut.parquet").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValidationError, match=r"not readable Parquet.*mode='replace'"):
+        export.to_parquet(repo, path, partition_by="day", mode="append")
+    assert export.to_parquet(repo, path, partition_by="day").rows == 12

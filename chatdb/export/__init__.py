@@ -145,8 +145,17 @@ def to_parquet(
     started = time.perf_counter()
     scan = _scan(repo, table, filters)
     if mode == "append":
-        check_append_target(target, partition_by, scan.schema)
-        scan.resume_after(parquet_watermark(target, partition_by))
+        try:
+            check_append_target(target, partition_by, scan.schema)
+            scan.resume_after(parquet_watermark(target, partition_by))
+        except (pa.ArrowInvalid, require("duckdb").Error) as exc:
+            # A file cut short (by an export of chatdb before its appends were atomic, or by
+            # another program): say which export, never guess which of its files to delete.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValidationError(
+                f"{target} holds a file that is not readable Parquet ({first}): remove that file, "
+                "or export anew with mode='replace'"
+            ) from exc
     with interruptible():
         files = write_parquet(
             scan, target, partition_by=partition_by, append=mode == "append", compression=compression
