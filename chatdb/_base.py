@@ -18,12 +18,14 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from itertools import product
+from operator import itemgetter
 from types import TracebackType
 from typing import Any, Self
 
 from . import _codec, _validate
 from .config import DbConfig
-from .errors import NotFoundError, SchemaError
+from .errors import ConflictError, DuplicateMessageIdError, NotFoundError, SchemaError, ValidationError
 from .models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
 
 TABLE_NAMES = ("users", "chats", "messages", "api_keys")
@@ -53,8 +55,97 @@ IMPORT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What import_rows accepts per stored column: "text" a string, "ts" an ISO string or a
+# datetime, "json" JSON text or its decoded list/dict (as MongoDB holds it); "?" allows None.
+_IMPORT_KINDS: dict[str, dict[str, str]] = {
+    "messages": {"content": "json", "created_at": "ts", "metadata": "json?"},
+    "chats": {"session_id": "text?", "user_id": "text?", "created_at": "ts", "updated_at": "ts"},
+    "users": {"created_at": "ts", "updated_at": "ts"},
+    "api_keys": {"created_at": "ts", "last_used_at": "ts?", "revoked_at": "ts?"},
+}
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "text": (str,),
+    "text?": (str, type(None)),
+    "ts": (str, datetime),
+    "ts?": (str, datetime, type(None)),
+    "json": (str, list, dict),
+    "json?": (str, list, dict, type(None)),
+}
+# Per table: the accepted types of each column, and every accepted combination of exact types
+# (a row is checked with one set lookup, about 20 times faster than a loop over its columns).
+_IMPORT_TYPES: dict[str, tuple[tuple[type, ...], ...]] = {
+    table: tuple(_KIND_TYPES[_IMPORT_KINDS[table].get(name, "text")] for name in columns)
+    for table, columns in IMPORT_COLUMNS.items()
+}
+_IMPORT_TYPE_ROWS: dict[str, frozenset[tuple[type, ...]]] = {
+    table: frozenset(product(*types)) for table, types in _IMPORT_TYPES.items()
+}
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def check_scan(
+    table: Any,
+    *,
+    since: Any = None,
+    until: Any = None,
+    user_id: Any = None,
+    after: Any = None,
+    batch_size: Any = 10_000,
+    stored: Any = False,
+) -> bool:
+    """Check ``scan_rows``' arguments as the CRUD methods check theirs (ValidationError for a
+    wrong type, such as ``user_id={"$ne": None}``); False when ``user_id`` can match no stored
+    row (the scan is then empty), True otherwise."""
+    _validate.table(table, TABLE_NAMES)
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not isinstance(value, datetime):
+            raise ValidationError(f"{name} must be a datetime or None, not {type(value).__name__}")
+    if after is not None:
+        if not isinstance(after, (tuple, list)) or len(after) != 2:
+            raise ValidationError("after must be a (created_at, id) pair of strings or None")
+        for name, value in zip(("after created_at", "after id"), after, strict=True):
+            _validate.text(name, value, allow_empty=True)
+    _validate.batch_size(batch_size)
+    _validate.flag("stored", stored)
+    return user_id is None or _validate.lookup_id("user_id", user_id) is not None
+
+
+def check_import(table: Any, rows: Any, batch_size: Any) -> Iterator[Mapping[str, Any]]:
+    """Check ``import_rows``' arguments now and its rows as they stream (each a mapping whose
+    values have their column's stored type: ValidationError names the row and column; rows of
+    earlier batches are already written then). Returns the rows to import."""
+    _validate.table(table, TABLE_NAMES)
+    _validate.batch_size(batch_size)
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise ValidationError(f"rows must be an iterable of mappings, not {type(rows).__name__}")
+    return _checked_rows(table, rows)
+
+
+def _checked_rows(table: str, rows: Iterable[Any]) -> Iterator[Mapping[str, Any]]:
+    values, allowed = itemgetter(*IMPORT_COLUMNS[table]), _IMPORT_TYPE_ROWS[table]
+    for number, row in enumerate(rows):
+        if type(row) is not dict and not isinstance(row, Mapping):
+            raise ValidationError(f"{table} row {number} must be a mapping, not {type(row).__name__}")
+        try:
+            types = tuple(map(type, values(row)))
+        except KeyError:  # a column left out (None) or a missing required one
+            types = ()
+        if types not in allowed:
+            _check_row(table, number, row)  # subclasses pass; anything else raises
+        yield row
+
+
+def _check_row(table: str, number: int, row: Mapping[str, Any]) -> None:
+    for name, types in zip(IMPORT_COLUMNS[table], _IMPORT_TYPES[table], strict=True):
+        value = row.get(name)
+        if not isinstance(value, types):
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise ValidationError(
+                f"{table} row {number}: {name} must be {wanted}, not {type(value).__name__}"
+            )
 
 
 class RepositoryBase(ABC):
@@ -179,22 +270,22 @@ class RepositoryBase(ABC):
         metadata: MessageMetadata | Mapping[str, Any] | None = None,
         *,
         user_id: str | None = None,
+        message_id: str | None = None,
     ) -> Message:
-        checked_role = _validate.role(role)
-        parts = _codec.normalize_content(content)
-        meta = _codec.normalize_metadata(metadata)
-        content_json = _codec.dump_content(parts)
-        metadata_json = _codec.dump_metadata(meta)
-        cid = _validate.lookup_id("chat_id", chat_id)
-        owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
-        if cid is None or (user_id is not None and owner is None):
-            raise NotFoundError(f"chat {chat_id!r} not found")
+        draft = draft_message(chat_id, role, content, metadata, user_id=user_id, message_id=message_id)
         self.ensure_schema()
-        draft = _DraftMessage(new_id(), cid, checked_role, parts, content_json, meta, metadata_json)
-        created_at = self._append_message(draft, owner)
-        if created_at is None:
-            raise NotFoundError(f"chat {chat_id!r} not found")
-        return Message(draft.id, cid, checked_role, parts, created_at, meta)
+        for _attempt in range(3):
+            try:
+                created_at = self._append_message(draft, draft.owner)
+            except MessageIdTaken:
+                stored = stored_retry(self._fetch_message(draft.id, None), draft)
+                if stored is not None:
+                    return stored
+                continue  # the message holding the id was deleted meanwhile: try again
+            if created_at is None:
+                raise NotFoundError(f"chat {chat_id!r} not found")
+            return draft.message(created_at)
+        raise DuplicateMessageIdError(f"message id {draft.id!r} is taken")
 
     def get_messages(
         self, chat_id: str, limit: int = 50, offset: int = 0, *, user_id: str | None = None
@@ -372,7 +463,8 @@ class RepositoryBase(ABC):
     @abstractmethod
     def _append_message(self, draft: _DraftMessage, user_id: str | None) -> Any:
         """Insert the message at ``next_ts(chat.updated_at)`` and set the chat's ``updated_at`` to
-        it, atomically; return that datetime, or None when the chat is missing (or not the user's)."""
+        it, atomically; return that datetime, or None when the chat is missing (or not the user's).
+        Raise MessageIdTaken, having written nothing, when a message with ``draft.id`` exists."""
 
     @abstractmethod
     def _fetch_messages(
@@ -409,10 +501,27 @@ class RepositoryBase(ABC):
     def _touch_api_key(self, key_id: str, now: str) -> None: ...
 
 
-class _DraftMessage:
-    """A checked message waiting for its timestamp, with its stored JSON already encoded."""
+class MessageIdTaken(ConflictError):
+    """Raised by ``_append_message`` when the draft's id is already stored (and nothing was
+    written); ``add_message`` then decides with :func:`stored_retry`."""
 
-    __slots__ = ("chat_id", "content", "content_json", "id", "metadata", "metadata_json", "role")
+
+class _DraftMessage:
+    """A checked message waiting for its timestamp, with its stored JSON already encoded.
+    ``chosen_id``: the caller gave the id (a retry may find it stored); ``owner``: the checked
+    ``user_id`` the chat must belong to, or None."""
+
+    __slots__ = (
+        "chat_id",
+        "chosen_id",
+        "content",
+        "content_json",
+        "id",
+        "metadata",
+        "metadata_json",
+        "owner",
+        "role",
+    )
 
     def __init__(
         self,
@@ -423,6 +532,9 @@ class _DraftMessage:
         content_json: str,
         metadata: MessageMetadata | None,
         metadata_json: str | None,
+        *,
+        chosen_id: bool = False,
+        owner: str | None = None,
     ) -> None:
         self.id = id
         self.chat_id = chat_id
@@ -431,3 +543,63 @@ class _DraftMessage:
         self.content_json = content_json
         self.metadata = metadata
         self.metadata_json = metadata_json
+        self.chosen_id = chosen_id
+        self.owner = owner
+
+    def message(self, created_at: datetime) -> Message:
+        return Message(self.id, self.chat_id, self.role, self.content, created_at, self.metadata)
+
+
+def draft_message(
+    chat_id: Any,
+    role: Any,
+    content: Any,
+    metadata: Any,
+    *,
+    user_id: Any = None,
+    message_id: Any = None,
+) -> _DraftMessage:
+    """``add_message``'s input checked (before any I/O) as a draft; raises ValidationError, or
+    NotFoundError for a chat or user id that no stored chat can have."""
+    checked_role = _validate.role(role)
+    parts = _codec.normalize_content(content)
+    meta = _codec.normalize_metadata(metadata)
+    mid = new_id() if message_id is None else _validate.message_id(message_id)
+    cid = _validate.lookup_id("chat_id", chat_id)
+    owner = None if user_id is None else _validate.lookup_id("user_id", user_id)
+    if cid is None or (user_id is not None and owner is None):
+        raise NotFoundError(f"chat {chat_id!r} not found")
+    return _DraftMessage(
+        mid,
+        cid,
+        checked_role,
+        parts,
+        _codec.dump_content(parts),
+        meta,
+        _codec.dump_metadata(meta),
+        chosen_id=message_id is not None,
+        owner=owner,
+    )
+
+
+def stored_retry(stored: Message | None, draft: _DraftMessage) -> Message | None:
+    """What ``add_message`` returns when the draft's id is taken: the stored message when it is
+    this one (a retry: same chat, role, content and metadata), None when it is gone (try the
+    insert again); raises DuplicateMessageIdError when the id holds another message."""
+    if stored is None:
+        return None
+    if (stored.chat_id, stored.role, stored.content, stored.metadata) == (
+        draft.chat_id,
+        draft.role,
+        draft.content,
+        draft.metadata,
+    ):
+        return stored
+    raise DuplicateMessageIdError(
+        f"message id {draft.id!r} is taken by another message"
+        + (
+            " in another chat"
+            if stored.chat_id != draft.chat_id
+            else " (different role, content or metadata)"
+        )
+    )

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from . import _validate
 from .errors import ValidationError
 from .models import ContentPart, MessageMetadata
 
@@ -210,7 +211,8 @@ def dump_json(value: Any, what: str) -> str:
 
 
 def normalize_content(content: Any) -> list[ContentPart]:
-    """Check the parts of a message and return them as a fresh list of dicts."""
+    """Check the parts of a message and return them as a fresh list of dicts (a deep copy, by
+    the rules of :func:`chatdb._validate.json_value`)."""
     if isinstance(content, (str, bytes, Mapping)) or not isinstance(content, (list, tuple)):
         raise ValidationError("content must be a list of parts such as {'type': 'text', 'text': ...}")
     if not content:
@@ -226,7 +228,7 @@ def normalize_content(content: Any) -> list[ContentPart]:
         for key in required:
             if not isinstance(part.get(key), str):
                 raise ValidationError(f"content[{index}] of type {kind!r} needs a string {key!r}")
-        parts.append(dict(part))
+        parts.append(_validate.json_value(f"content[{index}]", part, depth=2))
     return parts
 
 
@@ -265,15 +267,18 @@ def _check_metadata_value(attr: str, value: Any) -> Any:
         return value
     if attr == "total_cost_usd":
         if _is_int(value) or isinstance(value, float):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int such as 10**400
+                number = math.inf
             if math.isfinite(number) and number >= 0:
                 return number
         raise ValidationError("metadata totalCostUsd must be a finite number >= 0")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not _is_int(value) or value < 0:
-        raise ValidationError(f"metadata {attr} must be an integer >= 0")
-    return value
+    if not _is_int(value) or not 0 <= value <= _validate.MAX_INT:
+        raise ValidationError(f"metadata {attr} must be an integer from 0 to 2**63 - 1")
+    return int(value)
 
 
 def normalize_metadata(metadata: Any) -> MessageMetadata | None:
@@ -303,8 +308,7 @@ def normalize_metadata(metadata: Any) -> MessageMetadata | None:
     checked = {attr: _check_metadata_value(attr, value) for attr, value in values.items()}
     if all(value is None for value in checked.values()) and not extra:
         return None
-    dump_json(extra, "metadata")
-    return MessageMetadata(**checked, extra=extra)
+    return MessageMetadata(**checked, extra=_validate.json_value("metadata", extra))
 
 
 def metadata_to_dict(metadata: MessageMetadata) -> dict[str, Any]:
@@ -314,8 +318,8 @@ def metadata_to_dict(metadata: MessageMetadata) -> dict[str, Any]:
         value = getattr(metadata, attr)
         if value is None:
             continue
-        if attr == "total_cost_usd" and float(value).is_integer():
-            value = int(value)  # JSON.stringify(1.0) == "1"
+        if attr == "total_cost_usd" and float(value).is_integer() and value <= _validate.MAX_INT:
+            value = int(value)  # JSON.stringify(1.0) == "1" (and within what MongoDB can store)
         stored[camel] = value
     stored.update(metadata.extra)
     return stored

@@ -1,20 +1,33 @@
 """Which database to use: ``DbConfig``, built directly, from a URL, or from the environment.
 
-A password in a URL is kept for connecting and shown nowhere else: ``repr``, error messages and
-``redacted_url`` print ``***`` in its place.
+A URL's secrets are kept for connecting and shown nowhere else: ``repr``, error messages and
+``redacted_url`` print ``***`` in their place. Secrets are the password in ``user:password@``, the
+value of every query parameter whose name holds ``pass``, ``pwd``, ``secret``, ``token``,
+``key``-like words (see :data:`SECRET_PARAMETER_WORDS`: ``password``, ``sslpassword``,
+``tlsCertificateKeyFilePassword``, ``access_token``, ...), and within MongoDB's
+``authMechanismProperties`` the values of such properties (``AWS_SESSION_TOKEN:***``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Literal, cast
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, unquote_plus, urlsplit
 
 from .errors import ConfigError
 
-__all__ = ["DRIVERS", "DbConfig", "Driver", "redact_url"]
+__all__ = [
+    "DRIVERS",
+    "SECRET_PARAMETER_WORDS",
+    "DbConfig",
+    "Driver",
+    "redact_text",
+    "redact_url",
+    "url_secrets",
+]
 
 Driver = Literal["sqlite", "postgres", "mysql", "mongodb"]
 DRIVERS: tuple[Driver, ...] = ("sqlite", "postgres", "mysql", "mongodb")
@@ -43,18 +56,115 @@ _URL_FIELD: dict[Driver, str] = {
 }
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``; never raises."""
+# A query parameter (or authMechanismProperties entry) whose lower-cased name contains one of
+# these holds a secret. Broad on purpose: hiding a harmless value (a key file's path) costs less
+# than printing a credential.
+SECRET_PARAMETER_WORDS = (
+    "pass",  # password, passwd, sslpassword, passfile, tlsCertificateKeyFilePassword
+    "pwd",
+    "secret",
+    "token",  # token, access_token, AWS_SESSION_TOKEN
+    "apikey",
+    "api_key",
+    "accesskey",
+    "access_key",
+    "credential",
+    "signature",
+    "private",
+)
+_PROPERTY_LISTS = ("authmechanismproperties",)  # values that are comma lists of NAME:value
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_PARAMETER_WORDS)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str | None]]:
+    """The raw (still percent-encoded) ``name=value`` pairs of a query; None for a bare name."""
+    pairs: list[tuple[str, str | None]] = []
+    for item in query.replace(";", "&").split("&"):
+        name, equals, value = item.partition("=")
+        pairs.append((name, value if equals else None))
+    return pairs
+
+
+def _secret_properties(value: str) -> list[str]:
+    """Secret values inside an ``authMechanismProperties`` list (``NAME:value,NAME:value``)."""
+    found = []
+    for item in unquote_plus(value).split(","):
+        name, colon, secret = item.partition(":")
+        if colon and secret and _is_secret_name(name):
+            found.append(secret)
+    return found
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every secret a URL holds (password, secret query values), each as written and decoded,
+    longest first (for replacing in text); never raises."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        parts, found = None, []
+    query = parts.query if parts is not None else url.partition("?")[2]
+    for name, value in _query_pairs(query):
+        if not value:
+            continue
+        if _is_secret_name(unquote_plus(name)):
+            found.append(value)
+        elif unquote_plus(name).lower() in _PROPERTY_LISTS:
+            found += _secret_properties(value)
+    variants = {
+        text
+        for secret in found
+        for text in (secret, unquote(secret), unquote_plus(secret), quote(unquote_plus(secret), safe=""))
+        if text
+    }
+    return sorted(variants, key=len, reverse=True)
+
+
+def _redact_query(query: str) -> str:
+    pairs = []
+    for name, value in _query_pairs(query):
+        plain = unquote_plus(name)
+        if value and _is_secret_name(plain):
+            value = "***"
+        elif value and plain.lower() in _PROPERTY_LISTS:
+            items = []
+            for item in unquote_plus(value).split(","):
+                key, colon, secret = item.partition(":")
+                items.append(f"{key}:***" if colon and secret and _is_secret_name(key) else item)
+            value = quote(",".join(items), safe=":,*")
+        pairs.append(name if value is None else f"{name}={value}")
+    return "&".join(pairs)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its secrets (see the module docstring) replaced by ``***``; never raises."""
+    try:
+        parts = original = urlsplit(url)
+        if parts.password is not None:
+            userinfo, _, hostinfo = parts.netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            parts = parts._replace(netloc=f"{user}:***@{hostinfo}")
+        if parts.query:
+            parts = parts._replace(query=_redact_query(parts.query))
+        return url if parts == original else parts.geturl()
     except ValueError:
         return "<unparseable URL>"
+
+
+def redact_text(text: str, *urls: str | None) -> str:
+    """``text`` (a driver's error message) without the secrets of ``urls`` and with every URL
+    in it redacted; never raises."""
+    for url in urls:
+        for secret in url_secrets(url) if url else ():
+            text = text.replace(secret, "***")
+    return _URL_IN_TEXT.sub(lambda found: redact_url(found.group()), text) if "://" in text else text
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()]+")
 
 
 def _check_url(field: str, url: str, driver: Driver) -> SplitResult:
@@ -155,7 +265,7 @@ class DbConfig:
         if driver == "sqlite":
             rest = url.split("://", 1)[1]
             if rest and not rest.startswith("/"):
-                raise ConfigError(f"sqlite url must be sqlite:///PATH, not {url!r}")
+                raise ConfigError(f"sqlite url must be sqlite:///PATH, not {redact_url(url)!r}")
             path = unquote(rest[1:].split("?", 1)[0]) if rest else ":memory:"
             return cls(driver="sqlite", sqlite_path=path or ":memory:", **options)  # type: ignore[arg-type]
         return cls(driver=driver, **{_URL_FIELD[driver]: url}, **options)  # type: ignore[arg-type]

@@ -7,7 +7,8 @@ Callers catch one root, :class:`ChatDbError`, or a precise subclass::
     ├── NotFoundError          the chat, user or key does not exist (for this user)
     ├── ConflictError          a unique value is already taken
     │   ├── DuplicateUsernameError
-    │   └── DuplicateApiKeyError
+    │   ├── DuplicateApiKeyError
+    │   └── DuplicateMessageIdError
     ├── ConfigError            bad configuration or a missing optional dependency
     ├── SchemaError            the database lacks chatdb's tables (or has only some of them)
     ├── SchemaUpgradeError     ``chatdb upgrade`` refused: it would fail or merge the rows it names
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DuplicateApiKeyError",
+    "DuplicateMessageIdError",
     "DuplicateUsernameError",
     "NotFoundError",
     "SchemaError",
@@ -61,6 +63,12 @@ class DuplicateUsernameError(ConflictError):
 
 class DuplicateApiKeyError(ConflictError):
     """``create_api_key`` with a key hash that is already stored."""
+
+
+class DuplicateMessageIdError(ConflictError):
+    """``add_message(..., message_id=...)`` with an id that is stored for a different message
+    (another chat, role, content or metadata). The same message again is not an error: a retry
+    returns the stored one."""
 
 
 class ConfigError(ChatDbError):

@@ -13,7 +13,8 @@ Rules that hold everywhere:
 * Pages: ``limit`` 1..1000, ``offset`` >= 0; ``Page.total`` counts all matching rows.
 * Usernames and key hashes match exactly (case and trailing spaces count).
 * Bad input raises :class:`~chatdb.errors.ValidationError` before anything is written; writes that
-  touch two tables (add_message, delete_chat) are atomic.
+  touch two tables (add_message, delete_chat) are atomic. The storage-level methods check their
+  arguments' types the same way (``scan_rows(user_id={"$ne": None})`` is a ValidationError).
 * Writes create the tables and indexes they need; reads never create or alter anything. On a
   database without chatdb's tables (or a SQLite file that does not exist, which a read does not
   create) reads return what an empty database returns: None, an empty page, no rows, zero
@@ -73,11 +74,18 @@ class ChatRepository(Protocol):
         metadata: MessageMetadata | Mapping[str, Any] | None = None,
         *,
         user_id: str | None = None,
+        message_id: str | None = None,
     ) -> Message:
         """Append a message and bump the chat's ``updated_at`` to its ``created_at`` atomically.
 
-        Raises NotFoundError when the chat does not exist (or is not ``user_id``'s), and
-        ValidationError for a bad role, content or metadata.
+        ``message_id`` (optional, 1-36 letters, digits, ``-``, ``_``: a UUID's text) makes the
+        call safe to retry: when that id is already stored for the same chat, role, content and
+        metadata (an earlier call that committed, though its caller saw an error), nothing is
+        written and the stored message is returned. Without it the id is a new UUID.
+
+        Raises NotFoundError when the chat does not exist (or is not ``user_id``'s),
+        ValidationError for a bad role, content, metadata or message id, and
+        DuplicateMessageIdError when ``message_id`` holds a different message.
         """
         ...
 

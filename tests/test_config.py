@@ -6,7 +6,7 @@ import pytest
 
 import chatdb
 from chatdb import DbConfig, create_repository, errors
-from chatdb.config import redact_url
+from chatdb.config import redact_text, redact_url
 
 SECRET = "s3cr3t-p@ss"
 
@@ -114,6 +114,73 @@ def test_passwords_never_show_in_repr_or_errors() -> None:
 def test_redact_url_keeps_everything_but_the_password() -> None:
     assert redact_url(f"mysql://root:{SECRET}@h:3306/d?x=1") == "mysql://root:***@h:3306/d?x=1"
     assert redact_url("mysql://root@h/d") == "mysql://root@h/d"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u@h:5544/x?password=qpass", "postgresql://u@h:5544/x?password=***"),
+        (
+            "postgresql://u@h/x?sslmode=require&sslpassword=qpass&connect_timeout=3",
+            "postgresql://u@h/x?sslmode=require&sslpassword=***&connect_timeout=3",
+        ),
+        (
+            "mysql://root@h/d?pass=qpass&pwd=qpass&passwd=qpass",
+            "mysql://root@h/d?pass=***&pwd=***&passwd=***",
+        ),
+        ("mysql://root@h/d?PASSWORD=qpass", "mysql://root@h/d?PASSWORD=***"),
+        ("mysql://root@h/d?pass%77ord=qpass", "mysql://root@h/d?pass%77ord=***"),
+        ("mongodb://h/?secret=qpass&token=qpass&x=1", "mongodb://h/?secret=***&token=***&x=1"),
+        ("mongodb://h/?access_token=qpass;api_key=qpass", "mongodb://h/?access_token=***&api_key=***"),
+        (
+            "mongodb://h/?tlsCertificateKeyFilePassword=qpass",
+            "mongodb://h/?tlsCertificateKeyFilePassword=***",
+        ),
+        (
+            "mongodb://u:qpass@h1,h2/db?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:qpass,SERVICE_NAME:svc&authSource=admin",
+            "mongodb://u:***@h1,h2/db?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:***,SERVICE_NAME:svc&authSource=admin",
+        ),
+        (
+            "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN%3Aqpass%2CSERVICE_NAME%3Asvc",
+            "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:***,SERVICE_NAME:svc",
+        ),
+        ("sqlite:///chat.db?mode=ro", "sqlite:///chat.db?mode=ro"),
+    ],
+)
+def test_secret_query_parameters_are_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "qpass" not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h:5544/x?password=qpass",
+        "postgresql://u@h:5544/x?sslpassword=qpass",
+        "mysql://root@h/d?pass=qpass",
+        "mongodb://h/db?authMechanismProperties=AWS_SESSION_TOKEN:qpass",
+    ],
+)
+def test_query_secrets_never_show_in_repr_or_config_errors(url: str) -> None:
+    config = DbConfig.from_url(url)
+    assert "qpass" not in repr(config) and "qpass" not in config.redacted_url
+    assert "qpass" not in repr(create_repository(config))
+    with pytest.raises(errors.ConfigError) as caught:
+        DbConfig(driver="postgres", postgres_url="mysql" + url[url.index(":") :])
+    assert "qpass" not in str(caught.value)
+    with pytest.raises(errors.ConfigError) as caught:
+        DbConfig(driver="postgres", postgres_url="postgresql://u@h:bad/x" + url[url.index("?") :])
+    assert "qpass" not in str(caught.value)
+
+
+def test_redact_text_hides_every_form_of_a_secret() -> None:
+    url = "postgresql://u:p%40ss@h/x?password=q%2Bpass"
+    text = "failed for p@ss, p%40ss, q+pass and q%2Bpass at postgresql://u:p%40ss@h/x?password=q%2Bpass"
+    cleaned = redact_text(text, url)
+    assert "p@ss" not in cleaned and "40ss" not in cleaned and "pass" not in cleaned.replace("password", "")
+    assert "h/x?password=***" in cleaned
 
 
 def test_unreachable_server_is_backend_unavailable_fast_without_password() -> None:

@@ -236,3 +236,117 @@ def test_a_five_megabyte_image_round_trips(backend: Backend, repo: ChatRepositor
 def test_get_message_of_unknown_id_is_none(repo: ChatRepository) -> None:
     assert repo.get_message("missing") is None
     assert repo.get_message("missing\x00") is None
+
+
+# -- caller-chosen message ids: a retried add_message stores the message once ---------------------
+
+MESSAGE_ID = "3f2b8c1e-9d4a-4e7b-8a61-0c5d2e9f7a13"
+META = {"model": "m", "inputTokens": 3, "totalCostUsd": 1.0, "stopReason": "end_turn"}
+
+
+def test_add_message_keeps_a_caller_chosen_id(repo: ChatRepository) -> None:
+    chat = repo.create_chat("u1")
+    message = repo.add_message(chat.id, "user", TEXT, message_id=MESSAGE_ID)
+    assert message.id == MESSAGE_ID
+    assert repo.get_message(MESSAGE_ID) == message
+    assert repo.get_messages(chat.id).items == [message]
+
+
+@pytest.mark.parametrize("owner", [None, "u1"])
+def test_a_retry_with_the_same_id_returns_the_stored_message_and_writes_nothing(
+    repo: ChatRepository, owner: str | None
+) -> None:
+    chat = repo.create_chat("u1")
+    first = repo.add_message(chat.id, "assistant", TEXT, META, user_id=owner, message_id=MESSAGE_ID)
+    bumped = repo.get_chat(chat.id, "u1")
+    # The caller saw an error (say the connection died at COMMIT) and sends it all again.
+    again = repo.add_message(chat.id, "assistant", TEXT, META, user_id=owner, message_id=MESSAGE_ID)
+    assert again == first
+    assert repo.get_messages(chat.id).items == [first]
+    assert repo.get_chat(chat.id, "u1") == bumped  # not bumped a second time
+    later = repo.add_message(chat.id, "user", TEXT)
+    assert [m.id for m in repo.get_messages(chat.id).items] == [MESSAGE_ID, later.id]
+
+
+def test_a_taken_id_for_another_message_is_a_duplicate_message_id_error(repo: ChatRepository) -> None:
+    chat, other = repo.create_chat("u1"), repo.create_chat("u2")
+    first = repo.add_message(chat.id, "user", TEXT, META, message_id=MESSAGE_ID)
+    other_before = repo.get_chat(other.id, "u2")
+    chat_before = repo.get_chat(chat.id, "u1")
+    attempts: list[dict[str, Any]] = [
+        {"chat_id": other.id},  # another chat (another user's, too)
+        {"role": "assistant"},
+        {"content": [{"type": "text", "text": "hello?"}]},
+        {"metadata": {**META, "inputTokens": 4}},
+        {"metadata": None},
+    ]
+    for change in attempts:
+        call = {"chat_id": chat.id, "role": "user", "content": TEXT, "metadata": META, **change}
+        with pytest.raises(errors.DuplicateMessageIdError):
+            repo.add_message(**call, message_id=MESSAGE_ID)
+    assert issubclass(errors.DuplicateMessageIdError, errors.ConflictError)
+    assert repo.get_messages(chat.id).items == [first]
+    assert repo.get_messages(other.id).total == 0
+    assert repo.get_chat(other.id, "u2") == other_before
+    assert repo.get_chat(chat.id, "u1") == chat_before
+
+
+def test_a_chosen_id_on_a_chat_that_is_not_found_is_not_found(repo: ChatRepository) -> None:
+    chat = repo.create_chat("u1")
+    repo.add_message(chat.id, "user", TEXT, message_id=MESSAGE_ID)
+    with pytest.raises(errors.NotFoundError):
+        repo.add_message("no-such-chat", "user", TEXT, message_id=MESSAGE_ID)
+    with pytest.raises(errors.NotFoundError):  # the same message, but the caller is not the owner
+        repo.add_message(chat.id, "user", TEXT, user_id="u2", message_id=MESSAGE_ID)
+    with pytest.raises(errors.NotFoundError):
+        repo.add_message("no-such-chat", "user", TEXT, message_id="fresh-id")
+    assert repo.get_message("fresh-id") is None
+
+
+def test_an_id_is_free_again_once_its_chat_is_deleted(repo: ChatRepository) -> None:
+    chat = repo.create_chat("u1")
+    repo.add_message(chat.id, "user", TEXT, message_id=MESSAGE_ID)
+    assert repo.delete_chat(chat.id, "u1")
+    other = repo.create_chat("u1")
+    moved = repo.add_message(other.id, "user", TEXT, message_id=MESSAGE_ID)
+    assert moved.chat_id == other.id and repo.get_message(MESSAGE_ID) == moved
+
+
+@pytest.mark.parametrize(
+    "message_id",
+    ["", "x" * 37, "has space", "semi;colon", "a\x00b", "ünïcode", "line\n", "{'$ne': None}", 42, 1.5, b"id"],
+)
+def test_a_malformed_message_id_is_rejected_before_anything_is_written(
+    repo: ChatRepository, message_id: Any
+) -> None:
+    chat = repo.create_chat("u1")
+    with pytest.raises(errors.ValidationError):
+        repo.add_message(chat.id, "user", TEXT, message_id=message_id)
+    assert repo.get_messages(chat.id).total == 0
+    assert repo.get_chat(chat.id, "u1") == chat
+
+
+def test_the_longest_id_and_every_allowed_character_are_accepted(repo: ChatRepository) -> None:
+    chat = repo.create_chat("u1")
+    for message_id in ("x" * 36, "A-z_0-9", "7"):
+        assert repo.add_message(chat.id, "user", TEXT, message_id=message_id).id == message_id
+    assert repo.get_messages(chat.id).total == 3
+
+
+def test_concurrent_retries_of_one_id_store_one_message(repo: ChatRepository) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    chat = repo.create_chat("u1")
+    barrier = threading.Barrier(4)
+
+    def send(_: int) -> Message:
+        barrier.wait()
+        return repo.add_message(chat.id, "user", TEXT, META, message_id=MESSAGE_ID)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, range(4)))
+    stored = repo.get_messages(chat.id)
+    assert stored.total == 1 and all(result == stored.items[0] for result in results)
+    fetched = repo.get_chat(chat.id, "u1")
+    assert fetched is not None and fetched.updated_at == stored.items[0].created_at

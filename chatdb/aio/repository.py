@@ -105,8 +105,11 @@ class AsyncChatRepository:
         metadata: MessageMetadata | Mapping[str, Any] | None = None,
         *,
         user_id: str | None = None,
+        message_id: str | None = None,
     ) -> Message:
-        return await self._write(self._repo.add_message, chat_id, role, content, metadata, user_id=user_id)
+        return await self._write(
+            self._repo.add_message, chat_id, role, content, metadata, user_id=user_id, message_id=message_id
+        )
 
     async def get_messages(
         self, chat_id: str, limit: int = 50, offset: int = 0, *, user_id: str | None = None

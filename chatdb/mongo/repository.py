@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 from .. import _batches, _codec
-from .._base import TABLE_NAMES, RepositoryBase, _DraftMessage
-from ..config import DbConfig, redact_url
+from .._base import TABLE_NAMES, MessageIdTaken, RepositoryBase, _DraftMessage, check_import, check_scan
+from ..config import DbConfig, redact_text
 from ..errors import (
     BackendError,
     BackendUnavailableError,
@@ -30,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
-from . import mapping
+from . import _logging, mapping
 
 if TYPE_CHECKING:
     from pymongo import MongoClient
@@ -102,6 +101,7 @@ class MongoRepository(RepositoryBase):
         if config.driver != "mongodb":
             raise ConfigError(f"MongoRepository needs driver 'mongodb', not {config.driver!r}")
         super().__init__(config)
+        _logging.install()  # (no I/O, no import: only a filter on pymongo's loggers)
         self.database_name = mapping.database_name(config)
         self._location = mapping.server_location(config.mongodb_url or "")
         self._client: MongoClient[dict[str, Any]] | None = None
@@ -170,13 +170,7 @@ class MongoRepository(RepositoryBase):
         return BackendError(f"mongodb error: {reason}")
 
     def _clean(self, text: str) -> str:
-        try:
-            password = urlsplit(self.config.mongodb_url or "").password
-        except ValueError:
-            password = None
-        for secret in {password, unquote(password)} if password else ():
-            text = text.replace(secret, "***")
-        return redact_url(text) if "://" in text else text
+        return redact_text(text, self.config.mongodb_url)
 
     # -- schema ---------------------------------------------------------------------------------
 
@@ -219,8 +213,18 @@ class MongoRepository(RepositoryBase):
         """See :meth:`RepositoryBase.scan_rows`. A message's ``user_id`` comes from its chat,
         resolved once per batch with one ``$in`` query (and cached), not a join per message;
         filtering messages by user first collects that user's chat ids."""
+        if not check_scan(
+            table,
+            since=since,
+            until=until,
+            user_id=user_id,
+            after=after,
+            batch_size=batch_size,
+            stored=stored,
+        ):
+            return iter(())
         name = mapping.collection_for(table)
-        return self._scan(table, name, since, until, user_id, after, max(1, batch_size), stored)
+        return self._scan(table, name, since, until, user_id, after, batch_size, stored)
 
     def _scan(
         self,
@@ -331,11 +335,12 @@ class MongoRepository(RepositoryBase):
         """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts of ``batch_size``
         documents (or about 32 MB of them), where only duplicate keys (code 11000) are skipped;
         any other write error fails the import."""
+        rows = check_import(table, rows, batch_size)
         bulk_write_error = _import_pymongo().errors.BulkWriteError
         collection = self._col(mapping.collection_for(table))
         self.ensure_schema()
         inserted = 0
-        for documents in _document_chunks(table, rows, max(1, batch_size)):
+        for documents in _document_chunks(table, rows, batch_size):
             with self._errors():
                 try:
                     inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)
@@ -450,22 +455,44 @@ class MongoRepository(RepositoryBase):
         """Claim the next timestamp on the chat (compare-and-set), insert the message, then check
         the chat is still there: a delete_chat that removed the messages between the two would
         otherwise leave this one orphaned. If the chat is gone, the message is taken back (None:
-        not found), unless delete_chat already removed it, which orders this add before it."""
+        not found), unless delete_chat already removed it, which orders this add before it.
+
+        A caller-chosen id is looked up first (after the chat), so that a retry bumps nothing;
+        when a concurrent call stores the same id between that check and the insert, the bump
+        is undone by compare-and-set and MessageIdTaken raised."""
         size = len(draft.content_json.encode()) + len((draft.metadata_json or "").encode())
         if size > _MAX_MESSAGE_JSON_BYTES:
             raise ValidationError(f"message of {size} bytes is too large for a MongoDB document (16 MiB)")
         query = {"_id": draft.chat_id} if user_id is None else {"_id": draft.chat_id, "userId": user_id}
+        messages = self._col("messages")
+        if draft.chosen_id:  # a retry finds its message before the chat is bumped again
+            with self._errors():
+                if self._col("chats").find_one(query, {"_id": 1}) is None:
+                    return None
+                if messages.find_one({"_id": draft.id}, {"_id": 1}) is not None:
+                    raise MessageIdTaken(draft.id)
         advanced = self._advance_chat(query, {}, after_last_message=True)
         if advanced is None:
             return None
-        _doc, stamp = advanced
+        doc, stamp = advanced
         metadata = None if draft.metadata is None else _codec.metadata_to_dict(draft.metadata)
+        created_at = _codec.format_ts(stamp)
         document = mapping.message_document(
-            draft.id, draft.chat_id, draft.role, draft.content, _codec.format_ts(stamp), metadata
+            draft.id, draft.chat_id, draft.role, draft.content, created_at, metadata
         )
-        messages = self._col("messages")
+        try:
+            with self._errors():
+                messages.insert_one(document)
+        except _DuplicateKey:
+            # Another call stored this id since the check: give the chat its updatedAt back
+            # (unless a later write moved it on), so this call leaves nothing behind.
+            with self._errors():
+                self._col("chats").update_one(
+                    {"_id": draft.chat_id, "updatedAt": created_at},
+                    {"$set": {"updatedAt": doc.get("updatedAt")}},
+                )
+            raise MessageIdTaken(draft.id) from None
         with self._errors():
-            messages.insert_one(document)
             chat_gone = self._col("chats").find_one({"_id": draft.chat_id}, {"_id": 1}) is None
             if chat_gone and messages.delete_one({"_id": draft.id}).deleted_count:
                 return None
@@ -530,8 +557,9 @@ class MongoRepository(RepositoryBase):
         try:
             with self._errors():
                 self._col("apiKeys").insert_one(mapping.api_key_document(key, key_hash))
-        except _DuplicateKey as exc:
-            raise DuplicateApiKeyError("an API key with this hash already exists") from exc
+        except _DuplicateKey:
+            # Not chained: the server's message quotes the hash ("dup key: { keyHash: ... }").
+            raise DuplicateApiKeyError("an API key with this hash already exists") from None
 
     def _fetch_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
         with self._errors():

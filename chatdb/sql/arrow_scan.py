@@ -344,9 +344,9 @@ def string_batch(values: tuple[Any, ...]) -> Any:
 
 
 def _first_line(exc: BaseException, uri: str) -> str:
-    from ..config import redact_url
+    from ..config import redact_text
 
-    text = str(exc).replace(uri, redact_url(uri)).strip().splitlines()
+    text = redact_text(str(exc), uri).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, insert, p
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..config import DbConfig, redact_url
+from ..config import DbConfig, redact_text
 from ..errors import BackendError, BackendUnavailableError, ChatDbError, ConfigError
 
 __all__ = ["SqlDialect", "dialect_for"]
@@ -273,11 +273,7 @@ class SqlDialect:
         return BackendError(f"{self.backend} error: {self._clean(reason)}")
 
     def _clean(self, text: str) -> str:
-        for url in (self.config.postgres_url, self.config.mysql_url):
-            password = make_url(url).password if url else None
-            if password:
-                text = text.replace(str(password), "***")
-        return redact_url(text) if "://" in text else text
+        return redact_text(text, self.config.postgres_url, self.config.mysql_url)
 
     def _is_unique(self, orig: Any) -> bool:
         if self.backend == "sqlite":

@@ -39,7 +39,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateTable, DropIndex
 
 from .. import _batches, _codec
-from .._base import IMPORT_COLUMNS, SCAN_COLUMNS, TABLE_NAMES, RepositoryBase, _DraftMessage
+from .._base import (
+    IMPORT_COLUMNS,
+    SCAN_COLUMNS,
+    TABLE_NAMES,
+    MessageIdTaken,
+    RepositoryBase,
+    _DraftMessage,
+    check_import,
+    check_scan,
+)
 from ..config import DbConfig
 from ..errors import (
     BackendError,
@@ -484,7 +493,10 @@ class SqlRepository(RepositoryBase):
         batch_size: int = 10_000,
         stored: bool = False,
     ) -> Iterator[list[tuple[Any, ...]]]:
-        _table_name(table)
+        if not check_scan(
+            table, since=since, until=until, user_id=user_id, after=after, batch_size=batch_size, stored=stored
+        ):
+            return iter(())
         if not self.has_schema():
             return iter(())
         statement = build_scan(
@@ -498,8 +510,8 @@ class SqlRepository(RepositoryBase):
         )
         # Message contents with images are MBs each: batches end at a size too.
         names = IMPORT_COLUMNS["messages"] if stored else SCAN_COLUMNS["messages"]
-        bulky = names.index("content") if _table_name(table) == "messages" else None
-        return self._executor.stream(statement, max(1, batch_size), bulky=bulky)
+        bulky = names.index("content") if table == "messages" else None
+        return self._executor.stream(statement, batch_size, bulky=bulky)
 
     # Whether exports may use a native driver at all (False: always scan_rows).
     native_scans = True
@@ -526,6 +538,10 @@ class SqlRepository(RepositoryBase):
         large scans of SQLite files (ADBC) in a child process. ``stage``: DuckDB queries that a
         scan in a child process applies to each batch there (see :mod:`chatdb._sqlite_arrow`;
         the caller handles batches with and without it)."""
+        if not check_scan(
+            table, since=since, until=until, user_id=user_id, after=after, batch_size=batch_size
+        ):
+            return None  # (scan_rows returns no rows)
         native = arrow_scan.for_backend(self.backend)
         if not self.native_scans or self.config.is_memory or native is None:
             return None
@@ -587,7 +603,8 @@ class SqlRepository(RepositoryBase):
         transaction. When the table is empty at the start, its secondary indexes are dropped and
         built once at the end (as pgloader does); otherwise they are kept. An import that fails
         midway leaves them to the next ``ensure_schema`` (which this repository then runs again)."""
-        target = TABLES[_table_name(table)]
+        rows = check_import(table, rows, batch_size)
+        target = TABLES[table]
         columns = IMPORT_COLUMNS[target.name]
         self.ensure_schema()
         fresh = self._executor.run(partial(_is_empty, table=target.name))
@@ -715,7 +732,10 @@ class SqlRepository(RepositoryBase):
             tx.execute(_BUMP_CHAT, {"chat_id": draft.chat_id, "updated_at": created_at})
             return stamp
 
-        return self._executor.run(work, write=True)
+        try:
+            return self._executor.run(work, write=True)
+        except UniqueViolation:  # the id is stored: the transaction (bump included) rolled back
+            raise MessageIdTaken(draft.id) from None
 
     def _fetch_messages(
         self, chat_id: str, user_id: str | None, limit: int, offset: int
