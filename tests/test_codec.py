@@ -121,9 +121,12 @@ def test_floats_are_written_as_json_stringify_writes_them(value: float, expected
 
 
 def test_stored_metadata_and_content_have_json_stringify_numbers() -> None:
-    meta = normalize_metadata({"model": "m", "totalCostUsd": 3.6e-05, "x": {"f": [1e-7, 1e21, -0.0, 2**64]}})
+    # (2**63 - 1: the largest integer metadata may hold, see _validate.json_value)
+    meta = normalize_metadata(
+        {"model": "m", "totalCostUsd": 3.6e-05, "x": {"f": [1e-7, 1e21, -0.0, 2**63 - 1]}}
+    )
     assert dump_metadata(meta) == (
-        '{"model":"m","totalCostUsd":0.000036,"x":{"f":[1e-7,1e+21,0,18446744073709551616]}}'
+        '{"model":"m","totalCostUsd":0.000036,"x":{"f":[1e-7,1e+21,0,9223372036854775807]}}'
     )
     parts = [{"type": "text", "text": "é 🚀", "score": 123456789.123, "n": 7, "ok": True, "none": None}]
     assert dump_content(parts) == (
