@@ -264,6 +264,16 @@ class Servers:
             return repo.count_rows()
 
     def close(self) -> None:
+        try:
+            self._drop()
+        finally:
+            self.pg_admin.dispose()
+            self.my_admin.dispose()
+            if self.nx is not None:  # (also when a drop failed: never leave the server running)
+                self.nx.terminate()
+                self.nx.wait()
+
+    def _drop(self) -> None:
         from sqlalchemy import text
 
         for kind, name in self.made:
@@ -279,11 +289,6 @@ class Servers:
                 client: Any = pymongo.MongoClient(self.mongodb)
                 client.drop_database(name)
                 client.close()
-        self.pg_admin.dispose()
-        self.my_admin.dispose()
-        if self.nx is not None:
-            self.nx.terminate()
-            self.nx.wait()
 
 
 def main() -> None:
