@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from . import _codec, _validate
+from ._aggregate import AggregateQuery
 from .config import DbConfig
 from .errors import ConflictError, DuplicateMessageIdError, NotFoundError, SchemaError, ValidationError
 from .models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
@@ -152,6 +153,8 @@ class RepositoryBase(ABC):
     """Template for a ``ChatRepository`` backend (see :mod:`chatdb.repository` for the contract)."""
 
     backend: str = ""
+    # Whether aggregate_messages computes asked-for quantiles exactly (else: histograms).
+    exact_quantiles: bool = False
 
     def __init__(self, config: DbConfig) -> None:
         self.config = config
@@ -417,6 +420,16 @@ class RepositoryBase(ABC):
         kept), skipping rows whose id already exists; returns how many were inserted. For demo
         data, copies between backends and imports: rows are not checked beyond the storage
         format, so callers pass valid rows."""
+
+    @abstractmethod
+    def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """Group sums of the messages ``query`` selects, computed where they are stored, in
+        batches of rows of :data:`chatdb._aggregate.GROUP_COLUMNS` (or, with
+        ``query.durations``, ``HISTOGRAM_COLUMNS``; with ``query.quantiles`` too, on a backend
+        whose ``exact_quantiles`` is true, ``EXACT_COLUMNS``); see :mod:`chatdb._aggregate` for what the
+        groups are and how stored values are read. Memory and the rows returned grow with the
+        number of groups, never with the number of messages. This is how ``chatdb.analytics``
+        reads a repository; it is not a report (prices come after)."""
 
     @abstractmethod
     def count_rows(self) -> dict[str, int]:

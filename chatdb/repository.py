@@ -29,6 +29,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
+from ._aggregate import AggregateQuery
 from .models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
 
 __all__ = ["ChatRepository"]
@@ -148,6 +149,10 @@ class ChatRepository(Protocol):
 
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
         """Bulk-insert stored-format rows, skipping existing ids; returns how many were inserted."""
+        ...
+
+    def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """Group sums of the selected messages, computed in the database (for usage reports)."""
         ...
 
     def count_rows(self) -> dict[str, int]:

@@ -32,13 +32,16 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
 from ..errors import ValidationError
 from .pricing import PriceTable, load_prices
+
+if TYPE_CHECKING:
+    from ._groups import Groups
 
 __all__ = [
     "GROUPINGS",
@@ -66,6 +69,7 @@ REPORT_COLUMNS = (
     "avg_duration_ms",
     "p95_duration_ms",
     "unpriced_messages",
+    "unreadable_messages",
 )
 TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 # by= value -> grouping key column
@@ -104,6 +108,10 @@ _REQUIRED = ("chat_id", "created_at")
 Source = Any
 When = datetime | date | str | None
 CostMode = Literal["auto", "calculate", "display"]
+
+
+# A frame in the export schema has been read already: whatever was unreadable is null there.
+_NONE_UNREADABLE = pl.lit(0, pl.Int64()).alias("unreadable_messages")
 
 
 # -- reading a source -------------------------------------------------------------------------------
@@ -399,6 +407,11 @@ def usage_report(
     if breakdown and kind == "model":
         breakdown = None
     table = _price_table(prices)
+    pushed = _pushed_source(source)
+    if pushed is not None:
+        return _pushed_report(
+            pushed, kind, bool(breakdown), order, timezone, since, until, user_id, model, cost_mode, table
+        )
     frame = messages_frame(
         source, since=since, until=until, user_id=user_id, model=model, timezone=timezone, prices=table
     )
@@ -414,7 +427,7 @@ def usage_report(
     else:
         grouped = frame.group_by([key, *extra]).agg(*_aggregations())
         grouped = grouped.sort([key, *extra], descending=order == "desc", nulls_last=True)
-    return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS).collect())
+    return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS[:-1], _NONE_UNREADABLE).collect())
 
 
 def usage_totals(
@@ -436,12 +449,17 @@ def usage_totals(
     Report-only options (``by``, ``breakdown``, ``order``) are accepted and ignored, so one set
     of options serves both calls; any other name is a TypeError, not silently dropped."""
     table = _price_table(prices)
+    pushed = _pushed_source(source)
+    if pushed is not None:
+        report = _pushed_report(
+            pushed, "total", False, "asc", timezone, since, until, user_id, model, cost_mode, table
+        )
+        return report.select(REPORT_COLUMNS)
     frame = messages_frame(
         source, since=since, until=until, user_id=user_id, model=model, timezone=timezone, prices=table
     )
-    return _rounded(
-        _with_cost(frame, table, cost_mode).select(_aggregations()).select(REPORT_COLUMNS).collect()
-    )
+    costed = _with_cost(frame, table, cost_mode).select(_aggregations())
+    return _rounded(costed.select(*REPORT_COLUMNS[:-1], _NONE_UNREADABLE).collect())
 
 
 # Money to a millionth of a dollar, durations to a tenth of a millisecond: float sums differ in
@@ -484,6 +502,9 @@ def cost_reported_vs_estimated(source: Source, by: str = "day", **options: Any) 
     kind = _canonical_by(by)
     table = _price_table(opts.pop("prices", None))
     timezone = opts.get("timezone", "UTC")
+    pushed = _pushed_source(source)
+    if pushed is not None:
+        return _pushed_reported_vs_estimated(pushed, kind, table, opts)
     frame = _with_cost(messages_frame(source, prices=table, **opts), table, "auto")
     frame = frame.with_columns(_calculated=pl.when(pl.col("_billable")).then(pl.col("_estimate")))
     key = GROUPINGS[kind]
@@ -524,6 +545,9 @@ def latency_percentiles(
     kind = _canonical_by(by)
     if any(not 0 <= q <= 1 for q in percentiles):
         raise ValidationError("percentiles must lie between 0 and 1")
+    pushed = _pushed_source(source)
+    if pushed is not None:
+        return _pushed_latency(pushed, kind, percentiles, opts)
     frame = messages_frame(source, **opts).filter(pl.col("duration_ms").is_not_null())
     key = GROUPINGS[kind]
     if key == "period":
@@ -576,3 +600,175 @@ def token_mix(source: Source, by: str = "model", **options: Any) -> pl.DataFrame
         "total_tokens",
         *(pl.when(total > 0).then(pl.col(col) / total).alias(name) for name, col in shares.items()),
     )
+
+
+# -- computed in the database -----------------------------------------------------------------------
+#
+# A repository answers with group sums (``aggregate_messages``, see chatdb._aggregate): the
+# reports below price and roll them up (chatdb.analytics._groups). Latency percentiles come from
+# mergeable log-bucket histograms, within chatdb._aggregate.RELATIVE_ERROR (< 1%) of the exact
+# value; means, sums, counts and maxima are exact.
+
+
+def _pushed_source(source: Source) -> Any:
+    """What answers ``aggregate_messages`` for ``source``: a repository itself, DuckDB over a
+    Parquet path, a DuckDB connection's ``messages`` table or an Arrow stream; None for a frame
+    (already in memory: computed in Polars)."""
+    if hasattr(source, "aggregate_messages"):
+        return source
+    from ._duckdb import DuckDbMessages
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ValidationError(f"no Parquet file or dataset at {str(path)!r}")
+        return DuckDbMessages.parquet(path)
+    if type(source).__name__ == "DuckDBPyConnection":
+        tables = {row[0] for row in source.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "messages" not in tables:
+            raise ValidationError("the DuckDB connection has no 'messages' table (see chatdb.export.to_duckdb)")
+        return DuckDbMessages(source, "messages")
+    if type(source).__name__ == "RecordBatchReader":
+        return DuckDbMessages.stream(source)
+    return None
+
+
+def _groups_for(
+    repo: Any,
+    kind: str,
+    options: Mapping[str, Any],
+    table: PriceTable,
+    histograms: bool,
+    quantiles: Sequence[float] = (),
+    per_model: bool = False,
+) -> Groups:
+    from ._groups import fetch_groups
+
+    zone = _zone(options.get("timezone", "UTC"))
+    return fetch_groups(
+        repo,
+        kind=kind,
+        zone=zone,
+        since=_instant(options.get("since"), zone, "since"),
+        until=_instant(options.get("until"), zone, "until"),
+        user_id=options.get("user_id"),
+        model=options.get("model"),
+        table=table,
+        histograms=histograms,
+        quantiles=quantiles,
+        per_model=per_model,
+    )
+
+
+def _group_key(groups: Groups, kind: str) -> tuple[str, pl.Expr | None]:
+    """(report key column, its expression over the groups; None for a report without a key)."""
+    from ._groups import period_label
+
+    if kind in ("hour", "day", "week", "month"):
+        return "period", period_label(kind, groups.unit)
+    if kind == "model":
+        return "model", pl.col("model")
+    if kind == "total":
+        return "_all", None
+    return GROUPINGS[kind], pl.col("key")
+
+
+def _pushed_report(
+    repo: Any,
+    kind: str,
+    breakdown: bool,
+    order: str,
+    timezone: str,
+    since: When,
+    until: When,
+    user_id: str | None,
+    model: str | None,
+    cost_mode: str,
+    table: PriceTable,
+) -> pl.DataFrame:
+    from ._groups import quantile_frame, with_costs
+
+    if cost_mode not in ("auto", "calculate", "display"):
+        raise ValidationError(f"cost_mode must be auto, calculate or display, not {cost_mode!r}")
+    options = {"timezone": timezone, "since": since, "until": until, "user_id": user_id, "model": model}
+    groups = _groups_for(
+        repo, "model" if kind == "total" else kind, options, table, histograms=True, quantiles=(0.95,),
+        per_model=breakdown or kind == "model",
+    )  # fmt: skip
+    key, expr = _group_key(groups, kind)
+    extra = ["model"] if breakdown else []
+    frame = with_costs(groups.frame, table, cost_mode)
+    frame = frame.with_columns((expr if expr is not None else pl.lit("")).alias(key))
+    costed, unpriced = pl.col("_costed").sum(), pl.col("_unpriced").sum()
+    duration_count = pl.col("duration_count").sum()
+    aggs = [
+        pl.col("messages").sum().cast(pl.Int64()).alias("messages"),
+        *(pl.col(name).sum().cast(pl.Int64()).alias(name) for name in TOKEN_COLUMNS),
+        pl.sum_horizontal([pl.col(n) for n in TOKEN_COLUMNS]).sum().cast(pl.Int64()).alias("total_tokens"),
+        pl.when((costed == 0) & (unpriced > 0)).then(None).otherwise(pl.col("_cost").sum()).alias("cost_usd"),
+        pl.col("_estimated").sum().cast(pl.Float64()).alias("estimated_cost_usd"),
+        pl.when(duration_count > 0).then(pl.col("duration_sum").sum() / duration_count).alias("avg_duration_ms"),
+        unpriced.cast(pl.Int64()).alias("unpriced_messages"),
+        pl.col("unreadable").sum().cast(pl.Int64()).alias("unreadable_messages"),
+        pl.col("first").min().alias("_first"),
+    ]
+    grouped = frame.group_by([key, *extra]).agg(aggs)
+    if kind == "total" and grouped.height == 0:
+        grouped = pl.DataFrame({key: [""]}).join(grouped, on=key, how="left").with_columns(
+            *(pl.col(n).fill_null(0) for n in ("messages", *TOKEN_COLUMNS, "total_tokens", "unpriced_messages",
+                                               "unreadable_messages", "estimated_cost_usd")),
+            pl.col("cost_usd").fill_null(0.0),
+        )  # fmt: skip
+    p95 = quantile_frame(groups, kind, [key, *extra], [0.95], bool(extra))
+    p95 = p95.rename({"_q0": "p95_duration_ms"})
+    grouped = grouped.join(p95, on=[key, *extra], how="left", nulls_equal=True)
+    if key == "period":
+        grouped = grouped.sort(["_first", *extra], descending=order == "desc", nulls_last=True)
+    else:
+        grouped = grouped.sort([key, *extra], descending=order == "desc", nulls_last=True)
+    return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS) if kind != "total" else grouped.select(REPORT_COLUMNS))
+
+
+def _pushed_reported_vs_estimated(repo: Any, kind: str, table: PriceTable, options: Mapping[str, Any]) -> pl.DataFrame:
+    from ._groups import with_costs
+
+    groups = _groups_for(repo, kind, options, table, histograms=False)
+    key, expr = _group_key(groups, kind)
+    frame = with_costs(groups.frame, table, "auto").with_columns(expr.alias(key) if expr is not None else pl.lit(""))
+    costed, unpriced = pl.col("_costed").sum(), pl.col("_unpriced").sum()
+    aggs = [
+        pl.when(pl.col("has_reported")).then(pl.col("reported_cost")).sum().alias("reported_cost_usd"),
+        pl.col("_estimated").sum().cast(pl.Float64()).alias("estimated_cost_usd"),
+        pl.when((costed > 0) | (unpriced == 0)).then(pl.col("_cost").sum()).alias("cost_usd"),
+        pl.col("_calculated").sum().cast(pl.Float64()).alias("calculated_cost_usd"),
+        pl.col("_reported_n").sum().cast(pl.Int64()).alias("reported_messages"),
+        pl.col("_estimated_n").sum().cast(pl.Int64()).alias("estimated_messages"),
+        unpriced.cast(pl.Int64()).alias("unpriced_messages"),
+    ]
+    grouped = frame.group_by(key).agg(*aggs, _first=pl.col("first").min())
+    grouped = grouped.sort("_first" if key == "period" else key, nulls_last=True)
+    share = pl.when(pl.col("cost_usd") > 0).then(pl.col("estimated_cost_usd") / pl.col("cost_usd"))
+    names = [a.meta.output_name() for a in aggs]
+    return grouped.select(key, *names, share.alias("estimated_share"))
+
+
+def _pushed_latency(
+    repo: Any, kind: str, percentiles: Sequence[float], options: Mapping[str, Any]
+) -> pl.DataFrame:
+    from ._groups import quantile_frame
+
+    table = _price_table(options.get("prices"))
+    groups = _groups_for(repo, kind, options, table, histograms=True, quantiles=percentiles, per_model=kind == "model")
+    key, expr = _group_key(groups, kind)
+    frame = groups.frame.with_columns(expr.alias(key) if expr is not None else pl.lit(""))
+    count = pl.col("duration_count").sum()
+    stats = frame.group_by(key).agg(
+        count.cast(pl.Int64()).alias("messages"),
+        (pl.col("duration_sum").sum() / count).alias("mean_ms"),
+        pl.col("duration_max").max().cast(pl.Float64()).alias("max_ms"),
+    ).filter(pl.col("messages") > 0)
+    names = [f"p{round(q * 100):02d}_ms" for q in percentiles]
+    values = quantile_frame(groups, kind, [key], percentiles, False)
+    values = values.rename({f"_q{i}": n for i, n in enumerate(names)})
+    joined = stats.join(values, on=key, how="left", nulls_equal=True)
+    return joined.select(key, "messages", "mean_ms", *names, "max_ms").sort(key, nulls_last=True)

@@ -133,14 +133,10 @@ def usage(
     }
     if prices is not None:
         _warn_unknown_prices(prices, repo, options)
+    # The report, its totals row and the chart are computed in the database (only groups come
+    # back), so memory does not grow with the number of messages.
     source: Any = repo
     tabular = fmt in ("table", "markdown")  # with a totals row
-    if tabular or plot is not None:
-        # The totals row (exact over the messages: a p95 of p95s would not be) and the chart's
-        # names read one export of the messages instead of the database again.
-        from .. import export
-
-        source = export.to_polars(repo, "messages", since=since, until=until, user_id=user_id)
     frame = analytics.usage_report(source, report, breakdown=breakdown, order=order, **options)
     if frame.height == 0:
         _say_empty(since, until, zone, user, model)

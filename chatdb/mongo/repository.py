@@ -13,9 +13,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .. import _batches, _codec
+from .._aggregate import AggregateQuery, RowAggregator
 from .._base import TABLE_NAMES, MessageIdTaken, RepositoryBase, _DraftMessage, check_import, check_scan
 from ..config import DbConfig, redact_text
 from ..errors import (
@@ -318,6 +320,41 @@ class MongoRepository(RepositoryBase):
 
         return _batches.prefetch(open_scan)
 
+    def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """See :meth:`RepositoryBase.aggregate_messages`. The filters run in the server (the
+        ``createdAt`` and owner indexes); only each message's time, chat and metadata travel,
+        and :class:`~chatdb._aggregate.RowAggregator` sums them batch by batch, so memory holds
+        the groups, not the messages. (A ``$group`` pipeline would send even less; the test
+        server nx-27017 groups by compound keys and converts dates wrongly or not at all.)"""
+        self.ensure_schema()
+        owner_filter: Any = None
+        if query.user_id is not None:
+            with self._errors():
+                chat_ids = [d["_id"] for d in self._col("chats").find({"userId": query.user_id}, {"_id": 1})]
+            owner_filter = {"$in": chat_ids}
+        found = mapping.scan_filter("messages", since=query.since, until=query.until, owner_filter=owner_filter)
+        projection = {"_id": 0, "createdAt": 1, "chatId": 1, "metadata": 1}
+        aggregator = RowAggregator(query)
+        owners: dict[str, str | None] = {}
+        with self._errors():
+            cursor = self._col("messages").find(found, projection, batch_size=_SCAN_PIECE)
+            try:
+                while batch := list(islice(cursor, _SCAN_PIECE)):
+                    if query.key == "user":
+                        self._resolve_owners(owners, {d.get("chatId") for d in batch})
+                    aggregator.add(
+                        (
+                            mapping.stored_ts(d.get("createdAt")),
+                            _group_key(query.key, d.get("chatId"), owners),
+                            d.get("metadata"),
+                        )
+                        for d in batch
+                    )
+            finally:
+                cursor.close()
+        rows = list(aggregator.rows())
+        return iter([rows] if rows else [])
+
     def _resolve_owners(self, owners: dict[str, str | None], chat_ids: set[Any]) -> None:
         missing = [cid for cid in chat_ids if cid not in owners]
         if not missing:
@@ -584,3 +621,11 @@ class MongoRepository(RepositoryBase):
     def _touch_api_key(self, key_id: str, now: str) -> None:
         with self._errors():
             self._col("apiKeys").update_one({"_id": key_id}, {"$set": {"lastUsedAt": now}})
+
+
+def _group_key(key: str | None, chat_id: Any, owners: dict[str, str | None]) -> Any:
+    if key == "chat":
+        return chat_id
+    if key == "user":
+        return owners.get(chat_id)
+    return None

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateTable, DropIndex
 
 from .. import _batches, _codec
+from .._aggregate import AggregateQuery
 from .._base import (
     IMPORT_COLUMNS,
     SCAN_COLUMNS,
@@ -59,7 +60,7 @@ from ..errors import (
     ValidationError,
 )
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
-from . import arrow_scan, mapping
+from . import aggregate, arrow_scan, mapping
 from .dialects import UniqueViolation, dialect_for, import_chunk
 from .executor import Executor, Tx
 from .schema import (
@@ -250,6 +251,16 @@ def build_scan(
     return statement.order_by(created, key)
 
 
+_PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON cast to jsonb
+
+
+def _aggregate(tx: Tx, backend: str, query: AggregateQuery, lenient: bool) -> list[tuple[Any, ...]]:
+    sql, params = aggregate.build(backend, query, lenient=lenient)
+    if lenient:
+        tx.cursor.execute(aggregate.PG_TRY_JSONB)
+    return list(tx.execute_once(text(sql).bindparams(**params)).fetchall())
+
+
 def _table_name(table: str) -> str:
     if table not in TABLES:
         raise ValidationError(f"table must be one of {', '.join(TABLE_NAMES)}, not {table!r}")
@@ -347,6 +358,8 @@ class SqlRepository(RepositoryBase):
         # chatdb promises, "table.column" -> bytes; learned by ensure_schema.
         self._capacity: dict[str, int] = {}
         self._indexes_found = False  # every index is there (a read's catalog look: has_schema)
+        # PostgreSQL's percentile_cont gives usage reports exact percentiles (see aggregate.py).
+        self.exact_quantiles = config.driver == "postgres"
 
     @property
     def engine(self) -> Engine:
@@ -512,6 +525,19 @@ class SqlRepository(RepositoryBase):
         names = IMPORT_COLUMNS["messages"] if stored else SCAN_COLUMNS["messages"]
         bulky = names.index("content") if table == "messages" else None
         return self._executor.stream(statement, batch_size, bulky=bulky)
+
+    def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """See :meth:`RepositoryBase.aggregate_messages`: one GROUP BY over the stored JSON
+        (:mod:`chatdb.sql.aggregate`); only groups leave the database."""
+        self.ensure_schema()
+        try:
+            rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=False))
+        except BackendError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != _PG_INVALID_TEXT:
+                raise
+            # A stored metadata value is not JSON: PostgreSQL reads the rows again, leniently.
+            rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=True))
+        return iter([rows] if rows else [])
 
     # Whether exports may use a native driver at all (False: always scan_rows).
     native_scans = True

@@ -1,0 +1,194 @@
+"""Usage reports computed in the database, beside a hand-written GROUP BY in the same run.
+
+For each backend: a demo database (``chatdb demo --users 200 --chats 20000 --messages N --days
+365``, generated once and reused), then in process, after imports:
+
+- ``baseline``: one hand-written GROUP BY per month over the stored JSON (count, the four token
+  sums and the reported cost), through the raw driver;
+- ``usage_report(repo, by)`` for month, day, model and user (each the best of ``--repeat``);
+- peak RSS of ``chatdb usage monthly`` in a child process, beside the same command on an empty
+  database (the child's own ``VmHWM``: see benchmarks/_rss.py);
+- once (first backend): the messages exported as a month-partitioned Parquet dataset and every
+  report over it (DuckDB).
+
+MongoDB (``--mongodb-url``, e.g. an nx-27017 server): ``usage_report`` beside a raw ``$group``.
+
+    python benchmarks/analytics.py --messages 1000000 --backends sqlite,postgres,mysql
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+# benchmarks/copy.py would shadow the standard library's copy module (Polars imports it).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import chatdb  # noqa: E402
+from chatdb import analytics, demo, export  # noqa: E402
+
+SERVERS = {
+    "postgres": "postgresql://postgres@127.0.0.1:5432/",
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/",
+}
+BASELINE = {
+    "sqlite": """
+        SELECT substr(created_at, 1, 7) AS month, count(*),
+               sum(json_extract(metadata, '$.inputTokens')), sum(json_extract(metadata, '$.outputTokens')),
+               sum(json_extract(metadata, '$.cacheCreationInputTokens')),
+               sum(json_extract(metadata, '$.cacheReadInputTokens')), sum(json_extract(metadata, '$.totalCostUsd'))
+        FROM messages GROUP BY month ORDER BY month""",
+    "postgres": """
+        SELECT substr(created_at, 1, 7) AS month, count(*),
+               sum((metadata::jsonb ->> 'inputTokens')::bigint), sum((metadata::jsonb ->> 'outputTokens')::bigint),
+               sum((metadata::jsonb ->> 'cacheCreationInputTokens')::bigint),
+               sum((metadata::jsonb ->> 'cacheReadInputTokens')::bigint),
+               sum((metadata::jsonb ->> 'totalCostUsd')::float8)
+        FROM messages GROUP BY month ORDER BY month""",
+    "mysql": """
+        SELECT substr(created_at, 1, 7) AS month, count(*),
+               sum(JSON_EXTRACT(metadata, '$.inputTokens')), sum(JSON_EXTRACT(metadata, '$.outputTokens')),
+               sum(JSON_EXTRACT(metadata, '$.cacheCreationInputTokens')),
+               sum(JSON_EXTRACT(metadata, '$.cacheReadInputTokens')), sum(JSON_EXTRACT(metadata, '$.totalCostUsd'))
+        FROM messages GROUP BY month ORDER BY month""",
+}
+REPORTS = ("month", "day", "model", "user")
+
+
+def best(call: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def database_url(backend: str, messages: int, workdir: Path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{workdir / f'analytics-{messages}.db'}"
+    name = f"chatdb_bench_analytics_{messages}"
+    if backend == "postgres":
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {name}"],
+                       capture_output=True, check=False)  # fmt: skip
+    else:
+        subprocess.run(["mysql", "-h", "127.0.0.1", "-uroot", "-e", f"CREATE DATABASE IF NOT EXISTS {name}"],
+                       capture_output=True, check=False)  # fmt: skip
+    return SERVERS[backend] + name
+
+
+def ensure_demo(url: str, messages: int) -> None:
+    with chatdb.create_repository(url) as repo:
+        if repo.count_rows()["messages"] == messages:
+            return
+        started = time.perf_counter()
+        print(f"generating {messages:,} demo messages at {chatdb.config.redact_url(url)} ...", file=sys.stderr)
+        demo.generate(repo, users=200, chats=20_000, messages=messages, days=365)
+        print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def baseline(repo: Any, backend: str) -> Callable[[], Any]:
+    sql = BASELINE[backend]
+
+    def run() -> Any:
+        with repo.engine.connect() as conn:
+            return conn.exec_driver_sql(sql).fetchall()
+
+    return run
+
+
+_CHILD = """
+import runpy, sys
+sys.argv = ["chatdb", "--db", sys.argv[1], "--quiet", "usage", "monthly"]
+try:
+    runpy.run_module("chatdb", run_name="__main__")
+except SystemExit:
+    pass
+finally:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print(int(line.split()[1]) / 1024, file=sys.stderr)
+"""
+
+
+def cli_peak_mb(url: str) -> tuple[float, float]:
+    """(peak RSS in MB, wall seconds) of ``chatdb usage monthly`` in a child process."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _CHILD, url], capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return float(done.stderr.strip().splitlines()[-1]), wall
+
+
+def mongo_case(url: str, messages: int, repeat: int) -> None:
+    ensure_demo(url, messages)
+    with chatdb.create_repository(url) as repo:
+        took = best(lambda: analytics.usage_report(repo, "month"), repeat)
+        import pymongo
+
+        client: Any = pymongo.MongoClient(url)
+        database = client.get_default_database()
+        pipeline = [{"$group": {"_id": {"$substr": ["$createdAt", 0, 7]}, "n": {"$sum": 1},
+                                "input": {"$sum": "$metadata.inputTokens"}, "cost": {"$sum": "$metadata.totalCostUsd"}}}]  # fmt: skip
+        raw = best(lambda: list(database.messages.aggregate(pipeline)), repeat)
+        print(f"| mongodb | usage_report month {took:.2f} s | raw $group {raw:.2f} s |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--backends", default="sqlite,postgres,mysql")
+    parser.add_argument("--mongodb-url")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workdir", default=os.environ.get("CHATDB_BENCH_DIR", tempfile.gettempdir()))
+    parser.add_argument("--no-parquet", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {args.messages:,} messages")
+    empty_url = f"sqlite:///{workdir / 'analytics-empty.db'}"
+    with chatdb.create_repository(empty_url) as empty:
+        empty.ensure_schema()
+    empty_mb, _ = cli_peak_mb(empty_url)
+    print(f"chatdb usage monthly on an empty database: peak RSS {empty_mb:.0f} MB")
+    print("| backend | baseline GROUP BY | " + " | ".join(f"usage_report {by}" for by in REPORTS)
+          + " | CLI monthly wall | CLI peak RSS (vs empty) |")  # fmt: skip
+    print("|---" * (4 + len(REPORTS)) + "|")
+    parquet_done = args.no_parquet
+    for backend in [b for b in args.backends.split(",") if b]:
+        url = database_url(backend, args.messages, workdir)
+        ensure_demo(url, args.messages)
+        with chatdb.create_repository(url) as repo:
+            base = best(baseline(repo, backend), args.repeat)
+            cells = []
+            for by in REPORTS:
+                took = best(partial(analytics.usage_report, repo, by), args.repeat)
+                cells.append(f"{took:.2f} s ({took / base:.2f}x)")
+            peak, wall = cli_peak_mb(url)
+            print(f"| {backend} | {base:.2f} s | " + " | ".join(cells)
+                  + f" | {wall:.1f} s | {peak:.0f} MB (+{peak - empty_mb:.0f}) |", flush=True)  # fmt: skip
+            if not parquet_done:
+                parquet_done = True
+                folder = workdir / f"analytics-{args.messages}-parquet"
+                if not folder.exists():
+                    export.to_parquet(repo, folder, partition_by="month")
+                times = {
+                    by: best(partial(analytics.usage_report, folder, by), args.repeat)
+                    for by in REPORTS
+                }
+                print("parquet dataset (DuckDB): " + ", ".join(f"{by} {t:.2f} s" for by, t in times.items()))
+    if args.mongodb_url:
+        mongo_case(args.mongodb_url, args.messages, args.repeat)
+
+
+if __name__ == "__main__":
+    main()

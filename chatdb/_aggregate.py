@@ -1,0 +1,312 @@
+"""Message aggregation in the database: what ``aggregate_messages`` is asked and returns (pure).
+
+Usage reports (:mod:`chatdb.analytics.usage`) never read messages one by one from a repository:
+they ask the backend for sums per *group* and price and roll the groups up afterwards. Prices are
+linear in tokens and change at UTC midnight, so sums per (model, UTC day) price exactly; periods in
+a report's time zone are exact because every message's time is first shifted by its zone's UTC
+offset at that instant (the offsets and the instants they change at, over the queried range, are
+passed in: :func:`zone_shifts`), then cut into local hours or days. No database needs time-zone
+tables, and zones with 30/45-minute offsets or DST need nothing special.
+
+A group row (:data:`GROUP_COLUMNS`) is::
+
+    local bucket, offset (s), UTC day, first created_at, model, key, has_reported, has_tokens,
+    messages, input/output/cache-write/cache-read token sums, reported cost sum,
+    duration sum, duration count, duration max, unreadable
+
+``has_reported``/``has_tokens`` split each group by whether its messages report a cost and any
+token count, which is all cost modes need. With ``durations=True`` the rows are a latency
+histogram instead (:data:`HISTOGRAM_COLUMNS`): the count per duration bucket
+(:func:`duration_bucket`), mergeable across groups, read back by :func:`histogram_quantile`.
+
+Values are read as the export path reads them (see :mod:`chatdb.export._flatten`): a field of an
+unexpected JSON type is null (a number given as a JSON string is converted), negative counts are
+null, metadata that is not a JSON object is no metadata; each such row counts as *unreadable*.
+:class:`RowAggregator` is the same in Python, for a backend that cannot run the pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "DAY",
+    "GROUP_COLUMNS",
+    "EXACT_COLUMNS",
+    "HISTOGRAM_COLUMNS",
+    "HOUR",
+    "RELATIVE_ERROR",
+    "AggregateQuery",
+    "RowAggregator",
+    "duration_bucket",
+    "histogram_quantile",
+    "zone_shifts",
+]
+
+HOUR = 3_600
+DAY = 86_400
+GROUP_COLUMNS = (
+    "bucket", "offset", "utc_day", "first", "model", "key", "has_reported", "has_tokens", "messages",
+    "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+    "reported_cost", "duration_sum", "duration_count", "duration_max", "unreadable",
+)  # fmt: skip
+HISTOGRAM_COLUMNS = ("bucket", "offset", "model", "key", "duration_bucket", "count")
+# What a backend that computes percentiles exactly returns instead (``exact_quantiles``): the
+# report period (see AggregateQuery.period), the offset (hours only), the model (when
+# ``per_model``), the key and the list of ``quantiles``.
+EXACT_COLUMNS = ("period", "offset", "model", "key", "quantiles")
+
+# The latency histogram: durations below EXACT_BELOW ms are their own bucket (exact); above,
+# bucket i holds [GAMMA**i, GAMMA**(i+1)) and reads as 2 GAMMA**(i+1) / (GAMMA + 1), within
+# ALPHA of every value in it. A quantile interpolates between two such values, so it is within
+# ALPHA of the exact one too; the databases' floating-point logarithms may put a value lying on
+# a bucket edge in the next bucket, which at most doubles that: RELATIVE_ERROR is the bound.
+ALPHA = 0.004
+GAMMA = (1 + ALPHA) / (1 - ALPHA)
+LN_GAMMA = math.log(GAMMA)
+RELATIVE_ERROR = 2 * ALPHA + ALPHA**2  # < 1%
+EXACT_BELOW = 256
+LOG_BASE = 1_000_000  # bucket numbers at and above this are logarithmic ones
+
+_INT64_MAX = 9.2e18
+_META_KEYS = (
+    ("model", "string"),
+    ("inputTokens", "int"),
+    ("outputTokens", "int"),
+    ("cacheCreationInputTokens", "int"),
+    ("cacheReadInputTokens", "int"),
+    ("totalCostUsd", "float"),
+    ("durationMs", "int"),
+)
+
+
+@dataclass(frozen=True)
+class AggregateQuery:
+    """What to aggregate: messages with ``since <= created_at < until`` of ``user_id`` (chat
+    owner), whose model is one of ``models`` exactly or contains one of ``model_like``
+    (lower-cased; a superset the caller narrows) when either is given; grouped by local
+    ``unit``-second buckets (``HOUR`` or ``DAY``) after shifting each time by ``shifts``
+    (``(from epoch second, offset seconds)``, ascending, the first from None), by UTC day, model
+    and ``key`` (None, ``"user"`` or ``"chat"``)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    user_id: str | None = None
+    models: tuple[str, ...] = ()
+    model_like: tuple[str, ...] = ()
+    key: str | None = None
+    unit: int = DAY
+    shifts: tuple[tuple[int | None, int], ...] = ((None, 0),)
+    durations: bool = False
+    # For backends that compute percentiles exactly (PostgreSQL's percentile_cont): the
+    # quantiles wanted, the report period (hour/day/week/month or None: periods are then
+    # ``bucket`` for hours and days, the Monday week number ``(day + 3) // 7``, or
+    # ``year * 12 + month - 1``) and whether to group by model too.
+    quantiles: tuple[float, ...] = ()
+    period: str | None = None
+    per_model: bool = True
+
+    def offset_at(self, epoch: int) -> int:
+        offset = self.shifts[0][1]
+        for start, value in self.shifts[1:]:
+            if start is not None and epoch >= start:
+                offset = value
+        return offset
+
+    def wants_model(self, model: str | None) -> bool:
+        if not self.models and not self.model_like:
+            return True
+        if model is None:
+            return False
+        lowered = model.lower()
+        return model in self.models or any(part in lowered for part in self.model_like)
+
+
+def zone_shifts(zone: ZoneInfo, start: datetime, end: datetime) -> tuple[tuple[int | None, int], ...]:
+    """The UTC offsets (seconds) of ``zone`` between ``start`` and ``end`` and the epoch seconds
+    they begin at: ``((None, first), (t1, second), ...)``. Transitions are found day by day and
+    then to the second, so none is missed (none is less than a day apart from the next)."""
+
+    def offset(at: datetime) -> int:
+        delta = at.astimezone(zone).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    at = start.astimezone(UTC)
+    current = offset(at)
+    shifts: list[tuple[int | None, int]] = [(None, current)]
+    end = end.astimezone(UTC)
+    step = timedelta(days=1)
+    while at < end:
+        nxt = min(at + step, end)
+        value = offset(nxt)
+        if value != current:
+            low, high = at, nxt  # offset(low) == current, offset(high) != current
+            while high - low > timedelta(seconds=1):
+                mid = low + (high - low) / 2
+                if offset(mid) == current:
+                    low = mid
+                else:
+                    high = mid
+            edge = high.replace(microsecond=0)
+            if offset(edge) == current:
+                edge += timedelta(seconds=1)
+            shifts.append((int(edge.timestamp()), value))
+            current = value
+        at = nxt
+    return tuple(shifts)
+
+
+def duration_bucket(duration: int) -> int:
+    """The histogram bucket of a duration in ms (>= 0): itself below EXACT_BELOW, else
+    LOG_BASE + floor(ln(duration) / ln(GAMMA)). The SQL backends compute the same expression."""
+    if duration < EXACT_BELOW:
+        return duration
+    return LOG_BASE + math.floor(math.log(duration) / LN_GAMMA)
+
+
+def bucket_value(bucket: int) -> float:
+    """The value a bucket stands for (exact below EXACT_BELOW)."""
+    if bucket < LOG_BASE:
+        return float(bucket)
+    return 2 * GAMMA ** (bucket - LOG_BASE + 1) / (GAMMA + 1)
+
+
+def histogram_quantile(counts: dict[int, int], q: float) -> float | None:
+    """The ``q`` quantile with linear interpolation between order statistics (DuckDB's
+    ``quantile_cont``) of a histogram ``{bucket: count}``; None when it is empty. Within
+    RELATIVE_ERROR of the exact value."""
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    position = (total - 1) * q
+    low = math.floor(position)
+    fraction = position - low
+    wanted = (low, min(low + 1, total - 1))
+    found: list[float] = []
+    seen = 0
+    for bucket in sorted(counts):
+        seen += counts[bucket]
+        while len(found) < 2 and wanted[len(found)] < seen:
+            found.append(bucket_value(bucket))
+        if len(found) == 2:
+            break
+    return found[0] + fraction * (found[1] - found[0])
+
+
+# -- the same in Python -----------------------------------------------------------------------------
+
+
+def _exact_int(number: float) -> int | None:
+    if 0 <= number < _INT64_MAX and number == math.trunc(number):
+        return int(number)
+    return None
+
+
+def _text_number(value: str) -> float | None:
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
+def read_field(value: Any, kind: str) -> tuple[Any, bool]:
+    """(the value as the export reads it, whether the row is unreadable because of it)."""
+    if value is None:
+        return None, False
+    if kind == "string":
+        return (value, False) if isinstance(value, str) else (None, True)
+    if isinstance(value, bool):
+        return None, True
+    if isinstance(value, str):
+        number = _text_number(value)
+        if number is None or not math.isfinite(number) or number < 0:
+            return None, True
+        return (_exact_int(number) if kind == "int" else number), True
+    if isinstance(value, int):
+        if kind == "int":
+            return (value, False) if 0 <= value < 2**63 else (None, True)
+        return (float(value), False) if value >= 0 else (None, True)
+    if isinstance(value, float):
+        if kind == "int":
+            read = _exact_int(value)
+            return read, read is None
+        ok = value >= 0 and math.isfinite(value)
+        return (value if ok else None), not ok
+    return None, True
+
+
+def read_metadata(metadata: Any) -> tuple[list[Any], bool]:
+    """The seven usage fields of a message's decoded metadata and whether any was unreadable."""
+    if metadata is None:
+        return [None] * len(_META_KEYS), False
+    if not isinstance(metadata, dict):
+        return [None] * len(_META_KEYS), True
+    values, bad = [], False
+    for key, kind in _META_KEYS:
+        value, unreadable = read_field(metadata.get(key), kind)
+        values.append(value)
+        bad = bad or unreadable
+    return values, bad
+
+
+def _epoch(created_at: str) -> int:
+    return math.floor(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
+
+
+@dataclass
+class RowAggregator:
+    """``aggregate_messages`` in Python over ``(created_at, key, metadata)`` rows (metadata as
+    decoded JSON): for a backend whose server cannot run the pipeline. Memory grows with the
+    number of groups, never with the number of messages."""
+
+    query: AggregateQuery
+    groups: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+
+    def add(self, rows: Iterable[tuple[str, Any, Any]]) -> None:
+        query = self.query
+        for created_at, key, metadata in rows:
+            (model, tin, tout, tcw, tcr, cost, duration), bad = read_metadata(metadata)
+            if not query.wants_model(model):
+                continue
+            epoch = _epoch(created_at)
+            offset = query.offset_at(epoch)
+            bucket = (epoch + offset) // query.unit
+            if query.durations:
+                if duration is None:
+                    continue
+                histogram = (bucket, offset, model, key, duration_bucket(duration))
+                found = self.groups.get(histogram)
+                if found is None:
+                    self.groups[histogram] = [1]
+                else:
+                    found[0] += 1
+                continue
+            has_tokens = not (tin is None and tout is None and tcw is None and tcr is None)
+            group = (bucket, offset, epoch // DAY, model, key, cost is not None, has_tokens)
+            sums = self.groups.get(group)
+            if sums is None:
+                sums = self.groups[group] = [created_at, 0, 0, 0, 0, 0, 0.0, 0, 0, None, 0]
+            sums[0] = min(sums[0], created_at)
+            sums[1] += 1
+            sums[2] += tin or 0
+            sums[3] += tout or 0
+            sums[4] += tcw or 0
+            sums[5] += tcr or 0
+            sums[6] += cost or 0.0
+            if duration is not None:
+                sums[7] += duration
+                sums[8] += 1
+                sums[9] = duration if sums[9] is None else max(sums[9], duration)
+            sums[10] += bad
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        for group, sums in self.groups.items():
+            if self.query.durations:
+                yield (*group, sums[0])
+            else:
+                yield (*group[:3], sums[0], *group[3:], *sums[1:])

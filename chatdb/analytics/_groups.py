@@ -1,0 +1,312 @@
+"""Reports from group sums: the repository path of :mod:`chatdb.analytics.usage`.
+
+The repository computes sums per (local bucket, UTC offset, UTC day, model, key, has reported
+cost, has tokens) in the database (``aggregate_messages``, see :mod:`chatdb._aggregate`); this
+module prices each group at its model's price on its UTC day (prices are linear in tokens, so a
+group's estimate is exactly the sum of its messages' estimates), rolls the buckets up into the
+report's periods and merges the latency histograms. Nothing here grows with the number of
+messages: only with the number of groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from .._aggregate import DAY, GROUP_COLUMNS, HOUR, AggregateQuery, histogram_quantile, zone_shifts
+from .pricing import PriceTable
+
+__all__ = ["Groups", "fetch_groups"]
+
+_EPOCH_DAY = date(1970, 1, 1)
+_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_SCHEMA: dict[str, pl.DataType] = {
+    "bucket": pl.Int64(), "offset": pl.Int64(), "utc_day": pl.Int64(), "first": pl.String(),
+    "model": pl.String(), "key": pl.String(), "has_reported": pl.Boolean(), "has_tokens": pl.Boolean(),
+    "messages": pl.Int64(), **{name: pl.Int64() for name in _TOKENS}, "reported_cost": pl.Float64(),
+    "duration_sum": pl.Float64(), "duration_count": pl.Int64(), "duration_max": pl.Float64(),
+    "unreadable": pl.Int64(),
+}  # fmt: skip
+_KEYS = {"user": "user", "chat": "chat"}
+
+
+class Groups:
+    """The groups of one query, and the latency histograms per group when asked for."""
+
+    def __init__(
+        self,
+        frame: pl.DataFrame,
+        histograms: list[tuple[Any, ...]] | None,
+        unit: int,
+        exact: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        self.frame = frame
+        self.histograms = histograms
+        self.unit = unit
+        self.exact = exact  # EXACT_COLUMNS rows, from a backend that computes quantiles itself
+
+
+def _model_filter(model: str | None, table: PriceTable) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(exact names, lower-case substrings): a superset of the stored names that ``model``
+    matches, for the database to narrow the rows with; the exact match is applied after."""
+    if model is None:
+        return (), ()
+    family = table.family(model)
+    if family is None:
+        return (model,), ()
+    aliases = [alias for alias, target in table.aliases.items() if target == family]
+    return (model,), (family, *aliases)
+
+
+def _matches(model: str | None, table: PriceTable) -> pl.Expr | None:
+    if model is None:
+        return None
+    family = table.family(model)
+    wanted = pl.col("model") == model
+    if family is None:
+        return wanted
+    names = pl.col("model").map_elements(table.family, return_dtype=pl.String())
+    return wanted | (names == family)
+
+
+def _shifts(
+    repo: Any, zone: ZoneInfo, start: datetime | None, end: datetime | None
+) -> tuple[tuple[int | None, int], ...] | None:
+    """The zone's offsets over the queried range (the messages' range where open); None when
+    there are no messages in it."""
+    if str(zone.key) in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Universal"):
+        return ((None, 0),)
+    if start is None or end is None:
+        first, last = repo.message_time_range()
+        if first is None or last is None:
+            return None
+        start = start or first
+        end = end or last + timedelta(seconds=1)
+    if end <= start:
+        return None
+    return zone_shifts(zone, start, end)
+
+
+def fetch_groups(
+    repo: Any,
+    *,
+    kind: str,
+    zone: ZoneInfo,
+    since: datetime | None,
+    until: datetime | None,
+    user_id: str | None,
+    model: str | None,
+    table: PriceTable,
+    histograms: bool,
+    quantiles: Sequence[float] = (),
+    per_model: bool = False,
+) -> Groups:
+    """Run the aggregation (and the latency histogram) for a report grouped by ``kind``."""
+    period = kind in ("hour", "day", "week", "month")
+    unit = HOUR if kind == "hour" else DAY
+    shifts = _shifts(repo, zone, since, until) if period else ((None, 0),)
+    models, like = _model_filter(model, table)
+    empty = pl.DataFrame(schema=_SCHEMA)
+    if shifts is None:
+        return Groups(empty, [] if histograms else None, unit)
+    query = AggregateQuery(
+        since=since,
+        until=until,
+        user_id=user_id,
+        models=models,
+        model_like=like,
+        key=_KEYS.get(kind),
+        unit=unit,
+        shifts=shifts,
+    )
+    rows = [tuple(row) for batch in repo.aggregate_messages(query) for row in batch]
+    frame = pl.DataFrame(
+        [_clean_group(row) for row in rows], schema=list(GROUP_COLUMNS), orient="row", infer_schema_length=None
+    ) if rows else empty  # fmt: skip
+    frame = frame.cast(_SCHEMA)  # type: ignore[arg-type]
+    wanted = _matches(model, table)
+    if wanted is not None and frame.height:
+        frame = frame.filter(wanted)
+    found: list[tuple[Any, ...]] | None = None
+    exact: list[tuple[Any, ...]] | None = None
+    if histograms:
+        found = []
+        names = tuple(name for name in frame.get_column("model").unique().to_list() if name is not None)
+        if model is not None and not names:
+            return Groups(frame, found, unit)
+        # The models found, by name: the exact selection, never the superset asked for.
+        durations = replace(query, durations=True, models=names if model is not None else (), model_like=())
+        if getattr(repo, "exact_quantiles", False) and quantiles:
+            durations = replace(
+                durations, quantiles=tuple(quantiles), period=kind if period else None, per_model=per_model
+            )
+            exact = [
+                (int(p), int(o), name, key, [None if v is None else float(v) for v in values])
+                for batch in repo.aggregate_messages(durations)
+                for p, o, name, key, values in batch
+            ]
+        else:
+            for batch in repo.aggregate_messages(durations):
+                for bucket, offset, name, key, duration_bucket, count in batch:
+                    found.append((int(bucket), int(offset), name, key, int(duration_bucket), int(count)))
+    return Groups(frame, found, unit, exact)
+
+
+def _clean_group(row: Sequence[Any]) -> tuple[Any, ...]:
+    """Driver values as Python ones: Decimal sums (PostgreSQL, MySQL) and 0/1 flags."""
+    (bucket, offset, utc_day, first, model, key, reported, tokens, messages, tin, tout, tcw, tcr,
+     cost, dsum, dcount, dmax, bad) = row  # fmt: skip
+    return (
+        int(bucket), int(offset), int(utc_day), first, model, key, bool(reported), bool(tokens),
+        int(messages), int(tin or 0), int(tout or 0), int(tcw or 0), int(tcr or 0),
+        float(cost or 0), float(dsum or 0), int(dcount or 0), None if dmax is None else float(dmax),
+        int(bad or 0),
+    )  # fmt: skip
+
+
+# -- prices -----------------------------------------------------------------------------------------
+
+
+def with_costs(frame: pl.LazyFrame | pl.DataFrame, table: PriceTable, cost_mode: str) -> pl.DataFrame:
+    """Each group with ``_cost``, ``_estimated``, ``_calculated`` (every billable message
+    priced), ``_costed`` and ``_unpriced`` (message counts), by ``cost_mode``."""
+    groups = frame.lazy().collect() if isinstance(frame, pl.LazyFrame) else frame
+    pairs = groups.select("model", "utc_day").unique().drop_nulls("model").rows()
+    rates: list[tuple[Any, ...]] = []
+    for name, day in pairs:
+        price = table.price_for(name, _EPOCH_DAY + timedelta(days=int(day)))
+        if price is not None:
+            rates.append((name, day, price.input, price.output, price.cache_write, price.cache_read))
+    prices = pl.DataFrame(
+        rates,
+        schema={"model": pl.String(), "utc_day": pl.Int64(), "_rin": pl.Float64(), "_rout": pl.Float64(),
+                "_rcw": pl.Float64(), "_rcr": pl.Float64()},
+        orient="row",
+    )  # fmt: skip
+    groups = groups.join(prices, on=["model", "utc_day"], how="left", nulls_equal=False, maintain_order="left")
+    tokens, reported = pl.col("has_tokens"), pl.col("has_reported")
+    priced = pl.col("_rin").is_not_null()
+    estimate = pl.when(tokens & priced).then(
+        (
+            pl.col("input_tokens") * pl.col("_rin")
+            + pl.col("output_tokens") * pl.col("_rout")
+            + pl.col("cache_creation_input_tokens") * pl.col("_rcw")
+            + pl.col("cache_read_input_tokens") * pl.col("_rcr")
+        )
+        / 1_000_000
+    )
+    billable = tokens | reported
+    if cost_mode == "auto":
+        estimated: pl.Expr = pl.when(~reported).then(estimate)
+        cost = pl.when(reported).then(pl.col("reported_cost")).otherwise(estimated)
+    elif cost_mode == "calculate":
+        estimated = estimate
+        cost = estimate
+    else:
+        estimated = pl.lit(None, pl.Float64())
+        cost = pl.when(reported).then(pl.col("reported_cost"))
+    messages = pl.col("messages")
+    return groups.with_columns(
+        _cost=cost,
+        _estimated=estimated,
+        _calculated=pl.when(billable).then(estimate),
+        _estimated_n=pl.when(estimated.is_not_null()).then(messages).otherwise(0),
+        _reported_n=pl.when(reported).then(messages).otherwise(0),
+        _costed=pl.when(cost.is_not_null()).then(messages).otherwise(0),
+        _unpriced=pl.when(billable & cost.is_null()).then(messages).otherwise(0),
+    )
+
+
+# -- periods ----------------------------------------------------------------------------------------
+
+_PERIOD_FORMAT = {"hour": "%Y-%m-%dT%H:00", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
+
+
+def period_label(kind: str, unit: int) -> pl.Expr:
+    """The report's period text from ``bucket`` (local ``unit``-second bucket) and ``offset``."""
+    local = pl.from_epoch(pl.col("bucket") * unit, time_unit="s")
+    if kind == "week":
+        local = local.dt.truncate("1w")
+    text = local.dt.strftime(_PERIOD_FORMAT[kind])
+    if kind != "hour":
+        return text
+    minutes = pl.col("offset") // 60
+    sign = pl.when(minutes < 0).then(pl.lit("-")).otherwise(pl.lit("+"))
+    hours = (minutes.abs() // 60).cast(pl.String()).str.zfill(2)
+    rest = (minutes.abs() % 60).cast(pl.String()).str.zfill(2)
+    return pl.concat_str([text, sign, hours, pl.lit(":"), rest])
+
+
+def label_histograms(
+    histograms: list[tuple[Any, ...]], kind: str, unit: int, extra: bool
+) -> dict[tuple[Any, ...], dict[int, int]]:
+    """The histogram rows merged per report key (``(key,)`` or ``(key, model)``)."""
+    merged: dict[tuple[Any, ...], dict[int, int]] = {}
+    labels: dict[tuple[int, int], str] = {}
+    for bucket, offset, model, key, duration_bucket, count in histograms:
+        if kind in _PERIOD_FORMAT:
+            label = labels.get((bucket, offset))
+            if label is None:
+                label = labels[(bucket, offset)] = _label(kind, unit, bucket, offset)
+            group: tuple[Any, ...] = (label,)
+        elif kind == "model":
+            group = (model,)
+        else:
+            group = (key,)
+        if extra:
+            group = (*group, model)
+        counts = merged.setdefault(group, {})
+        counts[duration_bucket] = counts.get(duration_bucket, 0) + count
+    return merged
+
+
+def _label(kind: str, unit: int, bucket: int, offset: int) -> str:
+    local = datetime.fromtimestamp(bucket * unit, UTC).replace(tzinfo=None)
+    if kind == "week":
+        local -= timedelta(days=local.weekday())
+    text = local.strftime(_PERIOD_FORMAT[kind])
+    if kind != "hour":
+        return text
+    minutes = offset // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{text}{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def quantile_frame(groups: Groups, kind: str, names: list[str], qs: Sequence[float], extra: bool) -> pl.DataFrame:
+    """One row per report key (``names``: the key, then ``model`` with ``extra``) with a column
+    ``_q<i>`` per quantile: the database's exact ones, else read from the merged histograms."""
+    if groups.exact is not None:
+        rows = []
+        for period, offset, model, key, values in groups.exact:
+            if kind in _PERIOD_FORMAT:
+                label: Any = _exact_label(kind, period, offset)
+            else:
+                label = model if kind == "model" else key if kind in ("user", "chat") else ""
+            rows.append((label, *([model] if extra else []), *values))
+    else:
+        merged = label_histograms(groups.histograms or [], kind, groups.unit, extra)
+        if kind == "total":
+            total: dict[int, int] = {}
+            for counts in merged.values():
+                for bucket, count in counts.items():
+                    total[bucket] = total.get(bucket, 0) + count
+            merged = {("",): total}
+        rows = [(*key, *(histogram_quantile(counts, q) for q in qs)) for key, counts in merged.items()]
+    schema: dict[str, pl.DataType] = {name: pl.String() for name in names}
+    schema.update({f"_q{i}": pl.Float64() for i in range(len(qs))})
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _exact_label(kind: str, period: int, offset: int) -> str:
+    if kind == "hour":
+        return _label("hour", HOUR, period, offset)
+    if kind == "day":
+        return _label("day", DAY, period, 0)
+    if kind == "week":
+        return _label("day", DAY, period * 7 - 3, 0)
+    return f"{period // 12:04d}-{period % 12 + 1:02d}"

@@ -1,0 +1,213 @@
+"""Reports computed in the database equal the Polars reference over every message, on every backend.
+
+The reference (tests/_usage_reference.py) is the Polars implementation reports had before they
+moved into the databases, run over the export of the same repository. Data: a small demo plus
+rows made to catch edge cases (no metadata, unknown models, invalid JSON, wrong types, messages
+either side of DST changes and of Asia/Kolkata and Asia/Kathmandu midnights).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from chatdb import analytics, demo, export
+from chatdb._aggregate import RELATIVE_ERROR, duration_bucket, histogram_quantile
+from chatdb.analytics import usage
+from chatdb.repository import ChatRepository
+
+from . import _usage_reference as reference
+
+END = datetime(2026, 11, 3, tzinfo=UTC)
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")
+BYS = ("hour", "day", "week", "month", "model", "user", "chat")
+# Instants either side of: Berlin's DST end (2026-10-25 01:00 UTC), New York's (2026-11-01 06:00
+# UTC), and Kolkata's (18:30 UTC) and Kathmandu's (18:15 UTC) midnights.
+EDGES = (
+    "2026-10-25T00:59:59.999Z", "2026-10-25T01:00:00.000Z", "2026-10-25T01:30:00.000Z",
+    "2026-11-01T05:59:59.999Z", "2026-11-01T06:00:00.000Z", "2026-11-01T06:30:00.000Z",
+    "2026-10-30T18:14:59.999Z", "2026-10-30T18:15:00.000Z", "2026-10-30T18:29:59.999Z",
+    "2026-10-30T18:30:00.000Z", "2026-10-31T23:59:59.999Z", "2026-11-01T00:00:00.000Z",
+)  # fmt: skip
+# (metadata as stored, whether it is unreadable)
+ODD_METADATA = (
+    ('{"model":"claude-sonnet-4-5-20250929","inputTokens":120,"outputTokens":30,"durationMs":900}', False),
+    ('{"model":"my-local-model","inputTokens":50,"outputTokens":5,"durationMs":40}', False),
+    ('{"model":"claude-haiku-4-5","totalCostUsd":0.25}', False),
+    ('{"model":"claude-opus-4-1","inputTokens":10.0,"outputTokens":0,"durationMs":12}', False),
+    ("{not json", True),
+    ("[1, 2]", True),
+    ('{"model":5,"inputTokens":"12","outputTokens":true,"totalCostUsd":"0.5","durationMs":-3}', True),
+    ('{"model":"claude-sonnet-4-5","inputTokens":-4,"cacheReadInputTokens":7.5,"totalCostUsd":"x"}', True),
+    (None, False),
+)
+
+
+def _load(repo: ChatRepository) -> int:
+    """A small demo plus the edge-case rows; returns how many of those are unreadable."""
+    demo.generate(repo, users=3, chats=12, messages=260, days=12, seed=3, end=END)
+    repo.import_rows("users", [{"id": "u-edge", "username": "edge", "password_hash": "x",
+                                "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z"},
+                               {"id": "u-idle", "username": "idle", "password_hash": "x",
+                                "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:00.000Z"}])  # fmt: skip
+    repo.import_rows("chats", [{"id": "c-edge", "title": "edge", "session_id": None, "user_id": "u-edge",
+                                "created_at": "2026-10-01T00:00:00.000Z", "updated_at": "2026-11-02T00:00:00.000Z"}])  # fmt: skip
+    rows, unreadable = [], 0
+    for i, stamp in enumerate(EDGES):
+        for j, (metadata, bad) in enumerate(ODD_METADATA):
+            if (i + j) % 3:
+                continue
+            unreadable += bad
+            rows.append({"id": f"m-edge-{i:02d}-{j}", "chat_id": "c-edge", "role": "assistant",
+                         "content": '[{"type":"text","text":"hi"}]', "created_at": stamp, "metadata": metadata})  # fmt: skip
+    # A message whose chat is gone: no owner.
+    rows.append({"id": "m-orphan", "chat_id": "c-gone", "role": "assistant", "content": "[]",
+                 "created_at": "2026-10-28T12:00:00.000Z", "metadata": ODD_METADATA[0][0]})  # fmt: skip
+    repo.import_rows("messages", rows)
+    return unreadable
+
+
+def _bound(repo: ChatRepository) -> float:
+    """How far a percentile may be from the exact one: 0 where the database computes it."""
+    return 1e-9 if getattr(repo, "exact_quantiles", False) else RELATIVE_ERROR
+
+
+def _same(got: pl.DataFrame, want: pl.DataFrame, what: str, bound: float = RELATIVE_ERROR) -> None:
+    """Equal to the reference, rounded as reports are (floats to 1e-9 relative; p95 within
+    ``bound`` of the exact value, plus the rounding to 0.1 ms)."""
+    exact_p95 = want.get_column("p95_duration_ms") if "p95_duration_ms" in want.columns else None
+    want = usage._rounded(want) if "cost_usd" in want.columns else want
+    try:
+        assert got.columns == [*want.columns, "unreadable_messages"] or got.columns == want.columns
+        common = [c for c in want.columns if c != "p95_duration_ms"]
+        assert_frame_equal(got.select(common), want.select(common), check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+        if exact_p95 is not None:
+            for g, w in zip(got["p95_duration_ms"], exact_p95, strict=True):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    assert abs(g - w) <= bound * abs(w) + 0.05 + 1e-9, (g, w)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {exc}\ngot:\n{got}\nwant:\n{want}") from None
+
+
+@pytest.mark.slow
+def test_every_report_in_every_zone_equals_the_polars_reference(repo: ChatRepository) -> None:
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    for timezone in ZONES:
+        for by in BYS:
+            got = analytics.usage_report(repo, by, timezone=timezone)
+            want = reference.usage_report(frame, by, timezone=timezone)
+            assert got.height > 0
+            _same(got, want, f"usage_report({by!r}, timezone={timezone!r})", _bound(repo))
+    for by in ("day", "week", "hour"):
+        got = analytics.usage_report(repo, by, timezone="Europe/Berlin", breakdown="model", order="desc")
+        want = reference.usage_report(frame, by, timezone="Europe/Berlin", breakdown="model", order="desc")
+        _same(got, want, f"usage_report({by!r}, breakdown='model', order='desc')", _bound(repo))
+
+
+def test_cost_modes_filters_and_the_other_reports_equal_the_reference(repo: ChatRepository) -> None:
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("day", {"cost_mode": "calculate"}),
+        ("model", {"cost_mode": "display"}),
+        ("model", {"model": "claude-sonnet-4-5-20250929"}),  # a snapshot name matches its family
+        ("day", {"model": "my-local-model"}),
+        ("user", {"user_id": "u-edge"}),
+        ("day", {"user_id": "u-idle"}),  # a user with no messages
+        # since/until on period edges, read in the zone: the Kolkata and Berlin midnights.
+        ("day", {"timezone": "Asia/Kolkata", "since": date(2026, 10, 31), "until": date(2026, 11, 1)}),
+        ("hour", {"timezone": "Europe/Berlin", "since": "2026-10-25T02:00", "until": "2026-10-25T03:00"}),
+        ("month", {"timezone": "Asia/Kathmandu", "since": datetime(2026, 10, 30, 18, 15, tzinfo=UTC)}),
+    ]
+    for by, options in cases:
+        _same(analytics.usage_report(repo, by, **options), reference.usage_report(frame, by, **options),
+              f"usage_report({by!r}, {options})", _bound(repo))  # fmt: skip
+        _same(analytics.usage_totals(repo, **options), reference.usage_totals(frame, **options),
+              f"usage_totals({options})", _bound(repo))  # fmt: skip
+    idle = analytics.usage_totals(repo, user_id="u-idle")
+    assert idle["messages"].item() == 0 and idle["cost_usd"].item() == 0
+    for by in ("day", "model"):
+        _same(analytics.cost_reported_vs_estimated(repo, by, timezone="America/New_York"),
+              reference.cost_reported_vs_estimated(frame, by, timezone="America/New_York"), "reported vs estimated")  # fmt: skip
+        got = analytics.latency_percentiles(repo, by)
+        want = reference.latency_percentiles(frame, by)
+        exact = ["messages", "mean_ms", "max_ms"]
+        assert_frame_equal(got.select(got.columns[0], *exact), want.select(want.columns[0], *exact), rel_tol=1e-9)
+        for column in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"):
+            for g, w in zip(got[column], want[column], strict=True):
+                assert abs(g - w) <= _bound(repo) * w + 1e-9, (column, g, w)
+    _same(analytics.top_users(repo, 2), reference.top_users(frame, 2), "top_users")
+    _same(analytics.token_mix(repo), reference.token_mix(frame), "token_mix")
+
+
+def test_unreadable_rows_are_counted_and_cost_like_the_export(repo: ChatRepository) -> None:
+    unreadable = _load(repo)
+    totals = analytics.usage_totals(repo)
+    assert unreadable > 0
+    assert totals["unreadable_messages"].item() == unreadable
+    report = analytics.usage_report(repo, "day")
+    assert report["unreadable_messages"].sum() == unreadable
+    # The export counts the same rows as unreadable (and warns); its frame has nothing left to be.
+    with pytest.warns(export.ExportWarning, match=rf"^{unreadable} of \d+ messages rows had unreadable"):
+        frame = export.to_polars(repo, "messages")
+    assert analytics.usage_totals(frame)["unreadable_messages"].item() == 0
+
+
+@pytest.mark.parametrize("draw", [lambda r: r.lognormvariate(8, 1.2), lambda r: r.uniform(0, 400),
+                                  lambda r: r.choice([0, 1, 5, 250, 257, 10**7])])  # fmt: skip
+def test_histogram_percentiles_stay_within_the_stated_bound(draw: Callable[[random.Random], float]) -> None:
+    rng = random.Random(11)
+    values = sorted(int(draw(rng)) for _ in range(5_001))
+    counts: dict[int, int] = {}
+    for value in values:
+        counts[duration_bucket(value)] = counts.get(duration_bucket(value), 0) + 1
+    series = pl.Series(values, dtype=pl.Float64())
+    assert RELATIVE_ERROR < 0.01
+    for q in (0.0, 0.01, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        exact = series.quantile(q, "linear")
+        got = histogram_quantile(counts, q)
+        assert exact is not None and got is not None
+        assert math.isclose(got, exact, rel_tol=RELATIVE_ERROR, abs_tol=1e-9), (q, got, exact)
+    assert histogram_quantile({}, 0.5) is None
+
+
+def test_periods_are_exact_at_every_offset() -> None:
+    from zoneinfo import ZoneInfo
+
+    from chatdb._aggregate import zone_shifts
+
+    berlin = zone_shifts(ZoneInfo("Europe/Berlin"), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert berlin == (
+        (None, 3600),
+        (int(datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp()), 7200),
+        (int(datetime(2026, 10, 25, 1, tzinfo=UTC).timestamp()), 3600),
+    )
+    kathmandu = zone_shifts(ZoneInfo("Asia/Kathmandu"), datetime(2026, 1, 1, tzinfo=UTC), END + timedelta(days=1))
+    assert kathmandu == ((None, 5 * 3600 + 45 * 60),)
+
+
+@pytest.mark.sqlite
+def test_parquet_datasets_and_arrow_streams_are_aggregated_by_duckdb(tmp_path: Any) -> None:
+    """Sources that are not repositories aggregate in DuckDB too (exact percentiles there)."""
+    import chatdb
+
+    with chatdb.create_repository(f"sqlite:///{tmp_path / 'demo.db'}") as repo:
+        _load(repo)
+        frame = export.to_polars(repo, "messages")
+        export.to_parquet(repo, tmp_path / "dataset", partition_by="month")
+        for by, timezone in (("day", "Asia/Kathmandu"), ("hour", "Europe/Berlin"), ("user", "UTC"), ("month", "UTC")):
+            want = reference.usage_report(frame, by, timezone=timezone)
+            _same(analytics.usage_report(tmp_path / "dataset", by, timezone=timezone), want, f"parquet {by}", 1e-9)
+            stream = export.read(repo, "messages", batch_size=64)
+            _same(analytics.usage_report(stream, by, timezone=timezone), want, f"stream {by}", 1e-9)
+        got = analytics.latency_percentiles(tmp_path / "dataset", "model")
+        assert_frame_equal(got, reference.latency_percentiles(frame, "model"), rel_tol=1e-9)
