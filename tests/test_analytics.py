@@ -19,6 +19,8 @@ from chatdb._aggregate import RELATIVE_ERROR
 from chatdb.analytics import plots, usage
 from chatdb.errors import ValidationError
 
+from .test_analytics_pushdown import assert_report_equal
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -63,14 +65,11 @@ def test_reports_agree_across_repository_polars_parquet_and_duckdb(sources: dict
     assert pushed.columns == expected.columns == [analytics.GROUPINGS[by], *analytics.REPORT_COLUMNS]
     for name, report in reports.items():
         try:
-            assert_frame_equal(report, expected, check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
+            assert_report_equal(report, expected)
         except AssertionError as exc:
             raise AssertionError(f"the {name} source disagrees with the Polars frame: {exc}") from None
     # The repository computes in the database: the same, but p95 comes from a histogram.
-    exact = [c for c in expected.columns if c != "p95_duration_ms"]
-    assert_frame_equal(pushed.select(exact), expected.select(exact), check_exact=False, rel_tol=1e-9, abs_tol=1e-9)
-    p95 = (pushed["p95_duration_ms"] - expected["p95_duration_ms"]).abs() / expected["p95_duration_ms"]
-    assert (p95 <= RELATIVE_ERROR).all()
+    assert_report_equal(pushed, expected, RELATIVE_ERROR)
 
 
 def _close(got: tuple[Any, ...], want: tuple[Any, ...]) -> bool:
