@@ -11,21 +11,12 @@ same statements in the same transaction shape over a pool of the same size, and 
 of 3 rounds. Targets (issue 19): chatdb within 1.5x of raw; >= 2x the to_thread figure.
 """
 
-# ruff: noqa: E402 (the import path is fixed before the other imports; see below)
 from __future__ import annotations
-
-import os
-import sys
-
-# benchmarks/copy.py would shadow the standard library's copy (which pymongo imports) while this
-# folder leads sys.path: it goes last instead.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or ".") != _HERE] + [_HERE]
 
 import argparse
 import asyncio
-import copy  # noqa: F401  (the standard library's, imported before crud puts this folder first)
 import json
+import os
 import platform
 import random
 import shutil
@@ -37,23 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import crud
+import raw_mongo
 
 import chatdb
 from chatdb._codec import format_ts, next_ts, utcnow
 
 CHAT_COLUMNS = "id, title, session_id, user_id, created_at, updated_at"
-
-
-def _raw_mongo() -> Any:
-    """benchmarks/raw_mongo.py, by path (importing benchmarks/copy.py as the stdlib's copy, as
-    crud's imports do, takes this folder off sys.path)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("raw_mongo", Path(__file__).with_name("raw_mongo.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class RawAsyncSql:
@@ -182,7 +162,7 @@ class RawAsyncMongo:
 
         self.client: Any = AsyncMongoClient(url, maxPoolSize=size)
         self.db = self.client[db_name]
-        self.raw = _raw_mongo()
+        self.raw = raw_mongo
 
     async def open(self) -> None:
         for collection, keys, unique in self.raw.INDEXES:

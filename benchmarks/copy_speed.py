@@ -1,8 +1,8 @@
 """How fast ``chatdb copy`` moves a SQLite demo database to each server, beside baselines run
 on the same rows in the same run.
 
-    .venv/bin/python benchmarks/copy.py                     # 1,000,000 messages, 20,000 chats
-    .venv/bin/python benchmarks/copy.py --messages 50000 --chats 1000 --users 20
+    .venv/bin/python benchmarks/copy_speed.py                     # 1,000,000 messages, 20,000 chats
+    .venv/bin/python benchmarks/copy_speed.py --messages 50000 --chats 1000 --users 20
 
 The source is ``chatdb demo`` data in a temporary SQLite file. Every measured run is a child
 process into a new, empty database (made with chatdb's schema and indexes, except for pgloader,
@@ -19,19 +19,11 @@ are counted in the target afterwards.
   pymongo insert_many loop   unordered ``insert_many`` of 5,000 Node-shape documents, indexes in place
 """
 
-# ruff: noqa: E402 (the import path is fixed before the other imports; see below)
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named copy.py, like the standard library module that argparse, dataclasses and
-# pymongo import: run as a script, its own folder must not be on the import path.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or ".") != _HERE]
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -74,7 +66,7 @@ def _source_rows(path: str, table: str) -> Iterator[list[tuple[Any, ...]]]:
         con.close()
 
 
-# -- baselines (each run in a child process: ``copy.py --run NAME SOURCE TARGET``) -------------------
+# -- baselines (each run in a child process: ``copy_speed.py --run NAME SOURCE TARGET``) -------------------
 
 
 def run_psycopg(source: str, target: str) -> None:
