@@ -55,6 +55,8 @@ GROUP_COLUMNS = (
     "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
     "reported_cost", "duration_sum", "duration_count", "duration_max", "unreadable",
 )  # fmt: skip
+# (``bucket`` is the report period here, numbered as AggregateQuery.period says; ``offset`` is
+# kept for hours only, ``model`` only with ``per_model``.)
 HISTOGRAM_COLUMNS = ("bucket", "offset", "model", "key", "duration_bucket", "count")
 # What a backend that computes percentiles exactly returns instead (``exact_quantiles``): the
 # report period (see AggregateQuery.period), the offset (hours only), the model (when
@@ -254,6 +256,18 @@ def read_metadata(metadata: Any) -> tuple[list[Any], bool]:
     return values, bad
 
 
+def _period(query: AggregateQuery, bucket: int, local_seconds: int) -> int:
+    """The report period of a local time, as the SQL backends number it."""
+    if query.period == "week":
+        return (bucket + 3) // 7
+    if query.period == "month":
+        local = datetime.fromtimestamp(local_seconds, UTC)
+        return local.year * 12 + local.month - 1
+    if query.period in ("hour", "day"):
+        return bucket
+    return 0
+
+
 def _epoch(created_at: str) -> int:
     return math.floor(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
 
@@ -279,7 +293,11 @@ class RowAggregator:
             if query.durations:
                 if duration is None:
                     continue
-                histogram = (bucket, offset, model, key, duration_bucket(duration))
+                period = _period(query, bucket, epoch + offset)
+                histogram = (
+                    period, offset if query.period == "hour" else 0, model if query.per_model else None,
+                    key, duration_bucket(duration),
+                )  # fmt: skip
                 found = self.groups.get(histogram)
                 if found is None:
                     self.groups[histogram] = [1]

@@ -140,11 +140,12 @@ def fetch_groups(
         if model is not None and not names:
             return Groups(frame, found, unit)
         # The models found, by name: the exact selection, never the superset asked for.
-        durations = replace(query, durations=True, models=names if model is not None else (), model_like=())
+        durations = replace(
+            query, durations=True, models=names if model is not None else (), model_like=(),
+            period=kind if period else None, per_model=per_model,
+        )  # fmt: skip
         if getattr(repo, "exact_quantiles", False) and quantiles:
-            durations = replace(
-                durations, quantiles=tuple(quantiles), period=kind if period else None, per_model=per_model
-            )
+            durations = replace(durations, quantiles=tuple(quantiles))
             exact = [
                 (int(p), int(o), name, key, [None if v is None else float(v) for v in values])
                 for batch in repo.aggregate_messages(durations)
@@ -252,7 +253,7 @@ def label_histograms(
         if kind in _PERIOD_FORMAT:
             label = labels.get((bucket, offset))
             if label is None:
-                label = labels[(bucket, offset)] = _label(kind, unit, bucket, offset)
+                label = labels[(bucket, offset)] = _exact_label(kind, bucket, offset)
             group: tuple[Any, ...] = (label,)
         elif kind == "model":
             group = (model,)

@@ -219,13 +219,17 @@ def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tupl
             f"CASE WHEN dur < {EXACT_BELOW} THEN dur "
             f"ELSE {LOG_BASE} + CAST(floor({ops.ln('dur')} / {LN_GAMMA!r}) AS {'SIGNED' if backend == 'mysql' else 'INTEGER' if backend == 'sqlite' else 'bigint'}) END"
         )
+        # Per report period (and model only when the report has one): a histogram per day and
+        # model would hold about as many rows as there are messages.
+        tzoff = offset if query.period == "hour" else "0"
+        model = "model" if query.per_model else "NULL"
         layer_d = (
-            f"SELECT {ops.div(f'e + {offset}', query.unit)} AS bucket, {offset} AS tzoff, model, gkey, "
+            f"SELECT {_period(ops, query, offset)} AS bucket, {tzoff} AS tzoff, {model} AS gmodel, gkey, "
             f"{bucket} AS dbucket FROM ({layer_c}) c WHERE dur IS NOT NULL{model_filter}"
         )
         sql = (
-            f"SELECT bucket, tzoff, model, gkey, dbucket, count(*) FROM ({layer_d}) d "
-            "GROUP BY bucket, tzoff, model, gkey, dbucket"
+            f"SELECT bucket, tzoff, gmodel, gkey, dbucket, count(*) FROM ({layer_d}) d "
+            "GROUP BY bucket, tzoff, gmodel, gkey, dbucket"
         )
         return sql, params
     has_tokens = ops.boolean("tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL")
@@ -244,23 +248,35 @@ def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tupl
     return sql, params
 
 
-def _exact_quantiles(ops: _Ops, query: AggregateQuery, layer_c: str, offset: str, model_filter: str) -> str:
-    """PostgreSQL: the quantiles themselves (percentile_cont), per report period, not buckets."""
+def _period(ops: _Ops, query: AggregateQuery, offset: str) -> str:
+    """The report period a row falls in (see AggregateQuery.period), as an integer."""
     local = ops.div(f"e + {offset}", query.unit)
     if query.period == "week":
-        period = f"({local} + 3) / 7"
-    elif query.period == "month":
-        stamp = f"(to_timestamp(e + {offset}) AT TIME ZONE 'UTC')"
-        period = f"CAST(extract(year FROM {stamp}) * 12 + extract(month FROM {stamp}) - 1 AS bigint)"
-    elif query.period in ("hour", "day"):
-        period = local
-    else:
-        period = "0"
+        return f"({ops.div(f'{local} + 3', 7)})"
+    if query.period == "month":
+        seconds = f"(e + {offset})"
+        if ops.backend == "sqlite":
+            return (
+                f"(CAST(strftime('%Y', {seconds}, 'unixepoch') AS INTEGER) * 12 "
+                f"+ CAST(strftime('%m', {seconds}, 'unixepoch') AS INTEGER) - 1)"
+            )
+        if ops.backend == "postgres":
+            stamp = f"(to_timestamp({seconds}) AT TIME ZONE 'UTC')"
+            return f"CAST(extract(year FROM {stamp}) * 12 + extract(month FROM {stamp}) - 1 AS bigint)"
+        months = f"EXTRACT(YEAR_MONTH FROM DATE_ADD('1970-01-01', INTERVAL {seconds} SECOND))"
+        return f"(({months}) DIV 100 * 12 + ({months}) % 100 - 1)"
+    if query.period in ("hour", "day"):
+        return local
+    return "0"
+
+
+def _exact_quantiles(ops: _Ops, query: AggregateQuery, layer_c: str, offset: str, model_filter: str) -> str:
+    """PostgreSQL: the quantiles themselves (percentile_cont), per report period, not buckets."""
     tzoff = offset if query.period == "hour" else "0"
     model = "model" if query.per_model else "CAST(NULL AS text)"
     wanted = ", ".join(repr(float(q)) for q in query.quantiles)
     layer_d = (
-        f"SELECT {period} AS period, {tzoff} AS tzoff, {model} AS gmodel, gkey, dur "
+        f"SELECT {_period(ops, query, offset)} AS period, {tzoff} AS tzoff, {model} AS gmodel, gkey, dur "
         f"FROM ({layer_c}) c WHERE dur IS NOT NULL{model_filter}"
     )
     return (
