@@ -29,11 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# benchmarks/copy.py would shadow the standard library's copy module (Polars imports it).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import chatdb  # noqa: E402
-from chatdb import analytics, demo, export  # noqa: E402
+import chatdb
+from chatdb import analytics, demo, export
 
 SERVERS = {
     "postgres": "postgresql://postgres@127.0.0.1:5432/",
