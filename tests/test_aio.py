@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import sys
 
@@ -9,7 +10,11 @@ import pytest
 
 import chatdb
 from chatdb import AsyncChatRepository, ChatRepository, create_async_repository
+from chatdb._aggregate import AggregateQuery
 from chatdb.errors import ConfigError
+
+from .backends import Backend
+from .conftest import SERVER_BACKENDS
 
 # What a sync ChatRepository has that an async one spells differently.
 _LIFECYCLE = {"close", "__enter__", "__exit__"}
@@ -62,3 +67,26 @@ def test_pool_size_is_checked() -> None:
         chatdb.DbConfig(pool_size=0)
     assert "pool_size" not in repr(chatdb.DbConfig())
     assert "pool_size=3" in repr(chatdb.DbConfig(pool_size=3))
+
+
+@pytest.mark.parametrize("backend", SERVER_BACKENDS, indirect=True)
+def test_usage_groups_come_out_of_the_async_repository_as_from_the_sync_one(backend: Backend) -> None:
+    with backend.new_repo() as repo:
+        chat = repo.create_chat("u1")
+        for n in range(5):
+            meta = {
+                "model": "claude-sonnet-4-5",
+                "inputTokens": n,
+                "outputTokens": 2 * n,
+                "durationMs": 100 * n,
+            }
+            repo.add_message(chat.id, "assistant", [{"type": "text", "text": str(n)}], meta)
+        query = AggregateQuery(key="user")
+        expected = [row for batch in repo.aggregate_messages(query) for row in batch]
+
+    async def main() -> list[tuple[object, ...]]:
+        async with create_async_repository(backend.config) as arepo:
+            return [row for batch in [b async for b in arepo.aggregate_messages(query)] for row in batch]
+
+    got = asyncio.run(main())
+    assert expected and got == expected

@@ -407,9 +407,17 @@ def test_a_server_restarted_mid_export_is_a_backend_error_naming_it(
         assert first.num_rows == 2_000
         private_server.stop()
         private_server.start()
-        with pytest.raises(BackendError) as raised:
-            for _ in reader:
-                pass
+        rows, failed = first.num_rows, None
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+        except BackendError as exc:
+            failed = exc
         del reader
     name = "postgres" if private_server.kind == "postgres" else "mysql"
-    assert str(raised.value).startswith((name, f"cannot reach {name}")), raised.value
+    if failed is None:
+        # MySQL reads in pages, each on a connection of its own: a restart between two pages
+        # (or one the pages already read past) costs nothing, and every row arrives once.
+        assert private_server.kind == "mysql" and rows == 40_000, (private_server.kind, rows)
+    else:
+        assert str(failed).startswith((name, f"cannot reach {name}")), failed

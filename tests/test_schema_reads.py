@@ -14,6 +14,7 @@ import pytest
 
 import chatdb
 from chatdb import DbConfig
+from chatdb._aggregate import AggregateQuery
 from chatdb.errors import SchemaError
 
 from .backends import Backend, empty_database
@@ -43,6 +44,7 @@ def every_read(repo: chatdb.ChatRepository) -> list[object]:
         [row for batch in repo.scan_rows("messages") for row in batch],
         sum(repo.count_rows().values()),
         repo.message_time_range(),
+        [row for batch in repo.aggregate_messages(AggregateQuery()) for row in batch],
         repo.has_schema(),
     ]
 
@@ -50,7 +52,7 @@ def every_read(repo: chatdb.ChatRepository) -> list[object]:
 def test_reads_on_a_database_without_tables_are_empty_and_create_nothing(empty_db: EmptyDb) -> None:
     config, tables = empty_db
     with chatdb.create_repository(config) as repo:
-        assert every_read(repo) == [None, 0, 0, None, None, None, 0, None, [], [], 0, (None, None), False]
+        assert every_read(repo) == [None, 0, 0, None, None, None, 0, None, [], [], 0, (None, None), [], False]
     assert tables() == set()
 
 

@@ -29,6 +29,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.util import greenlet_spawn
 
+from .._aggregate import AggregateQuery
 from .._base import RepositoryBase
 from ..models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
 
@@ -187,6 +188,17 @@ class AsyncChatRepository:
         """Bulk-insert stored-format rows; each batch is one transaction, whole or not at all,
         even when the task is cancelled (see ``ChatRepository.import_rows``)."""
         return await self._write(self._repo.import_rows, table, rows, batch_size=batch_size)
+
+    async def aggregate_messages(self, query: AggregateQuery) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The group batches of ``ChatRepository.aggregate_messages``, as an async generator
+        (only groups are held; close it early with ``contextlib.aclosing``)."""
+        batches: Any = await self._call(self._repo.aggregate_messages, query)
+        try:
+            while (batch := await self._call(next, batches, None)) is not None:
+                yield batch
+        finally:
+            if (close := getattr(batches, "close", None)) is not None:  # a generator's cursor
+                await self._call(close)
 
     async def count_rows(self) -> dict[str, int]:
         return await self._call(self._repo.count_rows)

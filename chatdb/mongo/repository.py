@@ -325,8 +325,8 @@ class MongoRepository(RepositoryBase):
         ``createdAt`` and owner indexes); only each message's time, chat and metadata travel,
         and :class:`~chatdb._aggregate.RowAggregator` sums them batch by batch, so memory holds
         the groups, not the messages. (A ``$group`` pipeline would send even less; the test
-        server nx-27017 groups by compound keys and converts dates wrongly or not at all.)"""
-        self.ensure_schema()
+        server nx-27017 groups by compound keys and converts dates wrongly or not at all.)
+        A read: it creates nothing."""
         owner_filter: Any = None
         if query.user_id is not None:
             with self._errors():

@@ -358,8 +358,10 @@ class SqlRepository(RepositoryBase):
         # chatdb promises, "table.column" -> bytes; learned by ensure_schema.
         self._capacity: dict[str, int] = {}
         self._indexes_found = False  # every index is there (a read's catalog look: has_schema)
-        # PostgreSQL's percentile_cont gives usage reports exact percentiles (see aggregate.py).
-        self.exact_quantiles = config.driver == "postgres"
+        # Every backend reports percentiles from the same histogram, so one database gives the
+        # same report bytes whatever holds it; PostgreSQL's exact percentile_cont path
+        # (aggregate.py) stays for a caller that sets this to True.
+        self.exact_quantiles = False
 
     @property
     def engine(self) -> Engine:
@@ -528,8 +530,10 @@ class SqlRepository(RepositoryBase):
 
     def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
         """See :meth:`RepositoryBase.aggregate_messages`: one GROUP BY over the stored JSON
-        (:mod:`chatdb.sql.aggregate`); only groups leave the database."""
-        self.ensure_schema()
+        (:mod:`chatdb.sql.aggregate`); only groups leave the database. A read: no groups, and
+        nothing created, where chatdb's tables are not there."""
+        if not self.has_schema():
+            return iter([])
         try:
             rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=False))
         except BackendError as exc:
