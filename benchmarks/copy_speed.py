@@ -36,23 +36,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from _rss import peak_mb
+
+from chatdb._base import IMPORT_COLUMNS as COLUMNS
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = ("users", "chats", "messages", "api_keys")
-COLUMNS = {
-    "users": ("id", "username", "password_hash", "created_at", "updated_at"),
-    "chats": ("id", "title", "session_id", "user_id", "created_at", "updated_at"),
-    "messages": ("id", "chat_id", "role", "content", "created_at", "metadata"),
-    "api_keys": (
-        "id",
-        "user_id",
-        "key_hash",
-        "key_prefix",
-        "name",
-        "created_at",
-        "last_used_at",
-        "revoked_at",
-    ),
-}
 CHUNK = 5_000
 
 
@@ -166,7 +155,7 @@ def measure(command: list[str]) -> tuple[float, float]:
     def poll() -> None:
         while not stop.is_set():
             for pid in [str(process.pid), *_descendants(process.pid)]:
-                peak[0] = max(peak[0], _hwm(pid))
+                peak[0] = max(peak[0], peak_mb(pid) or 0.0)
             time.sleep(0.02)
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -178,17 +167,6 @@ def measure(command: list[str]) -> tuple[float, float]:
     if code:
         raise SystemExit(f"{command[:4]} failed with exit code {code}")
     return seconds, peak[0]
-
-
-def _hwm(pid: str) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _descendants(pid: int) -> list[str]:
