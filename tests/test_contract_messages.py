@@ -334,19 +334,21 @@ def test_the_longest_id_and_every_allowed_character_are_accepted(repo: ChatRepos
 
 
 def test_concurrent_retries_of_one_id_store_one_message(repo: ChatRepository) -> None:
+    # Many rounds: the losers of one round race each other to give their chat bumps back,
+    # which went wrong in about one round in thirty on MongoDB.
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    chat = repo.create_chat("u1")
-    barrier = threading.Barrier(4)
-
-    def send(_: int) -> Message:
+    def send(chat_id: str, message_id: str, barrier: threading.Barrier) -> Message:
         barrier.wait()
-        return repo.add_message(chat.id, "user", TEXT, META, message_id=MESSAGE_ID)
+        return repo.add_message(chat_id, "user", TEXT, META, message_id=message_id)
 
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(send, range(4)))
-    stored = repo.get_messages(chat.id)
-    assert stored.total == 1 and all(result == stored.items[0] for result in results)
-    fetched = repo.get_chat(chat.id, "u1")
-    assert fetched is not None and fetched.updated_at == stored.items[0].created_at
+    for round_ in range(30):
+        chat = repo.create_chat("u1")
+        message_id, barrier = f"{MESSAGE_ID[:-2]}{round_:02d}", threading.Barrier(4)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: send(chat.id, message_id, barrier), range(4)))  # noqa: B023
+        stored = repo.get_messages(chat.id)
+        assert stored.total == 1 and all(result == stored.items[0] for result in results)
+        fetched = repo.get_chat(chat.id, "u1")
+        assert fetched is not None and fetched.updated_at == stored.items[0].created_at, round_

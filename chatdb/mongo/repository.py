@@ -9,6 +9,7 @@ the documents back. There are no row locks, so ordered writes (a message's times
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -46,6 +47,7 @@ _OWNER_CACHE_LIMIT = 100_000
 _SCAN_PIECE = 2_500  # documents per read of a scan, or fewer: see _scan
 # MongoDB's document limit is 16 MiB; leave room for the other fields and BSON's overhead.
 _MAX_MESSAGE_JSON_BYTES = 16 * 1024 * 1024 - 64 * 1024
+_GIVE_BACK_WAIT_S = 2.0  # see MongoRepository._give_back
 
 
 class _DuplicateKey(ConflictError):
@@ -496,7 +498,7 @@ class MongoRepository(RepositoryBase):
 
         A caller-chosen id is looked up first (after the chat), so that a retry bumps nothing;
         when a concurrent call stores the same id between that check and the insert, the bump
-        is undone by compare-and-set and MessageIdTaken raised."""
+        is given back (``_give_back``) and MessageIdTaken raised."""
         size = len(draft.content_json.encode()) + len((draft.metadata_json or "").encode())
         if size > _MAX_MESSAGE_JSON_BYTES:
             raise ValidationError(f"message of {size} bytes is too large for a MongoDB document (16 MiB)")
@@ -521,19 +523,43 @@ class MongoRepository(RepositoryBase):
             with self._errors():
                 messages.insert_one(document)
         except _DuplicateKey:
-            # Another call stored this id since the check: give the chat its updatedAt back
-            # (unless a later write moved it on), so this call leaves nothing behind.
-            with self._errors():
-                self._col("chats").update_one(
-                    {"_id": draft.chat_id, "updatedAt": created_at},
-                    {"$set": {"updatedAt": doc.get("updatedAt")}},
-                )
+            self._give_back(draft.chat_id, created_at, doc.get("updatedAt"))
             raise MessageIdTaken(draft.id) from None
         with self._errors():
             chat_gone = self._col("chats").find_one({"_id": draft.chat_id}, {"_id": 1}) is None
             if chat_gone and messages.delete_one({"_id": draft.id}).deleted_count:
                 return None
         return stamp
+
+    def _give_back(self, chat_id: Any, stamp: str, previous: Any) -> None:
+        """Undo this call's bump of the chat's ``updatedAt`` to ``stamp`` (set it back to
+        ``previous``), after its insert lost a race for a caller-chosen id.
+
+        Only while ``updatedAt`` is still ``stamp`` (compare-and-set). When a later bump sits on
+        top, this call waits for it: a real message at or after that bump buries this one for
+        good (done); another loser of the same race gives its bump back to ``stamp`` within
+        moments (then this one gives back in turn). Giving up after a short while only leaves
+        the chat's ``updatedAt`` ahead of its last message, as a crash between bump and insert
+        would: another writer's bump without a message (a title change) is never undone."""
+        chats = self._col("chats")
+        deadline = time.monotonic() + _GIVE_BACK_WAIT_S
+        with self._errors():
+            while True:
+                given = chats.update_one({"_id": chat_id, "updatedAt": stamp}, {"$set": {"updatedAt": previous}})
+                if given.matched_count:
+                    return
+                chat = chats.find_one({"_id": chat_id}, {"updatedAt": 1})
+                if chat is None:
+                    return
+                current = mapping.stored_ts(chat.get("updatedAt"))
+                if current == stamp:
+                    continue  # given back to this call's bump since the compare-and-set
+                if not isinstance(current, str) or current < stamp:
+                    return  # moved back by another writer: nothing of this call is visible
+                last = self._last_message_at(chat_id)
+                if (last is not None and last >= current) or time.monotonic() > deadline:
+                    return
+                time.sleep(0.002)
 
     def _owns_chat(self, chat_id: str, user_id: str) -> bool:
         return self._col("chats").find_one({"_id": chat_id, "userId": user_id}, {"_id": 1}) is not None
