@@ -256,3 +256,47 @@ def test_a_fresh_postgres_copy_that_meets_a_conflict_skips_it_through_the_stagin
         write = lambda tx: import_chunk("postgres", tx.cursor, "messages", columns, rows, fresh=True)  # noqa: E731
         assert executor.run(write, write=True) == 4
         assert repo.count_rows()["messages"] == 6
+
+
+def index_sets(repo: Any) -> dict[str, list[tuple[str, tuple[tuple[str, Any], ...], bool]]]:
+    """Per MongoDB collection: its indexes as (name, key pattern, unique)."""
+    return {
+        name: sorted(
+            (index, tuple(info["key"]), bool(info.get("unique")))
+            for index, info in repo.db[name].index_information().items()
+        )
+        for name in ("users", "chats", "messages", "apiKeys")
+    }
+
+
+@pytest.mark.sqlite
+@pytest.mark.mongodb
+def test_a_copy_into_an_empty_mongodb_builds_its_indexes_at_the_end_and_keeps_them_in_a_filled_one(
+    databases: Databases, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    source_config, _ = source_of("sqlite", databases, fixtures_dir, tmp_path)
+    with chatdb.create_repository(databases.new("mongodb")) as reference:
+        reference.ensure_schema()
+        schema = index_sets(reference)
+    assert len(schema["messages"]) > 1 and len(schema["chats"]) > 1
+    for filled in (False, True):
+        with (
+            chatdb.create_repository(source_config) as source,
+            chatdb.create_repository(databases.new("mongodb")) as target,
+        ):
+            if filled:
+                demo.generate(target, users=1, chats=2, messages=4, days=1, seed=3)
+            seen: list[dict[str, Any]] = []
+
+            def look(table: str, _rows: int, target: Any = target, seen: list[Any] = seen) -> None:
+                if table == "messages":
+                    seen.append(index_sets(target))
+
+            copy_database(source, target, batch_size=7, progress=look)
+            assert index_sets(target) == schema
+            assert seen
+            if filled:  # kept while the rows went in
+                assert all(during == schema for during in seen)
+            else:  # built once, at the end
+                assert all(during["messages"] != schema["messages"] for during in seen)
+                assert all(during["users"] == schema["users"] for during in seen)

@@ -4,6 +4,7 @@ same command again ends with exactly the rows of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from sqlalchemy import create_engine, text
 import chatdb
 from chatdb import demo
 
-from .backends import Backend
+from .backends import Backend, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = {"users": 4, "chats": 40, "messages": 14_000, "days": 10, "seed": 9}  # 2 chunks of messages
@@ -164,3 +165,49 @@ def test_a_killed_copy_is_consistent_and_a_rerun_completes_it_exactly(
         assert orphans(backend.admin) == (0, 0)
     run(command)
     assert stored(backend.config) == stored(source_url)
+
+
+@pytest.mark.slow
+@pytest.mark.sqlite
+@pytest.mark.mongodb
+def test_a_copy_into_mongodb_killed_midway_ends_with_every_index_when_run_again(
+    mongodb_backend: Backend, demo_source: Path
+) -> None:
+    client = mongodb_backend.extra["client"]
+    schema_name, target_name = run_id(), run_id()
+    server = str(mongodb_backend.config.mongodb_url).rstrip("/")
+    try:
+        with chatdb.create_repository(f"{server}/{schema_name}") as reference:
+            reference.ensure_schema()
+            schema = indexes_of(client[schema_name])
+        target = f"{server}/{target_name}"
+        source_url = f"sqlite:///{demo_source}"
+        command = chatdb_command(source_url, "copy", "--to", target, "--batch-size", "500")
+        messages = client[target_name]["messages"]
+        kill_when(command, lambda: 0 < messages.estimated_document_count() < DEMO["messages"])
+        # Killed while the messages went in: their indexes were waiting for the end.
+        assert indexes_of(client[target_name])["messages"] != schema["messages"]
+        run(command)
+        assert indexes_of(client[target_name]) == schema
+        assert decoded(stored(target)) == decoded(stored(source_url))
+    finally:
+        client.drop_database(schema_name)
+        client.drop_database(target_name)
+
+
+def decoded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Message JSON decoded (MongoDB holds it so; demo JSON is always readable)."""
+
+    def value(item: Any) -> Any:
+        return json.loads(item) if isinstance(item, str) else item
+
+    messages = [(*row[:3], value(row[3]), row[4], value(row[5])) for row in rows["messages"]]
+    return {**rows, "messages": messages}
+
+
+def indexes_of(db: Any) -> dict[str, list[tuple[str, tuple[Any, ...], bool]]]:
+    return {
+        name: sorted((index, tuple(info["key"]), bool(info.get("unique")))
+                     for index, info in db[name].index_information().items())
+        for name in ("users", "chats", "messages", "apiKeys")
+    }  # fmt: skip

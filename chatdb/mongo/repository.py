@@ -373,26 +373,66 @@ class MongoRepository(RepositoryBase):
     def import_rows(self, table: str, rows: Iterable[Mapping[str, Any]], *, batch_size: int = 5_000) -> int:
         """See :meth:`RepositoryBase.import_rows`: unordered bulk inserts of ``batch_size``
         documents (or about 32 MB of them), where only duplicate keys (code 11000) are skipped;
-        any other write error fails the import."""
+        any other write error fails the import. When the collection is empty at the start,
+        chatdb's non-unique indexes on it are dropped and built once at the end (as on SQL);
+        otherwise they are kept. An import that fails (or is killed) midway leaves them to the
+        next ``ensure_schema``, which creates whatever index is missing."""
         rows = check_import(table, rows, batch_size)
         bulk_write_error = _import_pymongo().errors.BulkWriteError
         collection = self._col(mapping.collection_for(table))
         self.ensure_schema()
+        with self._errors():
+            fresh = collection.find_one({}, {"_id": 1}) is None
+            deferred = self._drop_secondary_indexes(collection) if fresh else []
         inserted = 0
-        for documents in _document_chunks(table, rows, batch_size):
-            with self._errors():
-                try:
-                    inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)
-                except bulk_write_error as exc:
-                    details = exc.details
-                    others = [e for e in details.get("writeErrors", ()) if e.get("code") != _DUPLICATE_KEY]
-                    if others or details.get("writeConcernErrors"):
-                        first = others[0] if others else details["writeConcernErrors"][0]
-                        raise BackendError(
-                            f"mongodb import into {table} failed: {first.get('errmsg')}"
-                        ) from exc
-                    inserted += int(details.get("nInserted", 0))
+        try:
+            for documents in _document_chunks(table, rows, batch_size):
+                with self._errors():
+                    try:
+                        inserted += len(collection.insert_many(documents, ordered=False).inserted_ids)
+                    except bulk_write_error as exc:
+                        details = exc.details
+                        errors = details.get("writeErrors", ())
+                        others = [e for e in errors if e.get("code") != _DUPLICATE_KEY]
+                        if others or details.get("writeConcernErrors"):
+                            first = others[0] if others else details["writeConcernErrors"][0]
+                            raise BackendError(
+                                f"mongodb import into {table} failed: {first.get('errmsg')}"
+                            ) from exc
+                        inserted += int(details.get("nInserted", 0))
+        except BaseException:
+            if deferred:
+                self._schema_ready = False  # the next call's ensure_schema builds them
+            raise
+        self._create_indexes(collection, deferred)
         return inserted
+
+    def _drop_secondary_indexes(self, collection: Collection[dict[str, Any]]) -> list[tuple[Any, str]]:
+        """Drop the collection's indexes that are chatdb's non-unique ones (recognised by their
+        key pattern, whatever their name); returns their (keys, name) to build them again."""
+        wanted = [keys for name, keys, unique in mapping.INDEXES if name == collection.name and not unique]
+        dropped = []
+        for name, info in collection.index_information().items():
+            # (Compared as pairs: a server may send a direction as 1.0, or "text" for another index.)
+            found = [(field, direction) for field, direction in info["key"]]
+            keys = next((keys for keys in wanted if keys == found), None)
+            if keys is not None and not info.get("unique"):
+                collection.drop_index(name)
+                dropped.append((keys, name))
+        return dropped
+
+    def _create_indexes(self, collection: Collection[dict[str, Any]], indexes: list[tuple[Any, str]]) -> None:
+        """Build ``indexes`` ((keys, name) pairs) again, under their names; idempotent."""
+        if not indexes:
+            return
+        pymongo = _import_pymongo()
+        with self._errors():
+            for keys, name in indexes:
+                try:
+                    collection.create_indexes([pymongo.IndexModel(keys, name=name)])
+                except pymongo.errors.OperationFailure as exc:
+                    if exc.code != _INDEX_EXISTS_UNDER_OTHER_NAME:
+                        raise
 
     def count_rows(self) -> dict[str, int]:
         if not self.has_schema():
