@@ -167,6 +167,8 @@ def upgrade_schema(repo: ChatRepository, *, dry_run: bool = False) -> SchemaUpgr
     Returns the statements, run unless ``dry_run``. Raises SchemaUpgradeError, naming the rows,
     when a change would fail (a value too long for its new column) or merge data (values equal
     under the new collation); nothing is changed then."""
+    if not isinstance(dry_run, bool):
+        raise ValidationError(f"dry_run must be True or False, not {dry_run!r}")
     upgrade = getattr(repo, "upgrade_schema", None)
     statements = [] if upgrade is None else list(upgrade(dry_run=dry_run))
     return SchemaUpgrade(repo.backend, tuple(statements), applied=bool(statements) and not dry_run)

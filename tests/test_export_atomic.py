@@ -254,3 +254,58 @@ def test_an_append_to_a_dataset_holding_a_file_cut_short_is_a_validation_error(
     with pytest.raises(ValidationError, match=r"not readable Parquet.*mode='replace'"):
         export.to_parquet(repo, path, partition_by="day", mode="append")
     assert export.to_parquet(repo, path, partition_by="day").rows == 12
+
+
+# -- concurrent exports to one path ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["m.parquet", "by_day"])
+def test_concurrent_appends_to_one_export_add_every_message_once(
+    repo: ChatRepository, tmp_path: Path, target: str
+) -> None:
+    # Without a lock, runs started together read the same watermark: duplicates, or a later
+    # swap dropping an earlier run's rows.
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / target
+    partition_by = "day" if target == "by_day" else None
+    export.to_parquet(repo, path, partition_by=partition_by)
+    seed(repo, 40)
+    with ThreadPoolExecutor(4) as pool:
+        added = list(
+            pool.map(
+                lambda _: export.to_parquet(repo, path, partition_by=partition_by, mode="append").rows,
+                range(4),
+            )
+        )
+    assert sorted(added) == [0, 0, 0, 40]
+    pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+    with duckdb.connect() as con:
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT message_id) FROM read_parquet(?)", [pattern]
+        ).fetchone() == (
+            52,
+            52,
+        )
+    assert leftovers(tmp_path) == []
+
+
+def test_concurrent_table_exports_to_one_folder_keep_a_true_manifest(
+    repo: ChatRepository, tmp_path: Path
+) -> None:
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = tmp_path / "out"
+    export.export_tables(repo, out, partition_by="month")
+    seed(repo, 30)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: export.export_tables(repo, out, partition_by="month", append=True), range(3)))
+    manifest = json.loads((out / "manifest.json").read_text())
+    with duckdb.connect() as con:
+        stored = con.execute(
+            "SELECT count(*), count(DISTINCT message_id) FROM read_parquet(?)",
+            [str(out / "messages" / "**" / "*.parquet")],
+        ).fetchone()
+    assert stored == (42, 42)
+    assert manifest["tables"]["messages"]["rows"] == 42 and len(manifest["runs"]) == 4

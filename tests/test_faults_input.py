@@ -225,6 +225,7 @@ STORAGE_CALLS: dict[str, Callable[[ChatRepository, Any], Any]] = {
     "import_rows(chat id)": lambda r, v: r.import_rows("chats", [chat_row(id=v)]),
     "import_rows(chat owner)": lambda r, v: r.import_rows("chats", [chat_row(user_id=v)]),
     "import_rows(message chat)": lambda r, v: r.import_rows("messages", [message_row(chat_id=v)]),
+    "admin.upgrade_schema(dry_run)": lambda r, v: chatdb.admin.upgrade_schema(r, dry_run=v),
 }
 CRUD_CALLS: dict[str, Callable[[ChatRepository, Any], Any]] = {
     "create_chat(user_id)": lambda r, v: r.create_chat(v),

@@ -132,7 +132,7 @@ def to_parquet(
     message_id)``, so a repeated job never duplicates or skips one. Other options as for
     :func:`read`. Raises ValidationError, ConfigError, BackendError.
     """
-    from ._sinks import PARTITIONS, check_append_target, parquet_watermark, write_parquet
+    from ._sinks import PARTITIONS, check_append_target, exclusive, parquet_watermark, write_parquet
 
     pa = require("pyarrow")
     if partition_by is not None and partition_by not in PARTITIONS:
@@ -144,22 +144,23 @@ def to_parquet(
     target = Path(path)
     started = time.perf_counter()
     scan = _scan(repo, table, filters)
-    if mode == "append":
-        try:
-            check_append_target(target, partition_by, scan.schema)
-            scan.resume_after(parquet_watermark(target, partition_by))
-        except (pa.ArrowInvalid, require("duckdb").Error) as exc:
-            # A file cut short (by an export of chatdb before its appends were atomic, or by
-            # another program): say which export, never guess which of its files to delete.
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValidationError(
-                f"{target} holds a file that is not readable Parquet ({first}): remove that file, "
-                "or export anew with mode='replace'"
-            ) from exc
-    with interruptible():
-        files = write_parquet(
-            scan, target, partition_by=partition_by, append=mode == "append", compression=compression
-        )
+    with exclusive(target):  # from the watermark to the swap: see _sinks
+        if mode == "append":
+            try:
+                check_append_target(target, partition_by, scan.schema)
+                scan.resume_after(parquet_watermark(target, partition_by))
+            except (pa.ArrowInvalid, require("duckdb").Error) as exc:
+                # A file cut short (by an export of chatdb before its appends were atomic, or by
+                # another program): say which export, never guess which of its files to delete.
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ValidationError(
+                    f"{target} holds a file that is not readable Parquet ({first}): remove that file, "
+                    "or export anew with mode='replace'"
+                ) from exc
+        with interruptible():
+            files = write_parquet(
+                scan, target, partition_by=partition_by, append=mode == "append", compression=compression
+            )
     _warn(scan)
     return ExportResult(scan.rows, files, scan.skipped_rows, time.perf_counter() - started)
 

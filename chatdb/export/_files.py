@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from .._codec import format_ts, parse_ts, utcnow
 from ..errors import ValidationError
-from ._sinks import staging
+from ._sinks import exclusive, staging
 from ._stream import ExportWarning, Scan, interruptible
 from .schemas import EXPORT_TABLES
 
@@ -113,12 +113,13 @@ def export_tables(
                         progress(name)
             else:
                 target.mkdir(parents=True, exist_ok=True)
-                _export_files(
-                    repo, summary, names, filters, include_text, partition_by, append, batch_size, progress
-                )
-                summary.seconds = time.perf_counter() - started
-                manifest_filters = {**filters, "include_text": include_text, "partition_by": partition_by}
-                _write_manifest(summary, manifest_filters, append=append)
+                with exclusive(target):  # one run at a time writes the tables and the manifest
+                    _export_files(
+                        repo, summary, names, filters, include_text, partition_by, append, batch_size, progress
+                    )
+                    summary.seconds = time.perf_counter() - started
+                    manifest_filters = {**filters, "include_text": include_text, "partition_by": partition_by}
+                    _write_manifest(summary, manifest_filters, append=append)
     except BaseException:
         for directory in made:  # folders this export made and left empty
             try:

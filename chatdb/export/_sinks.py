@@ -14,7 +14,10 @@ Replacing and appending are atomic, and survive a crash (kill -9, power loss) at
   path missing for an instant;
 * each run first removes the staging files and directories that no live process holds (a
   crashed run's); they are never part of the export, so removing them is always safe;
-* DuckDB loads run in one transaction: a crash leaves the database as it was.
+* DuckDB loads run in one transaction: a crash leaves the database as it was;
+* one export at a time writes to a path (:func:`exclusive`): two appends started together
+  would read the same watermark and both add the same messages, or the later swap would drop
+  the earlier one's rows.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PARTITIONS",
     "check_append_target",
+    "exclusive",
     "duckdb_watermark",
     "load_duckdb",
     "open_duckdb",
@@ -266,6 +270,40 @@ def staging(path: Path, *, directory: bool = False) -> Iterator[Path]:
         _remove(temporary)
         if lock is not None:
             os.close(lock)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on the export at ``path`` (a file or a
+    directory) for the block: concurrent exports to one path, from threads or processes, run
+    one after another. A swap replaces the inode a waiting run locked, so the lock is taken
+    again until it is on the path's current inode. A path that does not exist yet has nothing
+    to lose: two first exports both write everything, and the later swap wins."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            if os.fstat(descriptor).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
+    try:
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def sweep(path: Path) -> list[Path]:
