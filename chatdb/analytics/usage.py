@@ -2,8 +2,9 @@
 
 A *source* is a repository (read through :mod:`chatdb.export`), a Polars ``DataFrame`` or
 ``LazyFrame`` or Arrow table in the ``messages`` export schema, a Parquet file or (hive-partitioned)
-dataset directory written by ``export.to_parquet``, or a DuckDB connection with a ``messages``
-table (as ``export.to_duckdb`` makes it).
+dataset directory written by ``export.to_parquet``, a DuckDB connection with a ``messages``
+table (as ``export.to_duckdb`` makes it), an Arrow stream, or an Ibis table in the export schema
+(or an Ibis backend with a ``messages`` table: Spark through ``ibis.pyspark.connect``).
 
 Definitions every report shares:
 
@@ -611,11 +612,16 @@ def token_mix(source: Source, by: str = "model", **options: Any) -> pl.DataFrame
 
 
 def _pushed_source(source: Source) -> Any:
-    """What answers ``aggregate_messages`` for ``source``: a repository itself, DuckDB over a
-    Parquet path, a DuckDB connection's ``messages`` table or an Arrow stream; None for a frame
-    (already in memory: computed in Polars)."""
+    """What answers ``aggregate_messages`` for ``source``: a repository itself, the engine behind
+    an Ibis table or backend (Spark, ...), DuckDB over a Parquet path, a DuckDB connection's
+    ``messages`` table or an Arrow stream; None for a frame (already in memory: computed in
+    Polars)."""
     if hasattr(source, "aggregate_messages"):
         return source
+    from ._ibis import IbisMessages, is_ibis
+
+    if is_ibis(source):
+        return IbisMessages.of(source)
     from ._duckdb import DuckDbMessages
 
     if isinstance(source, (str, Path)):
