@@ -9,7 +9,9 @@ as extra metadata keys), a share of assistant messages without metadata or witho
 image parts. Reported costs are the bundled price table's, at the price of the message's day.
 
 Rows are built in the stored format and written with the repository's bulk path
-(``import_rows``), lazily: a million messages never sit in memory. The same ``seed`` and ``end``
+(``import_rows``), lazily: a million messages never sit in memory. From ``_CHILD_FROM`` messages
+on, a child process (:mod:`chatdb._demo_rows`) makes the chats and messages while this process
+writes them, so the two halves of the work run on two cores. The same ``seed`` and ``end``
 (a fixed date by default, :data:`DEFAULT_END`) give the same ids, texts and timestamps, so running
 it twice inserts nothing the second time, and a run killed midway is completed by running it again.
 Each chat draws its messages from its own seeded stream, which lets the chats be written before
@@ -20,21 +22,29 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
+import pickle
 import random
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
+from operator import itemgetter
 from typing import Any, cast
 
-from . import _codec
-from ._base import RepositoryBase
+from . import _codec, _demo_rows
+from ._base import IMPORT_COLUMNS, RepositoryBase
+from ._batches import child_env, widen_pipe
 from ._validate import DEFAULT_TITLE
 from .analytics.pricing import Price, PriceTable, bundled_prices
-from .errors import ValidationError
+from .errors import ChatDbError, ValidationError
 from .repository import ChatRepository
 
 __all__ = ["DEFAULT_END", "DemoSummary", "generate"]
@@ -45,6 +55,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_END = datetime(2026, 12, 1, tzinfo=UTC)
 _DAY_MS = 86_400_000
 _PROGRESS_EVERY = 5_000
+# From this many messages on, the chats and messages are made by a child process while this one
+# writes them (generating is about half the work of a large demo into SQLite); below it the
+# process's start-up (~0.3 s) is not worth it.
+_CHILD_FROM = 10_000
+_CHUNK_ROWS = 5_000  # rows per frame the child sends
 # version 4, RFC 4122 variant: bits 76-79 = 0100, bits 62-63 = 10
 _UUID_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_BITS = (0x4 << 76) | (0x2 << 62)
@@ -327,18 +342,18 @@ def generate(
     started = time.perf_counter()
     end = _codec.parse_ts(_codec.format_ts(DEFAULT_END if end is None else end))
     gen = _Generator(seed, end, days, bundled_prices())
-
-    people = _make_users(gen, users)
-    keys = list(_make_keys(gen, people))
-    plans = _plan_chats(gen, people, chats, messages, days)
+    people, keys, plans = _setup(gen, users, chats, messages, days)
+    request = {"users": users, "chats": chats, "messages": messages, "days": days, "seed": seed,
+               "end": _codec.format_ts(end)}  # fmt: skip
     # Inserted rows are counted from the tables: driver row counts of bulk inserts are unreliable.
     before = bulk.count_rows()
-    bulk.import_rows("users", people)
-    bulk.import_rows("chats", _make_chats(gen, plans))
-    rows = _make_messages(gen, plans)
-    if progress is not None:
-        rows = _report_progress(rows, progress)
-    bulk.import_rows("messages", rows)
+    with _row_source(gen, plans, request) as rows_of:
+        bulk.import_rows("users", people)
+        bulk.import_rows("chats", rows_of("chats"))
+        rows = rows_of("messages")
+        if progress is not None:
+            rows = _report_progress(rows, progress)
+        bulk.import_rows("messages", rows)
     bulk.import_rows("api_keys", keys)
     after = bulk.count_rows()
     added = {table: after[table] - before.get(table, 0) for table in after}
@@ -352,6 +367,92 @@ def generate(
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _setup(
+    gen: _Generator, users: int, chats: int, messages: int, days: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[_ChatPlan]]:
+    """Users, API keys and chat plans, drawn from ``gen``'s main stream in this order (which
+    the child process, :mod:`chatdb._demo_rows`, repeats to make the same chats and messages)."""
+    people = _make_users(gen, users)
+    keys = list(_make_keys(gen, people))
+    return people, keys, _plan_chats(gen, people, chats, messages, days)
+
+
+def row_chunks(
+    *, users: int, chats: int, messages: int, days: int, seed: int, end: str
+) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """The chats, then the messages, :func:`generate` writes for these arguments, as
+    ``(table, rows)`` with rows in ``IMPORT_COLUMNS`` order, _CHUNK_ROWS at a time (what the
+    child process sends)."""
+    gen = _Generator(seed, _codec.parse_ts(end), days, bundled_prices())
+    _people, _keys, plans = _setup(gen, users, chats, messages, days)
+    for table, rows in (("chats", _make_chats(gen, plans)), ("messages", _make_messages(gen, plans))):
+        values = map(itemgetter(*IMPORT_COLUMNS[table]), rows)
+        while chunk := list(islice(values, _CHUNK_ROWS)):
+            yield table, chunk
+
+
+class _ChildRows:
+    """Rows from the child process (:mod:`chatdb._demo_rows`), table after table."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        self.pending: tuple[str, list[tuple[Any, ...]]] | None = None
+
+    def _frame(self) -> tuple[str, list[tuple[Any, ...]]]:
+        assert self.child.stdout is not None
+        header = self.child.stdout.read(_demo_rows.FRAME_HEADER)
+        data = self.child.stdout.read(int.from_bytes(header, "little")) if header else b""
+        if len(header) < _demo_rows.FRAME_HEADER or not data:
+            self.child.wait()
+            message = (self.child.stderr.read() if self.child.stderr else b"").decode("utf-8", "replace")
+            last = message.strip().splitlines()[-1:] or [f"exit status {self.child.returncode}"]
+            raise ChatDbError(f"the demo data process failed: {last[0]}")
+        table, rows = pickle.loads(data)
+        return str(table), rows
+
+    def __call__(self, table: str) -> Iterator[dict[str, Any]]:
+        """``table``'s rows, as import_rows takes them; stops at the next table's first frame."""
+        columns = IMPORT_COLUMNS[table]
+        while True:
+            frame, self.pending = self.pending or self._frame(), None
+            if frame[0] != table:
+                self.pending = frame
+                return
+            yield from (dict(zip(columns, row, strict=True)) for row in frame[1])
+
+
+@contextmanager
+def _row_source(
+    gen: _Generator, plans: list[_ChatPlan], request: dict[str, Any]
+) -> Iterator[Callable[[str], Iterator[dict[str, Any]]]]:
+    """A function giving the chats', then the messages' rows: from a child process that makes
+    them while this one writes, for _CHILD_FROM messages or more; else made here, lazily."""
+    if request["messages"] < _CHILD_FROM or not sys.executable:
+        made = {"chats": _make_chats(gen, plans), "messages": _make_messages(gen, plans)}
+        yield made.__getitem__
+        return
+    child = subprocess.Popen(
+        # -P: the working directory is not on the child's path (see _batches.child_env).
+        [sys.executable, "-P", "-m", "chatdb._demo_rows"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    assert child.stdin is not None
+    widen_pipe(child.stdout)
+    try:
+        child.stdin.write(json.dumps(request).encode())
+        child.stdin.close()
+        yield _ChildRows(child)
+    finally:
+        child.kill()  # (done already, unless this process stopped reading early)
+        child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @dataclass(frozen=True)

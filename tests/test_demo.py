@@ -131,6 +131,21 @@ def test_parents_are_written_first_and_a_rerun_after_a_crash_gives_the_uninterru
         assert _dump(crashed) == _dump(whole)
 
 
+def test_a_large_demo_made_by_the_child_process_has_the_rows_made_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes = {"users": 3, "chats": 30, "messages": demo._CHILD_FROM, "days": 5}
+    with (
+        chatdb.create_repository("sqlite:///:memory:") as by_child,
+        chatdb.create_repository("sqlite:///:memory:") as in_process,
+    ):
+        made = demo.generate(by_child, seed=4, end=END, **sizes)  # type: ignore[arg-type]
+        monkeypatch.setattr(demo, "_CHILD_FROM", sizes["messages"] + 1)
+        demo.generate(in_process, seed=4, end=END, **sizes)  # type: ignore[arg-type]
+        assert made.messages == sizes["messages"] and made.chats == sizes["chats"]
+        assert _dump(by_child) == _dump(in_process)
+
+
 @pytest.fixture(scope="module")
 def sample() -> Any:
     with chatdb.create_repository("sqlite:///:memory:") as repo:

@@ -149,15 +149,19 @@ COPY_KILL_POINTS: dict[str, Callable[[dict[str, int]], bool]] = {
     indirect=["backend"],
 )
 def test_a_killed_copy_is_consistent_and_a_rerun_completes_it_exactly(
-    backend: Backend, point: str, demo_source: Path
+    backend: Backend, point: str, demo_source: Path, tmp_path: Path
 ) -> None:
     source_url = f"sqlite:///{demo_source}"
     command = chatdb_command(source_url, "copy", "--to", backend.url, "--batch-size", "500")
     counts = counts_of(backend.admin)
     started = time.monotonic()
     ready = COPY_KILL_POINTS[point]
-    if point == "any-moment":  # somewhere in the first second or so, wherever that falls
-        delay = 0.3 + (os.getpid() % 10) / 10
+    if point == "any-moment":
+        # Somewhere in the run, wherever that falls: 10-64% of the time an uninterrupted run takes.
+        scratch = chatdb_command(source_url, "copy", "--to", f"sqlite:///{tmp_path / 'timing.db'}")
+        run(scratch)
+        delay = (time.monotonic() - started) * (0.1 + 0.6 * (os.getpid() % 10) / 10)
+        started = time.monotonic()
         kill_when(command, lambda: time.monotonic() - started > delay)
     else:
         kill_when(command, lambda: ready(counts()))

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .. import _batches
+from .._batches import child_env, widen_pipe
 from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
@@ -377,15 +378,15 @@ def sqlite_batches(
         request["stage"] = dict(stage)
     child = subprocess.Popen(
         # -P: the working directory is not on the child's path (a chatdb, or a pyarrow.py, in
-        # it would shadow the one this process runs; see _child_env).
+        # it would shadow the one this process runs; see _batches.child_env).
         [sys.executable, "-P", "-m", "chatdb._sqlite_arrow"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_child_env(),
+        env=child_env(),
     )
     assert child.stdin is not None and child.stdout is not None
-    _widen_pipe(child.stdout)
+    widen_pipe(child.stdout)
     finished = False
     try:
         child.stdin.write(json.dumps(request).encode())
@@ -407,30 +408,3 @@ def sqlite_batches(
         for stream in (child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
-
-
-# glibc raises its trim threshold as large blocks are freed (up to 64 MB per arena), so a
-# stream of 20 MB batches leaves tens of MB of freed memory mapped in the child; a fixed
-# threshold hands it back (child peak 250-320 -> ~205 MB on 1M and 3M messages, for 0-8% more
-# time). An environment that sets it already wins.
-_CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
-
-
-def _child_env() -> dict[str, str]:
-    """This environment, plus the trim threshold and, first on the child's path, the folder
-    this chatdb was imported from: the child must run this very code (a checkout put on
-    ``sys.path`` by a notebook, beside another chatdb installed or none at all)."""
-    env = _CHILD_ENV | dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
-    return env
-
-
-def _widen_pipe(stream: Any) -> None:
-    """A 1 MiB pipe instead of 64 KiB (Linux): 16x fewer wake-ups for the same bytes."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (ImportError, OSError):
-        pass

@@ -278,6 +278,11 @@ def _stored_value(value: Any) -> Any:
     return value
 
 
+def _execute_all(conn: Connection, statements: list[str]) -> None:
+    for statement in statements:
+        conn.execute(text(statement))
+
+
 def _is_empty(tx: Tx, table: str) -> bool:
     tx.cursor.execute(f"SELECT 1 FROM {table} LIMIT 1")
     return tx.cursor.fetchone() is None
@@ -670,9 +675,9 @@ class SqlRepository(RepositoryBase):
             text_columns = self._executor.run_core(_text_columns)
         for index in indexes:
             assert index.table is not None
-            ddl = text(index_sql(index, self.backend, text_columns.get(index.table.name, ())))
+            ddl = index_sql(index, self.backend, text_columns.get(index.table.name, ()))
             try:
-                self._executor.run_core(partial(Connection.execute, statement=ddl), write=True)
+                self._executor.run_core(partial(_execute_all, statements=dialect.index_build_sql(ddl)), write=True)
             except BackendError as exc:
                 if not dialect.ignore_duplicate_index(exc.__cause__):
                     raise
