@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import _latency
 import crud
 import raw_mongo
 
@@ -304,9 +305,12 @@ async def measure(
 def prepare(
     args: argparse.Namespace, workdir: Path
 ) -> tuple[list[Any], list[str], list[str], list[Callable[[], None]]]:
-    """(chatdb config, raw target, sync config) on two databases with the same rows."""
+    """(chatdb config, raw target, sync config) on two databases with the same rows; with
+    ``--latency-ms``, all three reach the server through a delaying proxy."""
     cleanups: list[Callable[[], None]] = []
     if args.backend in ("postgres", "mysql"):
+        from sqlalchemy.engine import make_url
+
         urls = []
         for _ in range(2):
             url, drop = crud.sql_url(args.backend, args)
@@ -314,6 +318,11 @@ def prepare(
             with chatdb.create_repository(url) as repo:
                 chat_ids, owners = crud.load(repo, args.chats, args.messages)
             urls.append(url)
+        if args.latency_ms:
+            parts = make_url(urls[0])
+            port, stop = _latency.start(parts.host or "127.0.0.1", parts.port or 0, args.latency_ms / 2)
+            cleanups.append(stop)
+            urls = [make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False) for u in urls]
         configs = [chatdb.DbConfig.from_url(urls[0], pool_size=args.pool), urls[1], urls[0]]
     else:
         url, process = crud.mongo_url(args, workdir)
@@ -325,6 +334,11 @@ def prepare(
                 chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=name)
             ) as repo:
                 chat_ids, owners = crud.load(repo, args.chats, args.messages)
+        if args.latency_ms:
+            host, _, server_port = url.split("://", 1)[1].split("/", 1)[0].rpartition(":")
+            port, stop = _latency.start(host, int(server_port), args.latency_ms / 2)
+            cleanups.append(stop)
+            url = f"mongodb://127.0.0.1:{port}/"
         ours = chatdb.DbConfig(driver="mongodb", mongodb_url=url, mongodb_name=names[0], pool_size=args.pool)
         configs = [ours, (url, names[1]), ours]
     return configs, chat_ids, owners, cleanups
@@ -374,6 +388,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--pool", type=int, default=10, help="connections of chatdb and of the raw pool")
     parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="network round trip to simulate (a delaying proxy in a child process; see _latency.py)",
+    )
+    parser.add_argument(
         "--threads",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -388,7 +408,8 @@ def main() -> None:
         configs, chat_ids, owners, cleanups = prepare(args, workdir)
         print(
             f"# {args.backend}: {args.messages:,} messages in {args.chats:,} chats loaded in "
-            f"{time.perf_counter() - started:.1f}s; {args.tasks} tasks, pool {args.pool}"
+            f"{time.perf_counter() - started:.1f}s; {args.tasks} tasks, pool {args.pool}, "
+            f"round trip +{args.latency_ms:g} ms"
         )
         print(
             f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

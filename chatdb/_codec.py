@@ -333,6 +333,12 @@ def _count_or_none(value: Any) -> bool:
     return value is None or (type(value) is int and value >= 0)
 
 
+class _MetadataSlots:
+    """MessageMetadata's slot layout without the frozen ``__init__`` (see load_metadata)."""
+
+    __slots__ = MessageMetadata.__slots__
+
+
 def load_metadata(raw: Any) -> MessageMetadata | None:
     """Lenient: a known key of the wrong type stays in ``extra`` unchanged, so nothing is lost."""
     if raw is None:
@@ -358,9 +364,14 @@ def load_metadata(raw: Any) -> MessageMetadata | None:
             and _count_or_none(duration)
             and (cost is None or (type(cost) in (int, float) and 0 <= cost < math.inf))
         ):
-            return MessageMetadata(
-                model, tokens_in, tokens_out, None if cost is None else float(cost), duration, {}
-            )
+            # Built as sql.mapping.load_chat builds a Chat: slot stores, then the frozen class.
+            metadata: Any = _MetadataSlots.__new__(_MetadataSlots)
+            metadata.model, metadata.input_tokens, metadata.output_tokens = model, tokens_in, tokens_out
+            metadata.total_cost_usd = None if cost is None else float(cost)
+            metadata.duration_ms, metadata.extra = duration, {}
+            metadata.__class__ = MessageMetadata
+            built: MessageMetadata = metadata
+            return built
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in raw.items():

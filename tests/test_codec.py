@@ -162,3 +162,34 @@ def test_a_chat_loaded_from_a_row_is_the_chat_the_constructor_builds() -> None:
         assert pickle.loads(pickle.dumps(loaded)) == built
         with pytest.raises(dataclasses.FrozenInstanceError):
             loaded.title = "changed"  # type: ignore[misc]
+
+
+def test_a_message_loaded_from_a_row_is_the_message_the_constructor_builds() -> None:
+    import dataclasses
+    import pickle
+
+    from chatdb.models import Message
+    from chatdb.sql.mapping import load_message
+
+    meta = '{"model":"m","inputTokens":3,"outputTokens":4,"totalCostUsd":1,"durationMs":5}'
+    for stamp, metadata in (("2026-01-02T03:04:05.678Z", meta), ("2026-01-02T03:04:05.678+01:00", None)):
+        row = ("m1", "c1", "user", '[{"type":"text","text":"hi"}]', stamp, metadata)
+        loaded = load_message(row)
+        built = Message(
+            "m1",
+            "c1",
+            "user",
+            [{"type": "text", "text": "hi"}],
+            parse_ts(stamp),
+            None if metadata is None else MessageMetadata("m", 3, 4, 1.0, 5, {}),
+        )
+        assert type(loaded) is Message and loaded == built and repr(loaded) == repr(built)
+        assert type(loaded.metadata) is type(built.metadata)
+        assert dataclasses.asdict(loaded) == dataclasses.asdict(built)
+        assert pickle.loads(pickle.dumps(loaded)) == built
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            loaded.role = "assistant"  # type: ignore[misc]
+        if loaded.metadata is not None:
+            assert hash(loaded.metadata.model) == hash("m")
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                loaded.metadata.model = "x"  # type: ignore[misc]

@@ -41,9 +41,25 @@ def load_chat(row: tuple[Any, ...]) -> Chat:
     return result
 
 
+class _MessageSlots:
+    """Message's slot layout without the frozen ``__init__``: see load_chat."""
+
+    __slots__ = Message.__slots__
+
+
 def load_message(row: tuple[Any, ...]) -> Message:
-    """(id, chat_id, role, content, created_at, metadata)"""
-    return Message(row[0], row[1], row[2], load_content(row[3]), parse_ts(row[4]), load_metadata(row[5]))
+    """(id, chat_id, role, content, created_at, metadata); built as load_chat builds a Chat."""
+    created = row[4]
+    message: Any = _MessageSlots.__new__(_MessageSlots)
+    message.id, message.chat_id, message.role = row[0], row[1], row[2]
+    message.content = load_content(row[3])
+    message.created_at = (
+        _fromisoformat(created) if len(created) == 24 and created[23] == "Z" else parse_ts(created)
+    )
+    message.metadata = load_metadata(row[5])
+    message.__class__ = Message
+    result: Message = message
+    return result
 
 
 def load_user(row: tuple[Any, ...]) -> User:
