@@ -139,6 +139,40 @@ def _checked_rows(table: str, rows: Iterable[Any]) -> Iterator[Mapping[str, Any]
         yield row
 
 
+# The combinations of types above in which every value is text or None (no conversion to store).
+_PLAIN_TYPE_ROWS: dict[str, frozenset[tuple[type, ...]]] = {
+    table: frozenset(t for t in rows if all(kind in (str, type(None)) for kind in t))
+    for table, rows in _IMPORT_TYPE_ROWS.items()
+}
+
+
+def check_values(table: Any, chunks: Iterable[list[tuple[Any, ...]]]) -> Iterator[tuple[list[tuple[Any, ...]], bool]]:
+    """``import_values``' chunks (lists of value tuples in ``IMPORT_COLUMNS[table]`` order),
+    checked as they stream like ``import_rows``' rows (ValidationError names the row and
+    column), each with whether all its values are text or None (nothing to convert)."""
+    _validate.table(table, TABLE_NAMES)
+    return _checked_chunks(table, chunks)
+
+
+def _checked_chunks(
+    table: str, chunks: Iterable[list[tuple[Any, ...]]]
+) -> Iterator[tuple[list[tuple[Any, ...]], bool]]:
+    allowed, plain, columns = _IMPORT_TYPE_ROWS[table], _PLAIN_TYPE_ROWS[table], IMPORT_COLUMNS[table]
+    number = 0
+    for chunk in chunks:
+        simple = True
+        for row in chunk:
+            types = tuple(map(type, row))
+            if types not in plain:
+                simple = False
+                if types not in allowed:
+                    if type(row) is not tuple or len(row) != len(columns):
+                        raise ValidationError(f"{table} row {number} must be a tuple of {len(columns)} values")
+                    _check_row(table, number, dict(zip(columns, row, strict=True)))
+            number += 1
+        yield chunk, simple
+
+
 def _check_row(table: str, number: int, row: Mapping[str, Any]) -> None:
     for name, types in zip(IMPORT_COLUMNS[table], _IMPORT_TYPES[table], strict=True):
         value = row.get(name)
@@ -420,6 +454,16 @@ class RepositoryBase(ABC):
         kept), skipping rows whose id already exists; returns how many were inserted. For demo
         data, copies between backends and imports: rows are not checked beyond the storage
         format, so callers pass valid rows."""
+
+    def import_values(self, table: str, chunks: Iterable[list[tuple[Any, ...]]]) -> int:
+        """:meth:`import_rows` for rows already as value tuples in ``IMPORT_COLUMNS[table]``
+        order, in lists (as ``scan_rows(..., stored=True)`` yields them): the bulk path of
+        ``copy`` and ``demo``, without a mapping per row. Each list is written as it comes (a
+        SQL backend: one transaction each); checked, skipped and counted as in import_rows."""
+        checked = check_values(table, chunks)  # (checks the table name first)
+        columns = IMPORT_COLUMNS[table]
+        rows = (dict(zip(columns, row, strict=True)) for chunk, _ in checked for row in chunk)
+        return self.import_rows(table, rows)
 
     @abstractmethod
     def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:

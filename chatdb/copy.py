@@ -3,12 +3,12 @@ machine, or back), streaming in batches.
 
 Rows travel in their stored form (ids, timestamps and hashes unchanged, message JSON as stored,
 unreadable text included), so users keep their passwords and API keys keep working. A producer
-thread reads the source a batch ahead while the target writes through its bulk path
-(``import_rows``: COPY on PostgreSQL, multi-row INSERTs on MySQL/MariaDB, large prepared
-transactions on SQLite, unordered ``insert_many`` on MongoDB). Tables go owners first (users,
-chats, messages, API keys), so a reader of the target never sees a message without its chat. The
-target skips ids it already holds: copying twice leaves one copy, and a copy killed at any moment
-is finished, exactly, by running it again.
+thread reads the source a batch ahead while the target writes each batch through its bulk path
+(``import_values``: import_rows without a mapping per row; COPY on PostgreSQL, multi-row INSERTs
+on MySQL/MariaDB, a prepared transaction on SQLite, unordered ``insert_many`` on MongoDB).
+Tables go owners first (users, chats, messages, API keys), so a reader of the target never sees a
+message without its chat. The target skips ids it already holds: copying twice leaves one copy,
+and a copy killed at any moment is finished, exactly, by running it again.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._base import IMPORT_COLUMNS
+from ._base import IMPORT_COLUMNS, RepositoryBase
 from ._batches import prefetch
 from .config import DbConfig
 from .errors import BackendError, ConfigError
@@ -69,8 +69,8 @@ def copy_database(
     """Copy ``tables`` from source to target and verify the counts; returns a :class:`CopyResult`.
 
     ``batch_size`` is the rows per read of the source (reads of messages also end at about
-    32 MB); the target writes in chunks of its own bulk path's size. ``progress(table, rows)``
-    is called after each batch with the rows just read. Raises
+    32 MB); the target writes each batch as it comes (in one transaction on SQL).
+    ``progress(table, rows)`` is called after each batch with the rows just read. Raises
     ConfigError when both sides are the same database, BackendError when the verification
     finds the target short of rows, and the backends' errors as they occur.
     """
@@ -91,8 +91,12 @@ def copy_database(
     for table in tables:
         read[table] = [0]
         table_started = time.perf_counter()
-        rows = _stored_rows(source_repo, table, batch_size, read[table], progress)
-        target_repo.import_rows(table, rows)
+        batches = _stored_batches(source_repo, table, batch_size, read[table], progress)
+        if isinstance(target_repo, RepositoryBase):  # (every backend: no mapping per row)
+            target_repo.import_values(table, batches)
+        else:
+            columns = IMPORT_COLUMNS[table]
+            target_repo.import_rows(table, (dict(zip(columns, row, strict=True)) for b in batches for row in b))
         seconds[table] = time.perf_counter() - table_started
     after = target_repo.count_rows()
     result = {}
@@ -125,18 +129,18 @@ def _resolved(path: str) -> str:
     return os.path.realpath(os.path.expanduser(path))
 
 
-def _stored_rows(
+def _stored_batches(
     repo: ChatRepository,
     table: str,
     batch_size: int,
     counter: list[int],
     progress: Callable[[str, int], None] | None,
-) -> Iterator[dict[str, Any]]:
-    """The table's stored rows as import_rows takes them; the source is read one batch ahead
-    in a producer thread (its driver mostly waits on I/O or runs in C without the GIL)."""
-    columns = IMPORT_COLUMNS[table]
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The table's stored rows in batches (value tuples in ``IMPORT_COLUMNS`` order), as
+    import_values takes them; the source is read one batch ahead in a producer thread (its
+    driver mostly waits on I/O or runs in C without the GIL)."""
     for batch in prefetch(lambda: repo.scan_rows(table, batch_size=batch_size, stored=True)):
         counter[0] += len(batch)
-        yield from (dict(zip(columns, row, strict=True)) for row in batch)
+        yield batch
         if progress is not None:
             progress(table, len(batch))

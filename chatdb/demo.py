@@ -54,12 +54,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # seed and options give the same rows on any day (``chatdb demo --end`` moves it).
 DEFAULT_END = datetime(2026, 12, 1, tzinfo=UTC)
 _DAY_MS = 86_400_000
-_PROGRESS_EVERY = 5_000
 # From this many messages on, the chats and messages are made by a child process while this one
 # writes them (generating is about half the work of a large demo into SQLite); below it the
 # process's start-up (~0.3 s) is not worth it.
 _CHILD_FROM = 10_000
-_CHUNK_ROWS = 5_000  # rows per frame the child sends
+_CHUNK_ROWS = 10_000  # rows per chunk: a frame from the child, a transaction on SQL
 # version 4, RFC 4122 variant: bits 76-79 = 0100, bits 62-63 = 10
 _UUID_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_BITS = (0x4 << 76) | (0x2 << 62)
@@ -347,13 +346,13 @@ def generate(
                "end": _codec.format_ts(end)}  # fmt: skip
     # Inserted rows are counted from the tables: driver row counts of bulk inserts are unreliable.
     before = bulk.count_rows()
-    with _row_source(gen, plans, request) as rows_of:
+    with _row_source(gen, plans, request) as chunks_of:
         bulk.import_rows("users", people)
-        bulk.import_rows("chats", rows_of("chats"))
-        rows = rows_of("messages")
+        bulk.import_values("chats", chunks_of("chats"))
+        chunks = chunks_of("messages")
         if progress is not None:
-            rows = _report_progress(rows, progress)
-        bulk.import_rows("messages", rows)
+            chunks = _report_progress(chunks, progress)
+        bulk.import_values("messages", chunks)
     bulk.import_rows("api_keys", keys)
     after = bulk.count_rows()
     added = {table: after[table] - before.get(table, 0) for table in after}
@@ -383,14 +382,21 @@ def row_chunks(
     *, users: int, chats: int, messages: int, days: int, seed: int, end: str
 ) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
     """The chats, then the messages, :func:`generate` writes for these arguments, as
-    ``(table, rows)`` with rows in ``IMPORT_COLUMNS`` order, _CHUNK_ROWS at a time (what the
-    child process sends)."""
+    ``(table, rows)`` (what the child process sends)."""
     gen = _Generator(seed, _codec.parse_ts(end), days, bundled_prices())
     _people, _keys, plans = _setup(gen, users, chats, messages, days)
-    for table, rows in (("chats", _make_chats(gen, plans)), ("messages", _make_messages(gen, plans))):
-        values = map(itemgetter(*IMPORT_COLUMNS[table]), rows)
-        while chunk := list(islice(values, _CHUNK_ROWS)):
+    for table in ("chats", "messages"):
+        for chunk in _chunks(table, gen, plans):
             yield table, chunk
+
+
+def _chunks(table: str, gen: _Generator, plans: list[_ChatPlan]) -> Iterator[list[tuple[Any, ...]]]:
+    """``table``'s rows ("chats" or "messages") as value tuples in ``IMPORT_COLUMNS`` order,
+    _CHUNK_ROWS at a time."""
+    rows = _make_chats(gen, plans) if table == "chats" else _make_messages(gen, plans)
+    values = map(itemgetter(*IMPORT_COLUMNS[table]), rows)
+    while chunk := list(islice(values, _CHUNK_ROWS)):
+        yield chunk
 
 
 class _ChildRows:
@@ -412,26 +418,26 @@ class _ChildRows:
         table, rows = pickle.loads(data)
         return str(table), rows
 
-    def __call__(self, table: str) -> Iterator[dict[str, Any]]:
-        """``table``'s rows, as import_rows takes them; stops at the next table's first frame."""
-        columns = IMPORT_COLUMNS[table]
+    def __call__(self, table: str) -> Iterator[list[tuple[Any, ...]]]:
+        """``table``'s rows in chunks, as import_values takes them; stops at the next table's
+        first frame."""
         while True:
             frame, self.pending = self.pending or self._frame(), None
             if frame[0] != table:
                 self.pending = frame
                 return
-            yield from (dict(zip(columns, row, strict=True)) for row in frame[1])
+            yield frame[1]
 
 
 @contextmanager
 def _row_source(
     gen: _Generator, plans: list[_ChatPlan], request: dict[str, Any]
-) -> Iterator[Callable[[str], Iterator[dict[str, Any]]]]:
-    """A function giving the chats', then the messages' rows: from a child process that makes
-    them while this one writes, for _CHILD_FROM messages or more; else made here, lazily."""
+) -> Iterator[Callable[[str], Iterator[list[tuple[Any, ...]]]]]:
+    """A function giving the chats', then the messages' rows in chunks: from a child process
+    that makes them while this one writes, for _CHILD_FROM messages or more; else made here,
+    lazily."""
     if request["messages"] < _CHILD_FROM or not sys.executable:
-        made = {"chats": _make_chats(gen, plans), "messages": _make_messages(gen, plans)}
-        yield made.__getitem__
+        yield lambda table: _chunks(table, gen, plans)
         return
     child = subprocess.Popen(
         # -P: the working directory is not on the child's path (see _batches.child_env).
@@ -549,17 +555,11 @@ def _make_keys(gen: _Generator, people: list[dict[str, Any]]) -> Iterator[dict[s
 
 
 def _report_progress(
-    rows: Iterator[dict[str, Any]], progress: Callable[[int], None]
-) -> Iterator[dict[str, Any]]:
-    pending = 0
-    for row in rows:
-        yield row
-        pending += 1
-        if pending == _PROGRESS_EVERY:
-            progress(pending)
-            pending = 0
-    if pending:
-        progress(pending)
+    chunks: Iterator[list[tuple[Any, ...]]], progress: Callable[[int], None]
+) -> Iterator[list[tuple[Any, ...]]]:
+    for chunk in chunks:
+        yield chunk
+        progress(len(chunk))
 
 
 class _Timeline:

@@ -300,3 +300,28 @@ def test_a_copy_into_an_empty_mongodb_builds_its_indexes_at_the_end_and_keeps_th
             else:  # built once, at the end
                 assert all(during["messages"] != schema["messages"] for during in seen)
                 assert all(during["users"] == schema["users"] for during in seen)
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(kind, marks=getattr(pytest.mark, kind)) for kind in KINDS]
+)
+def test_import_values_writes_value_tuples_skips_existing_ids_and_names_a_wrong_value(
+    kind: str, databases: Databases
+) -> None:
+    from chatdb.errors import ValidationError
+
+    with chatdb.create_repository(databases.new(kind)) as repo:
+        chat = repo.create_chat("u1")
+        stamp = "2026-01-01T00:00:00.000Z"
+
+        def row(i: int, content: Any = '[{"type":"text","text":"x"}]') -> tuple[Any, ...]:
+            return (f"m{i}", chat.id, "user", content, stamp, None)
+
+        # Decoded JSON (as MongoDB holds it) is stored too; each list is written as it comes.
+        bulk: Any = repo  # (import_values is RepositoryBase's: not in the ChatRepository protocol)
+        decoded = [{"type": "text", "text": "y"}]
+        assert bulk.import_values("messages", [[row(0), row(1)], [row(2, decoded)]]) == 3
+        assert bulk.import_values("messages", [[row(0), row(3)]]) == 1
+        assert [m.content[0]["text"] for m in repo.get_messages(chat.id).items] == ["x", "x", "y", "x"]
+        with pytest.raises(ValidationError, match="messages row 1: created_at"):
+            bulk.import_values("messages", [[row(4), (*row(5)[:4], 5, None)]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import pytest
@@ -88,8 +89,8 @@ def test_the_history_ends_at_a_fixed_date_unless_told_otherwise() -> None:
 
 
 class _Recorder:
-    """A repository whose import_rows records the tables in order and can fail after ``fail_after``
-    message rows, as a run killed midway would stop."""
+    """A repository whose bulk paths (import_rows, import_values) record the tables in order and
+    can fail after ``fail_after`` message rows, as a run killed midway would stop."""
 
     def __init__(self, repo: Any, fail_after: int | None = None) -> None:
         self.repo, self.fail_after = repo, fail_after
@@ -100,16 +101,21 @@ class _Recorder:
 
     def import_rows(self, table: str, rows: Any, **options: Any) -> int:
         self.tables.append(table)
-        if table == "messages" and self.fail_after is not None:
-            rows, options = _stop_after(rows, self.fail_after), {**options, "batch_size": 100}
         return int(self.repo.import_rows(table, rows, **options))
 
+    def import_values(self, table: str, chunks: Any) -> int:
+        self.tables.append(table)
+        if table == "messages" and self.fail_after is not None:
+            chunks = _chunks_stopping_after(chunks, self.fail_after)
+        return int(self.repo.import_values(table, chunks))
 
-def _stop_after(rows: Any, count: int) -> Any:
-    for index, row in enumerate(rows):
-        if index == count:
-            raise KeyboardInterrupt("killed")
-        yield row
+
+def _chunks_stopping_after(chunks: Any, count: int) -> Any:
+    """100-row chunks (one transaction each) of ``chunks``' rows, then the "kill" at ``count``."""
+    rows = (row for chunk in chunks for row in chunk)
+    for _ in range(0, count, 100):
+        yield list(islice(rows, 100))
+    raise KeyboardInterrupt("killed")
 
 
 def test_parents_are_written_first_and_a_rerun_after_a_crash_gives_the_uninterrupted_data() -> None:

@@ -185,11 +185,16 @@ class SqlDialect:
         return "BEGIN IMMEDIATE" if write else "BEGIN"
 
     def index_build_sql(self, ddl: str) -> list[str]:
-        """The statements that build an index with ``ddl``, in one transaction. SQLite sorts a
-        new index in memory up to the connection's cache size, in a connection other than the
-        bulk writer's (whose page cache stays full): a quarter of that cache builds chatdb's
-        indexes as fast (0.8 s each on 1,000,000 messages) and keeps the peak RSS of a large
-        import ~100 MB lower."""
+        """The statements that build an index with ``ddl``, in one transaction. PostgreSQL gets
+        more memory to sort in (the server's, not this process's). SQLite sorts a new index in
+        memory up to the connection's cache size, in a connection other than the bulk writer's
+        (whose page cache stays full): a quarter of that cache builds chatdb's indexes as fast
+        (0.8 s each on 1,000,000 messages) and keeps the peak RSS of a large import ~100 MB
+        lower."""
+        if self.backend == "postgres":
+            # The server's memory, for this transaction only: the sort of a million messages'
+            # keys then stays in memory instead of spilling to disk at the default 64 MB.
+            return ["SET LOCAL maintenance_work_mem = '256MB'", ddl]
         if self.backend != "sqlite":
             return [ddl]
         return [f"PRAGMA cache_size={_SQLITE_CACHE // 4}", ddl, f"PRAGMA cache_size={_SQLITE_CACHE}"]

@@ -49,6 +49,7 @@ from .._base import (
     _DraftMessage,
     check_import,
     check_scan,
+    check_values,
 )
 from ..config import DbConfig
 from ..errors import (
@@ -639,6 +640,22 @@ class SqlRepository(RepositoryBase):
         built once at the end (as pgloader does); otherwise they are kept. An import that fails
         midway leaves them to the next ``ensure_schema`` (which this repository then runs again)."""
         rows = check_import(table, rows, batch_size)
+        columns = IMPORT_COLUMNS[table]
+        return self._write_chunks(table, lambda: _row_chunks(rows, columns, max(1, batch_size)))
+
+    def import_values(self, table: str, chunks: Iterable[list[tuple[Any, ...]]]) -> int:
+        """See :meth:`RepositoryBase.import_values`; written as :meth:`import_rows` writes."""
+        checked = check_values(table, chunks)
+
+        def stored() -> Iterator[list[tuple[Any, ...]]]:
+            for chunk, plain in checked:
+                yield chunk if plain else [tuple(map(_stored_value, row)) for row in chunk]
+
+        return self._write_chunks(table, stored)
+
+    def _write_chunks(self, table: str, open_chunks: Callable[[], Iterator[list[tuple[Any, ...]]]]) -> int:
+        """Write the chunks ``open_chunks()`` makes (in a producer thread, one ahead), each in one
+        transaction, with the secondary indexes deferred when the table is empty."""
         target = TABLES[table]
         columns = IMPORT_COLUMNS[target.name]
         self.ensure_schema()
@@ -647,7 +664,7 @@ class SqlRepository(RepositoryBase):
         write = partial(import_chunk, self.backend, table=target.name, columns=columns, fresh=fresh)
         inserted = 0
         try:
-            for chunk in _batches.prefetch(lambda: _row_chunks(rows, columns, max(1, batch_size))):
+            for chunk in _batches.prefetch(open_chunks):
                 inserted += self._executor.run(partial(_write_chunk, write=write, rows=chunk), write=True)
                 del chunk
         except BaseException:
