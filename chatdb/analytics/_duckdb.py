@@ -120,12 +120,15 @@ class DuckDbMessages:
             + f", {column('total_cost_usd', 'DOUBLE')} AS total_cost_usd, "
             f"{column('duration_ms', 'BIGINT')} AS duration_ms FROM {self.relation}"
         )
-        offset = _offset(query)
-        epoch = "CAST(floor(epoch_ms(created_at) / 1000) AS BIGINT)"
-        base = (
+        # Epoch seconds and the zone's offset are computed once a row, in an inner query: the
+        # CASE over the zone's shifts is the costliest expression of the scan.
+        epoch = "epoch_ms(created_at) // 1000"
+        filtered = (
             f"SELECT *, {epoch} AS e, {key} AS gkey FROM ({rows})"
             + (f" WHERE {' AND '.join(where)}" if where else "")
         )
+        base = f"SELECT *, {_offset(query)} AS e_offset FROM ({filtered})"
+        offset = "e_offset"
         local = f"((e + {offset}) // {query.unit})"
         if query.durations:
             if query.period == "week":
