@@ -212,25 +212,21 @@ def tokens_per_user(
 
 def latency_by_model(source: Any, *, path: str | Path | None = None, **filters: Any) -> Figure:
     """Distribution of ``duration_ms`` per model: box plots (median, quartiles, 5th-95th
-    percentile whiskers), models ordered by median; only messages that report a duration."""
-    frame = (
-        usage.messages_frame(source, **filters)
-        .filter(pl.col("duration_ms").is_not_null())
-        .select(pl.col("model").fill_null("(no model)"), pl.col("duration_ms") / 1000)
-        .collect()
-    )
-    groups = frame.group_by("model").agg(pl.col("duration_ms"), median=pl.col("duration_ms").median())
-    groups = groups.sort("median")
-    figure = Figure(figsize=(10.0, max(3.0, 0.5 * groups.height + 1.5)))
+    percentile whiskers), models ordered by median; only messages that report a duration. The
+    percentiles come from :func:`~chatdb.analytics.latency_percentiles`, so a repository or a
+    dataset computes them where the data is."""
+    stats = usage.latency_percentiles(source, "model", percentiles=(0.05, 0.25, 0.5, 0.75, 0.95), **filters)
+    stats = stats.sort("p50_ms", nulls_last=True)
+    boxes = [
+        {"label": _label(row["model"]),
+         "whislo": row["p05_ms"] / 1000, "q1": row["p25_ms"] / 1000, "med": row["p50_ms"] / 1000,
+         "q3": row["p75_ms"] / 1000, "whishi": row["p95_ms"] / 1000}
+        for row in stats.iter_rows(named=True)
+    ]  # fmt: skip
+    figure = Figure(figsize=(10.0, max(3.0, 0.5 * len(boxes) + 1.5)))
     ax = figure.add_subplot()
-    if groups.height:
-        ax.boxplot(
-            groups["duration_ms"].to_list(),
-            tick_labels=groups["model"].to_list(),
-            orientation="horizontal",
-            whis=(5, 95),
-            showfliers=False,
-        )
+    if boxes:
+        ax.bxp(boxes, orientation="horizontal", showfliers=False)
     ax.set_xlabel("seconds (whiskers: 5th-95th percentile)")
     ax.set_title("Response time by model")
     ax.grid(axis="x", alpha=0.3)
