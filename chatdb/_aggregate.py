@@ -18,6 +18,9 @@ A group row (:data:`GROUP_COLUMNS`) is::
 token count, which is all cost modes need. With ``durations=True`` the rows are a latency
 histogram instead (:data:`HISTOGRAM_COLUMNS`): the count per duration bucket
 (:func:`duration_bucket`), mergeable across groups, read back by :func:`histogram_quantile`.
+With ``histograms=True`` (on a backend whose ``aggregates_histograms`` is true) one call returns
+both from one pass over the messages: the group rows, then the histogram rows, told apart by
+their length.
 
 Values are read as the export path reads them (see :mod:`chatdb.export._flatten`): a field of an
 unexpected JSON type is null (a number given as a JSON string is converted), negative counts are
@@ -27,6 +30,7 @@ null, metadata that is not a JSON object is no metadata; each such row counts as
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +49,7 @@ __all__ = [
     "RowAggregator",
     "duration_bucket",
     "histogram_quantile",
+    "month_starts",
     "zone_shifts",
 ]
 
@@ -112,6 +117,12 @@ class AggregateQuery:
     quantiles: tuple[float, ...] = ()
     period: str | None = None
     per_model: bool = True
+    # The group rows and the latency histogram (per ``period`` and, with ``per_model``, model)
+    # from one pass: a report reads its messages once.
+    histograms: bool = False
+    # Optional, for ``period="month"``: ``(local epoch second, year * 12 + month - 1)`` of each
+    # month's first second over the queried range, ascending, the last one the month after it.
+    month_starts: tuple[tuple[int, int], ...] = ()
 
     def offset_at(self, epoch: int) -> int:
         offset = self.shifts[0][1]
@@ -161,6 +172,18 @@ def zone_shifts(zone: ZoneInfo, start: datetime, end: datetime) -> tuple[tuple[i
             current = value
         at = nxt
     return tuple(shifts)
+
+
+def month_starts(zone: ZoneInfo, start: datetime, end: datetime) -> tuple[tuple[int, int], ...]:
+    """:attr:`AggregateQuery.month_starts` for the instants ``start`` to ``end`` in ``zone``."""
+    first, last = start.astimezone(zone), end.astimezone(zone)
+    year, month = first.year, first.month
+    starts = []
+    while (year, month) <= (last.year, last.month):
+        starts.append((calendar.timegm((year, month, 1, 0, 0, 0)), year * 12 + month - 1))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    starts.append((calendar.timegm((year, month, 1, 0, 0, 0)), year * 12 + month - 1))
+    return tuple(starts)
 
 
 def duration_bucket(duration: int) -> int:
@@ -280,6 +303,7 @@ class RowAggregator:
 
     query: AggregateQuery
     groups: dict[tuple[Any, ...], list[Any]] = field(default_factory=dict)
+    histogram: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
     def add(self, rows: Iterable[tuple[str, Any, Any]]) -> None:
         query = self.query
@@ -290,20 +314,16 @@ class RowAggregator:
             epoch = _epoch(created_at)
             offset = query.offset_at(epoch)
             bucket = (epoch + offset) // query.unit
-            if query.durations:
-                if duration is None:
+            if query.durations or query.histograms:
+                if duration is not None:
+                    period = _period(query, bucket, epoch + offset)
+                    histogram = (
+                        period, offset if query.period == "hour" else 0, model if query.per_model else None,
+                        key, duration_bucket(duration),
+                    )  # fmt: skip
+                    self.histogram[histogram] = self.histogram.get(histogram, 0) + 1
+                if query.durations:
                     continue
-                period = _period(query, bucket, epoch + offset)
-                histogram = (
-                    period, offset if query.period == "hour" else 0, model if query.per_model else None,
-                    key, duration_bucket(duration),
-                )  # fmt: skip
-                found = self.groups.get(histogram)
-                if found is None:
-                    self.groups[histogram] = [1]
-                else:
-                    found[0] += 1
-                continue
             has_tokens = not (tin is None and tout is None and tcw is None and tcr is None)
             group = (bucket, offset, epoch // DAY, model, key, cost is not None, has_tokens)
             sums = self.groups.get(group)
@@ -323,8 +343,8 @@ class RowAggregator:
             sums[10] += bad
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
-        for group, sums in self.groups.items():
-            if self.query.durations:
-                yield (*group, sums[0])
-            else:
+        if not self.query.durations:
+            for group, sums in self.groups.items():
                 yield (*group[:3], sums[0], *group[3:], *sums[1:])
+        for histogram, count in self.histogram.items():
+            yield (*histogram, count)

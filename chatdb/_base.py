@@ -189,6 +189,8 @@ class RepositoryBase(ABC):
     backend: str = ""
     # Whether aggregate_messages computes asked-for quantiles exactly (else: histograms).
     exact_quantiles: bool = False
+    # Whether aggregate_messages answers ``query.histograms`` (groups and histogram in one pass).
+    aggregates_histograms: bool = False
 
     def __init__(self, config: DbConfig) -> None:
         self.config = config

@@ -18,7 +18,16 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from .._aggregate import DAY, GROUP_COLUMNS, HOUR, AggregateQuery, histogram_quantile, zone_shifts
+from .._aggregate import (
+    DAY,
+    GROUP_COLUMNS,
+    HISTOGRAM_COLUMNS,
+    HOUR,
+    AggregateQuery,
+    histogram_quantile,
+    month_starts,
+    zone_shifts,
+)
 from .pricing import PriceTable
 
 __all__ = ["Groups", "fetch_groups"]
@@ -74,13 +83,8 @@ def _matches(model: str | None, table: PriceTable) -> pl.Expr | None:
     return wanted | (names == family)
 
 
-def _shifts(
-    repo: Any, zone: ZoneInfo, start: datetime | None, end: datetime | None
-) -> tuple[tuple[int | None, int], ...] | None:
-    """The zone's offsets over the queried range (the messages' range where open); None when
-    there are no messages in it."""
-    if str(zone.key) in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Universal"):
-        return ((None, 0),)
+def _range(repo: Any, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime] | None:
+    """The queried range, the messages' range where open; None when there are no messages."""
     if start is None or end is None:
         first, last = repo.message_time_range()
         if first is None or last is None:
@@ -89,7 +93,11 @@ def _shifts(
         end = end or last + timedelta(seconds=1)
     if end <= start:
         return None
-    return zone_shifts(zone, start, end)
+    return start, end
+
+
+def _is_utc(zone: ZoneInfo) -> bool:
+    return str(zone.key) in ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Zulu", "Etc/Universal")
 
 
 def fetch_groups(
@@ -109,11 +117,18 @@ def fetch_groups(
     """Run the aggregation (and the latency histogram) for a report grouped by ``kind``."""
     period = kind in ("hour", "day", "week", "month")
     unit = HOUR if kind == "hour" else DAY
-    shifts = _shifts(repo, zone, since, until) if period else ((None, 0),)
     models, like = _model_filter(model, table)
     empty = pl.DataFrame(schema=_SCHEMA)
-    if shifts is None:
-        return Groups(empty, [] if histograms else None, unit)
+    shifts: tuple[tuple[int | None, int], ...] = ((None, 0),)
+    months: tuple[tuple[int, int], ...] = ()
+    if period and (kind == "month" or not _is_utc(zone)):
+        found_range = _range(repo, since, until)
+        if found_range is None:
+            return Groups(empty, [] if histograms else None, unit)
+        if not _is_utc(zone):
+            shifts = zone_shifts(zone, *found_range)
+        if kind == "month":
+            months = month_starts(zone, *found_range)
     query = AggregateQuery(
         since=since,
         until=until,
@@ -123,17 +138,46 @@ def fetch_groups(
         key=_KEYS.get(kind),
         unit=unit,
         shifts=shifts,
+        month_starts=months,
     )
-    rows = [tuple(row) for batch in repo.aggregate_messages(query) for row in batch]
-    frame = pl.DataFrame(
-        [_clean_group(row) for row in rows], schema=list(GROUP_COLUMNS), orient="row", infer_schema_length=None
-    ) if rows else empty  # fmt: skip
+    one_pass = (
+        histograms
+        and getattr(repo, "aggregates_histograms", False)
+        and not (getattr(repo, "exact_quantiles", False) and quantiles)
+    )
+    if one_pass:
+        # Groups and latency histogram from one read of the messages. With a model filter the
+        # histogram is kept per model, so the models the database matched loosely (the family
+        # superset) can be dropped here like the groups are.
+        query = replace(
+            query, histograms=True, period=kind if period else None, per_model=per_model or model is not None
+        )
+    rows: list[tuple[Any, ...]] = []
+    found: list[tuple[Any, ...]] | None = [] if one_pass else None
+    histogram_width = len(HISTOGRAM_COLUMNS)
+    for batch in repo.aggregate_messages(query):
+        for row in batch:
+            if found is not None and len(row) == histogram_width:
+                found.append(_clean_histogram(row))
+            else:
+                rows.append(_clean_group(row))
+    frame = (
+        pl.DataFrame(rows, schema=list(GROUP_COLUMNS), orient="row", infer_schema_length=None)
+        if rows
+        else empty
+    )
     frame = frame.cast(_SCHEMA)  # type: ignore[arg-type]
     wanted = _matches(model, table)
     if wanted is not None and frame.height:
         frame = frame.filter(wanted)
-    found: list[tuple[Any, ...]] | None = None
     exact: list[tuple[Any, ...]] | None = None
+    if one_pass:
+        if model is not None and found:
+            matched = set(frame.get_column("model").unique().to_list())
+            found = [row for row in found if row[2] in matched]
+            if not per_model:
+                found = [(*row[:2], None, *row[3:]) for row in found]
+        return Groups(frame, found, unit)
     if histograms:
         found = []
         names = tuple(name for name in frame.get_column("model").unique().to_list() if name is not None)
@@ -153,9 +197,13 @@ def fetch_groups(
             ]
         else:
             for batch in repo.aggregate_messages(durations):
-                for bucket, offset, name, key, duration_bucket, count in batch:
-                    found.append((int(bucket), int(offset), name, key, int(duration_bucket), int(count)))
+                found.extend(_clean_histogram(row) for row in batch)
     return Groups(frame, found, unit, exact)
+
+
+def _clean_histogram(row: Sequence[Any]) -> tuple[Any, ...]:
+    bucket, offset, name, key, duration_bucket, count = row
+    return (int(bucket), int(offset), name, key, int(duration_bucket), int(count))
 
 
 def _clean_group(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -189,7 +237,9 @@ def with_costs(frame: pl.LazyFrame | pl.DataFrame, table: PriceTable, cost_mode:
                 "_rcw": pl.Float64(), "_rcr": pl.Float64()},
         orient="row",
     )  # fmt: skip
-    groups = groups.join(prices, on=["model", "utc_day"], how="left", nulls_equal=False, maintain_order="left")
+    groups = groups.join(
+        prices, on=["model", "utc_day"], how="left", nulls_equal=False, maintain_order="left"
+    )
     tokens, reported = pl.col("has_tokens"), pl.col("has_reported")
     priced = pl.col("_rin").is_not_null()
     estimate = pl.when(tokens & priced).then(
@@ -278,7 +328,9 @@ def _label(kind: str, unit: int, bucket: int, offset: int) -> str:
     return f"{text}{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def quantile_frame(groups: Groups, kind: str, names: list[str], qs: Sequence[float], extra: bool) -> pl.DataFrame:
+def quantile_frame(
+    groups: Groups, kind: str, names: list[str], qs: Sequence[float], extra: bool
+) -> pl.DataFrame:
     """One row per report key (``names``: the key, then ``model`` with ``extra``) with a column
     ``_q<i>`` per quantile: the database's exact ones, else read from the merged histograms."""
     if groups.exact is not None:

@@ -100,6 +100,7 @@ class MongoRepository(RepositoryBase):
     """A ``ChatRepository`` on MongoDB 6+ (or Atlas); the client is made on first use."""
 
     backend = "mongodb"
+    aggregates_histograms = True  # (RowAggregator sums and histograms the same rows)
 
     def __init__(self, config: DbConfig) -> None:
         if config.driver != "mongodb":

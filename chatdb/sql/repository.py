@@ -257,9 +257,11 @@ _PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON
 
 def _aggregate(tx: Tx, backend: str, query: AggregateQuery, lenient: bool) -> list[tuple[Any, ...]]:
     sql, params = aggregate.build(backend, query, lenient=lenient)
+    for statement in aggregate.settings(backend):
+        tx.cursor.execute(statement)
     if lenient:
         tx.cursor.execute(aggregate.PG_TRY_JSONB)
-    return list(tx.execute_once(text(sql).bindparams(**params)).fetchall())
+    return aggregate.split_rows(query, tx.execute_once(text(sql).bindparams(**params)).fetchall())
 
 
 def _table_name(table: str) -> str:
@@ -368,6 +370,7 @@ class SqlRepository(RepositoryBase):
         # same report bytes whatever holds it; PostgreSQL's exact percentile_cont path
         # (aggregate.py) stays for a caller that sets this to True.
         self.exact_quantiles = False
+        self.aggregates_histograms = True
 
     @property
     def engine(self) -> Engine:
