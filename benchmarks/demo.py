@@ -5,9 +5,11 @@
 
 Measured in one run, on fresh files with the same schema and indexes:
   generate only  — the demo rows built and thrown away (the floor for any writer of this data);
-  chatdb         — ``chatdb.demo.generate`` end to end (``import_rows``: prepared INSERTs in
-                   10,000-row transactions, secondary indexes built once at the end);
-  raw sqlite3    — the same generated rows written with ``sqlite3.executemany`` in 5,000-row chunks.
+  chatdb         — ``chatdb.demo.generate`` end to end (rows made by a child process while this one
+                   writes them through ``import_values``: prepared INSERTs in 10,000-row
+                   transactions, secondary indexes built once at the end);
+  raw sqlite3    — the same generated rows written with ``sqlite3.executemany`` in 5,000-row chunks
+                   (sqlite3's defaults: synchronous=FULL, indexes in place).
 """
 
 from __future__ import annotations
