@@ -146,7 +146,9 @@ _PLAIN_TYPE_ROWS: dict[str, frozenset[tuple[type, ...]]] = {
 }
 
 
-def check_values(table: Any, chunks: Iterable[list[tuple[Any, ...]]]) -> Iterator[tuple[list[tuple[Any, ...]], bool]]:
+def check_values(
+    table: Any, chunks: Iterable[list[tuple[Any, ...]]]
+) -> Iterator[tuple[list[tuple[Any, ...]], bool]]:
     """``import_values``' chunks (lists of value tuples in ``IMPORT_COLUMNS[table]`` order),
     checked as they stream like ``import_rows``' rows (ValidationError names the row and
     column), each with whether all its values are text or None (nothing to convert)."""
@@ -167,7 +169,9 @@ def _checked_chunks(
                 simple = False
                 if types not in allowed:
                     if type(row) is not tuple or len(row) != len(columns):
-                        raise ValidationError(f"{table} row {number} must be a tuple of {len(columns)} values")
+                        raise ValidationError(
+                            f"{table} row {number} must be a tuple of {len(columns)} values"
+                        )
                     _check_row(table, number, dict(zip(columns, row, strict=True)))
             number += 1
         yield chunk, simple

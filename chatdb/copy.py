@@ -96,7 +96,9 @@ def copy_database(
             target_repo.import_values(table, batches)
         else:
             columns = IMPORT_COLUMNS[table]
-            target_repo.import_rows(table, (dict(zip(columns, row, strict=True)) for b in batches for row in b))
+            target_repo.import_rows(
+                table, (dict(zip(columns, row, strict=True)) for b in batches for row in b)
+            )
         seconds[table] = time.perf_counter() - table_started
     after = target_repo.count_rows()
     result = {}

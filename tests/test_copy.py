@@ -302,9 +302,7 @@ def test_a_copy_into_an_empty_mongodb_builds_its_indexes_at_the_end_and_keeps_th
                 assert all(during["users"] == schema["users"] for during in seen)
 
 
-@pytest.mark.parametrize(
-    "kind", [pytest.param(kind, marks=getattr(pytest.mark, kind)) for kind in KINDS]
-)
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=getattr(pytest.mark, kind)) for kind in KINDS])
 def test_import_values_writes_value_tuples_skips_existing_ids_and_names_a_wrong_value(
     kind: str, databases: Databases
 ) -> None:
