@@ -257,11 +257,16 @@ _PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON
 
 def _aggregate(tx: Tx, backend: str, query: AggregateQuery, lenient: bool) -> list[tuple[Any, ...]]:
     sql, params = aggregate.build(backend, query, lenient=lenient)
-    for statement in aggregate.settings(backend):
+    before, after = aggregate.settings(backend)
+    for statement in before:
         tx.cursor.execute(statement)
-    if lenient:
-        tx.cursor.execute(aggregate.PG_TRY_JSONB)
-    return aggregate.split_rows(query, tx.execute_once(text(sql).bindparams(**params)).fetchall())
+    try:
+        if lenient:
+            tx.cursor.execute(aggregate.PG_TRY_JSONB)
+        return aggregate.split_rows(query, tx.execute_once(text(sql).bindparams(**params)).fetchall())
+    finally:
+        for statement in after:
+            tx.cursor.execute(statement)
 
 
 def _table_name(table: str) -> str:
