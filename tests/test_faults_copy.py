@@ -48,8 +48,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
-    """Start ``command``, SIGKILL it as soon as ``ready()`` (polled); fails if it ended first."""
+def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 120) -> list[int]:
+    """Start ``command``, SIGKILL it as soon as ``ready()`` (polled); fails if it ended first.
+    Returns the ids of the processes it had started, as they were at the kill."""
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     try:
@@ -57,11 +58,30 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout: float = 12
             assert process.poll() is None, f"ended before the kill point: {process.stderr.read()!r}"  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "kill point not reached"
             time.sleep(0.01)
+        children = children_of(process.pid)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
         process.stderr.close()  # type: ignore[union-attr]
     assert process.returncode == -signal.SIGKILL, "the process was not killed mid-run"
+    return children
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found += [int(child) for child in children.read().split()]
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is alive (not gone, nor a zombie nobody has reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def counts_of(engine: Any) -> Callable[[], dict[str, int]]:
@@ -116,7 +136,13 @@ def test_a_killed_demo_is_consistent_and_a_rerun_gives_the_uninterrupted_rows(tm
         counts = counts_of(engine)
         try:
             ready = partial(_reached, point, counts)
-            kill_when(chatdb_command(f"sqlite:///{path}", *demo_args()), ready)
+            children = kill_when(chatdb_command(f"sqlite:///{path}", *demo_args()), ready)
+            assert children, "the demo's rows are made by a child process"
+            # The child that made the rows ends with its parent (its next write finds no reader).
+            deadline = time.monotonic() + 30
+            while any(running(child) for child in children):
+                assert time.monotonic() < deadline, "the demo's child process outlived its parent"
+                time.sleep(0.05)
             assert orphans(engine) == (0, 0), name
             run(chatdb_command(f"sqlite:///{path}", *demo_args()))
         finally:
