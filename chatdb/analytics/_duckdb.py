@@ -3,7 +3,8 @@ a DuckDB database's ``messages`` table, an Arrow stream.
 
 :class:`DuckDbMessages` answers ``aggregate_messages`` (see :mod:`chatdb._aggregate`) with one
 DuckDB ``GROUP BY`` over the source, so the reports in :mod:`chatdb.analytics.usage` treat it like
-a repository: DuckDB streams the rows through its aggregation and only groups come back. Its
+a repository: DuckDB streams the rows through its aggregation and only groups come back (as
+columns, ``aggregate_columns``: no Python object per group). Its
 percentiles are exact (``quantile_cont``, which keeps each group's durations: 8 bytes a message
 with a duration, the one thing here that grows with the data). An Arrow stream can be read once
 only, so it is first copied (the columns reports need) into a temporary DuckDB file on disk.
@@ -92,6 +93,15 @@ class DuckDbMessages:
             cursor.execute(sql, params)
             while rows := cursor.fetchmany(50_000):
                 yield rows
+        finally:
+            cursor.close()
+
+    def aggregate_columns(self, query: AggregateQuery) -> Any:
+        """The groups of ``query`` (not ``durations``) as one Polars frame, GROUP_COLUMNS in order."""
+        sql, params = self._sql(query)
+        cursor = self.con.cursor()
+        try:
+            return cursor.sql(sql, params=params).pl()
         finally:
             cursor.close()
 
