@@ -284,14 +284,10 @@ def _offset(query: AggregateQuery) -> str:
     return f"CASE {' '.join(cases)} ELSE {int(query.shifts[-1][1])} END"
 
 
-def _rows(
-    ops: _Ops, query: AggregateQuery, params: dict[str, Any], lenient: bool, only: tuple[str, ...] = ()
-) -> str:
-    """Layers 1 and 2: ``created_at, e, le`` (epoch seconds, UTC and local), ``tzoff, gkey``,
-    the typed fields and ``bad``, one row per message; with ``only``, just those fields (no
-    ``bad``)."""
-    fields = [field for field in _FIELDS if not only or field[0] in only]
-    where = []
+def _source(ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: bool) -> tuple[str, str, str]:
+    """(columns ``created_at, e, gkey``, FROM source, WHERE clause) of the messages selected,
+    those with metadata or (``metadata=False``) those without."""
+    where = ["messages.metadata IS NOT NULL" if metadata else "messages.metadata IS NULL"]
     if query.since is not None:
         where.append("messages.created_at >= :since")
         params["since"] = _ts(query.since)
@@ -308,11 +304,26 @@ def _rows(
     elif query.key == "user":
         source = "messages LEFT JOIN chats ON chats.id = messages.chat_id"
         key = "chats.user_id"
-    columns = (
-        f"messages.created_at AS created_at, {ops.epoch('messages.created_at')} AS e, {key} AS gkey, "
-        f"CASE WHEN messages.metadata IS NULL THEN 1 ELSE 0 END AS nometa"
-    )
-    filters = f" WHERE {' AND '.join(where)}" if where else ""
+    columns = f"messages.created_at AS created_at, {ops.epoch('messages.created_at')} AS e, {key} AS gkey"
+    return columns, source, f" WHERE {' AND '.join(where)}"
+
+
+def _local(ops: _Ops, query: AggregateQuery, inner: str, values: str) -> str:
+    """Over ``inner`` (with ``created_at, e, gkey``): ``created_at, e, le`` (epoch seconds, UTC
+    and local), ``tzoff, gkey`` and ``values``."""
+    offset = _offset(query)
+    tzoff = offset if query.unit != DAY else "0"
+    return f"SELECT created_at, e, e + {offset} AS le, {tzoff} AS tzoff, gkey{values} FROM ({inner}) r{ops.fence}"
+
+
+def _rows(
+    ops: _Ops, query: AggregateQuery, params: dict[str, Any], lenient: bool, only: tuple[str, ...] = ()
+) -> str:
+    """Layers 1 and 2 over the messages with metadata: ``created_at, e, le, tzoff, gkey`` (see
+    :func:`_local`), the typed fields and ``bad``, one row per message; with ``only``, just
+    those fields (no ``bad``)."""
+    fields = [field for field in _FIELDS if not only or field[0] in only]
+    columns, source, filters = _source(ops, query, params, metadata=True)
     if ops.backend == "sqlite":
         # json_extract straight from the table row, where SQLite's JSON parse cache serves it.
         reads = ", ".join(f"{ops.read('messages.metadata', k)} AS v_{name}" for name, k, _ in fields)
@@ -320,7 +331,7 @@ def _rows(
     else:
         reads = ", ".join(f"{ops.read('m', k)} AS v_{name}" for name, k, _ in fields)
         parsed = f"SELECT {columns}, {ops.document(lenient)} AS m FROM {source}{filters}{ops.fence}"
-        layer1 = f"SELECT created_at, e, gkey, nometa, m, {reads} FROM ({parsed}) p{ops.fence}"
+        layer1 = f"SELECT created_at, e, gkey, m, {reads} FROM ({parsed}) p{ops.fence}"
     values, fasts, bads = [], [], []
     for name, k, kind in fields:
         value, fast, bad = _typed(ops, k, kind)
@@ -334,15 +345,26 @@ def _rows(
             f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind}) OR "
             + " OR ".join(bads)
         )
-        bad = (
-            f"CASE WHEN nometa = 1 THEN 0 WHEN ({present}) AND {' AND '.join(fasts)} THEN 0 "
-            f"WHEN {exact_bad} THEN 1 ELSE 0 END"
-        )
-        values.append(f"{bad} AS bad")
-    offset = _offset(query)
+        values.append(f"CASE WHEN ({present}) AND {' AND '.join(fasts)} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
+    return _local(ops, query, layer1, ", " + ", ".join(values))
+
+
+def _bare_groups(ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag: str) -> str:
+    """The group rows (:data:`GROUP_COLUMNS`, after ``flag`` when not empty) of the messages
+    without metadata (user messages, about half of them): counted with no JSON read at all."""
+    columns, source, filters = _source(ops, query, params, metadata=False)
+    rows = _local(ops, query, f"SELECT {columns} FROM {source}{filters}{ops.fence}", "")
+    keys = f"{ops.div('le', query.unit)} AS bucket, tzoff, {ops.div('e', DAY)} AS utc_day, gkey"
+    # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
+    tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
+    if flag:
+        # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
+        select = f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, min(created_at), count(*)"
+    else:
+        select = "bucket, tzoff, utc_day, min(created_at), NULL, gkey, 0, 0, count(*)"
     return (
-        f"SELECT created_at, e, e + {offset} AS le, {offset if query.unit != DAY else '0'} AS tzoff, gkey, "
-        f"{', '.join(values)} FROM ({layer1}) r{ops.fence}"
+        f"SELECT {select}, {tail} FROM (SELECT created_at, {keys} FROM ({rows}) b) d "
+        "GROUP BY bucket, tzoff, utc_day, gkey"
     )
 
 
@@ -406,10 +428,10 @@ def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tupl
         ordered = (
             "bucket, tzoff, utc_day, min(created_at), model, gkey, has_reported, has_tokens"  # GROUP_COLUMNS
         )
-        return (
-            f"SELECT {ordered}, {sums.removeprefix('min(created_at), ')} FROM ({inner}) d GROUP BY {names}",
-            params,
-        )
+        sql = f"SELECT {ordered}, {sums.removeprefix('min(created_at), ')} FROM ({inner}) d GROUP BY {names}"
+        if not model_filter:
+            sql += f" UNION ALL {_bare_groups(ops, query, params, '')}"
+        return sql, params
     if backend == "postgres":
         # One scan, two groupings: a group row has dbucket NULL (grouping() tells them apart).
         keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
@@ -423,6 +445,8 @@ def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tupl
             f"FROM ({inner}) d GROUP BY GROUPING SETS (({group_names}), ({hist_names})) "
             "HAVING GROUPING(dbucket) = 1 OR dbucket IS NOT NULL"
         )
+        if not model_filter:
+            sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
         return sql, params
     # SQLite, MariaDB: the rows once, into a temporary table both groupings read.
     keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
@@ -436,6 +460,8 @@ def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tupl
         f"UNION ALL SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, hbucket, htzoff, hmodel, dbucket, "
         f"NULL, count(*), {nulls} FROM d WHERE dur IS NOT NULL GROUP BY hbucket, htzoff, hmodel, gkey, dbucket"
     )
+    if not model_filter:
+        sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
     return sql, params
 
 
