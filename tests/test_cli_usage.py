@@ -153,3 +153,21 @@ def test_the_table_total_row_obeys_the_filters(backend: Backend) -> None:
     assert rows, "the filters must leave some messages for this test to mean anything"
     assert table[-1].split()[:2] == ["Total", f"{sum(r['messages'] for r in rows):,}"]
     assert len(table) == len(rows) + 3  # header, rule, one line per row, total
+
+
+@pytest.mark.parametrize("backend", [CLI_BACKENDS[0]], indirect=True)
+def test_every_report_renders_in_every_format_with_its_chart(backend: Backend, tmp_path: Path) -> None:
+    """Each report (computed in the database), in each format, and its --plot chart, in a zone
+    with a 45-minute offset."""
+    from chatdb.cli.output import FORMATS
+    from chatdb.cli.usage import REPORTS
+
+    ok(backend.url, *DEMO)
+    daily = ok_json(backend.url, "usage", "daily")
+    for report in REPORTS:
+        chart = tmp_path / f"{report}.png"
+        for fmt in FORMATS:
+            ok(backend.url, "usage", report, "--format", fmt, "--timezone", "Asia/Kathmandu")
+        rows = ok_json(backend.url, "usage", report, "--timezone", "Asia/Kathmandu", "--plot", str(chart))
+        assert sum(r["messages"] for r in rows) == sum(r["messages"] for r in daily) == 600, report
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", report
