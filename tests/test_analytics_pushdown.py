@@ -46,6 +46,9 @@ ODD_METADATA = (
     ("[1, 2]", True),
     ('{"model":5,"inputTokens":"12","outputTokens":true,"totalCostUsd":"0.5","durationMs":-3}', True),
     ('{"model":"claude-sonnet-4-5","inputTokens":-4,"cacheReadInputTokens":7.5,"totalCostUsd":"x"}', True),
+    ('{"model":"claude-haiku-4-5","inputTokens":"12","outputTokens":3,"durationMs":"20"}', True),
+    ('{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":true,"totalCostUsd":2,"durationMs":0}', True),
+    ('{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":0,"totalCostUsd":2,"durationMs":1}', False),
     (None, False),
 )
 

@@ -108,9 +108,10 @@ class _Ops:
         few comparisons; a value that fails it takes the exact path."""
         if self.backend == "sqlite":
             # json_extract: JSON integers and booleans (true = 1) are INTEGER, reals REAL, strings
-            # TEXT, objects/arrays their JSON TEXT. TEXT sorts above every number and equals none.
+            # TEXT, objects/arrays their JSON TEXT. TEXT sorts above every number: "< 9.2e18"
+            # refuses it before a comparison with a CAST (whose affinity would convert '12').
             if kind == "int":
-                return f"{v} >= 2 AND {v} = CAST({v} AS INTEGER)", f"CAST({v} AS INTEGER)"
+                return f"{v} >= 2 AND {v} < 9.2e18 AND {v} = CAST({v} AS INTEGER)", f"CAST({v} AS INTEGER)"
             if kind == "float":
                 return f"{v} >= 0 AND {v} <= {_DOUBLE_MAX} AND {v} <> CAST({v} AS INTEGER)", v
             return f"{v} >= '' AND {v} < '{{' AND ({v} < '[' OR {v} >= '\\')", v
