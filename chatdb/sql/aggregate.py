@@ -12,8 +12,12 @@ One statement per call, over the stored JSON, in three layers:
    well-formed row pays for one read per field;
 3. the groups, and with ``query.histograms`` the latency histogram from the same rows: on
    PostgreSQL one ``GROUPING SETS`` scan, elsewhere a materialized common table expression read
-   by two ``GROUP BY``\\ s. The histogram rows have the group rows' columns with NULLs; the
-   repository cuts them back to ``HISTOGRAM_COLUMNS`` (:func:`split_rows`).
+   by two ``GROUP BY``\\ s (MariaDB computes it once per reference, so twice). The histogram
+   rows have the group rows' columns with NULLs; the repository cuts them back to
+   ``HISTOGRAM_COLUMNS`` (:func:`split_rows`).
+
+Messages without metadata (about half: user messages) skip layers 1-2: a second, light
+``GROUP BY`` (``UNION ALL``) counts them per group with no JSON read.
 
 Each layer is a subquery fenced against merging (``LIMIT -1 OFFSET 0`` on SQLite, ``OFFSET 0``
 on PostgreSQL; MariaDB materializes a derived table with a LIMIT): merged, every reference to a
