@@ -32,7 +32,7 @@ import crud
 import raw_mongo
 
 import chatdb
-from chatdb._codec import format_ts, next_ts, utcnow
+from chatdb._codec import format_ts, next_ts_after, utcnow
 
 CHAT_COLUMNS = "id, title, session_id, user_id, created_at, updated_at"
 
@@ -104,7 +104,9 @@ class RawAsyncSql:
         async def work(c: Any) -> None:
             await c.execute(f"SELECT {CHAT_COLUMNS} FROM chats WHERE id = %s FOR UPDATE", (chat_id,))
             row = await c.fetchone()
-            created = format_ts(next_ts(row[5]))
+            await c.execute("SELECT max(created_at) FROM messages WHERE chat_id = %s", (chat_id,))
+            latest = await c.fetchone()
+            created = format_ts(next_ts_after((row[5], latest[0])))
             await c.execute(
                 "INSERT INTO messages (id, chat_id, role, content, created_at, metadata) VALUES (%s, %s, %s, %s, %s, %s)",
                 (str(uuid.uuid4()), chat_id, "assistant", content, created, metadata),
@@ -183,7 +185,10 @@ class RawAsyncMongo:
         chats = self.db.chats
         while True:
             chat: Any = await chats.find_one({"_id": chat_id})
-            stamp = self.raw._next_iso(chat["updatedAt"])
+            last = await self.db.messages.find_one(
+                {"chatId": chat_id}, {"createdAt": 1}, sort=[("createdAt", -1), ("_id", -1)]
+            )
+            stamp = self.raw._next_iso(chat["updatedAt"], None if last is None else last["createdAt"])
             moved = await chats.update_one(
                 {"_id": chat_id, "updatedAt": chat["updatedAt"]}, {"$set": {"updatedAt": stamp}}
             )

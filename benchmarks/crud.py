@@ -190,7 +190,7 @@ class RawSql:
         return cid
 
     def add_message(self, chat_id: str) -> None:
-        from chatdb._codec import next_ts
+        from chatdb._codec import next_ts_after
 
         content = json.dumps(CONTENT, ensure_ascii=False, separators=(",", ":"))
         metadata = json.dumps(METADATA, ensure_ascii=False, separators=(",", ":"))
@@ -204,7 +204,9 @@ class RawSql:
                 (chat_id,),
             )
             row = c.fetchone()
-            created = format_ts(next_ts(row[5]))
+            c.execute(self.q("SELECT max(created_at) FROM messages WHERE chat_id = ?"), (chat_id,))
+            latest = c.fetchone()
+            created = format_ts(next_ts_after((row[5], latest[0])))
             c.execute(
                 self.q(
                     "INSERT INTO messages (id, chat_id, role, content, created_at, metadata) VALUES (?, ?, ?, ?, ?, ?)"

@@ -44,8 +44,9 @@ def _iso(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
-def _next_iso(previous: str) -> str:
-    floor = datetime.fromisoformat(previous) + _MS
+def _next_iso(previous: str, latest: str | None = None) -> str:
+    """After the chat's ``updatedAt`` and its latest message (what chatdb reads since issue 15)."""
+    floor = max(datetime.fromisoformat(t) for t in (previous, latest) if t) + _MS
     now = _now()
     return _iso(floor if floor > now else now)
 
@@ -101,7 +102,10 @@ class RawMongo:
             chat = chats.find_one({"_id": chat_id})
             if chat is None:
                 raise LookupError(chat_id)
-            stamp = _next_iso(chat["updatedAt"])
+            last = self.db.messages.find_one(
+                {"chatId": chat_id}, {"createdAt": 1}, sort=[("createdAt", -1), ("_id", -1)]
+            )
+            stamp = _next_iso(chat["updatedAt"], None if last is None else last["createdAt"])
             if chats.update_one(
                 {"_id": chat_id, "updatedAt": chat["updatedAt"]}, {"$set": {"updatedAt": stamp}}
             ).matched_count:
