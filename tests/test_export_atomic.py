@@ -309,3 +309,15 @@ def test_concurrent_table_exports_to_one_folder_keep_a_true_manifest(
         ).fetchone()
     assert stored == (42, 42)
     assert manifest["tables"]["messages"]["rows"] == 42 and len(manifest["runs"]) == 4
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_table_export_into_a_new_folder_that_fails_midway_leaves_no_folder(
+    repo: ChatRepository, tmp_path: Path, fmt: str
+) -> None:
+    # chats is written and swapped in before messages fails: the folder is this run's alone.
+    out = tmp_path / "new" / "out"
+    failing_scan(repo, OSError("server closed the connection unexpectedly"), after_rows=2)
+    with pytest.raises(BackendUnavailableError):
+        export.export_tables(repo, out, tables=("chats", "messages"), format=fmt)
+    assert not (tmp_path / "new").exists()

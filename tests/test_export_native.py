@@ -431,9 +431,13 @@ def test_stopping_a_native_sqlite_export_early_ends_its_child(tmp_path: Path) ->
     assert first.num_rows == 1_000
     reader.close()
     del reader  # the reader holds the export's generator: releasing it stops the scan
-    children = [
-        p for p in psutil.Process().children(recursive=True) if "_sqlite_arrow" in " ".join(p.cmdline())
-    ]
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "_sqlite_arrow" in " ".join(child.cmdline()):
+                children.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # another test's child, ended and not yet reaped (ours are waited for)
     assert children == [], "the scan's child process must be gone once the export stops"
     repo.add_message("c-1", "assistant", [{"type": "text", "text": "still writable"}], user_id="alice")
     assert repo.count_rows()["messages"] == 30_001

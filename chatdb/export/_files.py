@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -121,9 +122,16 @@ def export_tables(
                     manifest_filters = {**filters, "include_text": include_text, "partition_by": partition_by}
                     _write_manifest(summary, manifest_filters, append=append)
     except BaseException:
+        # A folder this run made holds only what this run wrote: a failed or interrupted export
+        # into a new folder leaves nothing. (Into an existing export, each table was swapped in
+        # whole; those not reached are as they were, and the next run completes the export.)
+        if format != "duckdb" and target in made:
+            shutil.rmtree(target, ignore_errors=True)
         for directory in made:  # folders this export made and left empty
             try:
                 directory.rmdir()
+            except FileNotFoundError:
+                continue
             except OSError:
                 break
         raise
