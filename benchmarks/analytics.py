@@ -117,7 +117,9 @@ def ensure_demo(url: str, messages: int) -> None:
         if repo.count_rows()["messages"] == messages:
             return
         started = time.perf_counter()
-        print(f"generating {messages:,} demo messages at {chatdb.config.redact_url(url)} ...", file=sys.stderr)
+        print(
+            f"generating {messages:,} demo messages at {chatdb.config.redact_url(url)} ...", file=sys.stderr
+        )
         demo.generate(repo, users=200, chats=20_000, messages=messages, days=365)
         print(f"generated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
@@ -179,10 +181,15 @@ def parquet_case(workdir: Path, messages: int, repeat: int, spark: bool) -> None
           + (" Spark local[2] (once) | equal to DuckDB |" if spark else ""))  # fmt: skip
     print("|---|---|---|" + ("---|---|" if spark else ""))
     for label, took in duckdb_times.items():
-        print(f"| {label} | {took:.2f} s | {cpu_times[label]:.2f} s |" + (f" {spark_cells[label]} |" if spark else ""))
+        print(
+            f"| {label} | {took:.2f} s | {cpu_times[label]:.2f} s |"
+            + (f" {spark_cells[label]} |" if spark else "")
+        )
     slowest = max(duckdb_times.values())
     verdict = "met" if slowest < PARQUET_TARGET_S else "not met"
-    print(f"slowest DuckDB report {slowest:.2f} s (load {load:.2f} after them): target < {PARQUET_TARGET_S} s {verdict}")
+    print(
+        f"slowest DuckDB report {slowest:.2f} s (load {load:.2f} after them): target < {PARQUET_TARGET_S} s {verdict}"
+    )
 
 
 def _spark_reports(folder: Path) -> dict[str, str]:
@@ -200,7 +207,9 @@ def _spark_reports(folder: Path) -> dict[str, str]:
     session.sparkContext.setLogLevel("ERROR")
     table = ibis.pyspark.connect(session).read_parquet(str(folder))
     analytics.usage_totals(table)  # the JVM's first queries are slow: warm it up
-    print(f"(Spark: session start, dataset registration and one warm-up report {time.perf_counter() - started:.1f} s)")
+    print(
+        f"(Spark: session start, dataset registration and one warm-up report {time.perf_counter() - started:.1f} s)"
+    )
     cells = {}
     for label, name, args, options in DATASET_REPORTS:
         call = getattr(analytics, name)
@@ -245,7 +254,9 @@ def mongo_case(url: str, messages: int, repeat: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--backends", default="sqlite,postgres,mysql")
     parser.add_argument("--mongodb-url")

@@ -327,7 +327,10 @@ def prepare(
             parts = make_url(urls[0])
             port, stop = _latency.start(parts.host or "127.0.0.1", parts.port or 0, args.latency_ms / 2)
             cleanups.append(stop)
-            urls = [make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False) for u in urls]
+            urls = [
+                make_url(u).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+                for u in urls
+            ]
         configs = [chatdb.DbConfig.from_url(urls[0], pool_size=args.pool), urls[1], urls[0]]
     else:
         url, process = crud.mongo_url(args, workdir)

@@ -47,7 +47,10 @@ ODD_METADATA = (
     ('{"model":5,"inputTokens":"12","outputTokens":true,"totalCostUsd":"0.5","durationMs":-3}', True),
     ('{"model":"claude-sonnet-4-5","inputTokens":-4,"cacheReadInputTokens":7.5,"totalCostUsd":"x"}', True),
     ('{"model":"claude-haiku-4-5","inputTokens":"12","outputTokens":3,"durationMs":"20"}', True),
-    ('{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":true,"totalCostUsd":2,"durationMs":0}', True),
+    (
+        '{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":true,"totalCostUsd":2,"durationMs":0}',
+        True,
+    ),
     ('{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":0,"totalCostUsd":2,"durationMs":1}', False),
     (None, False),
 )
@@ -160,7 +163,9 @@ def test_cost_modes_filters_and_the_other_reports_equal_the_reference(repo: Chat
         got = analytics.latency_percentiles(repo, by)
         want = reference.latency_percentiles(frame, by)
         exact = ["messages", "mean_ms", "max_ms"]
-        assert_frame_equal(got.select(got.columns[0], *exact), want.select(want.columns[0], *exact), rel_tol=1e-9)
+        assert_frame_equal(
+            got.select(got.columns[0], *exact), want.select(want.columns[0], *exact), rel_tol=1e-9
+        )
         for column in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"):
             for g, w in zip(got[column], want[column], strict=True):
                 assert abs(g - w) <= _bound(repo) * w + 1e-9, (column, g, w)
@@ -204,13 +209,17 @@ def test_periods_are_exact_at_every_offset() -> None:
 
     from chatdb._aggregate import zone_shifts
 
-    berlin = zone_shifts(ZoneInfo("Europe/Berlin"), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    berlin = zone_shifts(
+        ZoneInfo("Europe/Berlin"), datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+    )
     assert berlin == (
         (None, 3600),
         (int(datetime(2026, 3, 29, 1, tzinfo=UTC).timestamp()), 7200),
         (int(datetime(2026, 10, 25, 1, tzinfo=UTC).timestamp()), 3600),
     )
-    kathmandu = zone_shifts(ZoneInfo("Asia/Kathmandu"), datetime(2026, 1, 1, tzinfo=UTC), END + timedelta(days=1))
+    kathmandu = zone_shifts(
+        ZoneInfo("Asia/Kathmandu"), datetime(2026, 1, 1, tzinfo=UTC), END + timedelta(days=1)
+    )
     assert kathmandu == ((None, 5 * 3600 + 45 * 60),)
 
 
@@ -223,9 +232,19 @@ def test_parquet_datasets_and_arrow_streams_are_aggregated_by_duckdb(tmp_path: A
         _load(repo)
         frame = export.to_polars(repo, "messages")
         export.to_parquet(repo, tmp_path / "dataset", partition_by="month")
-        for by, timezone in (("day", "Asia/Kathmandu"), ("hour", "Europe/Berlin"), ("user", "UTC"), ("month", "UTC")):
+        for by, timezone in (
+            ("day", "Asia/Kathmandu"),
+            ("hour", "Europe/Berlin"),
+            ("user", "UTC"),
+            ("month", "UTC"),
+        ):
             want = reference.usage_report(frame, by, timezone=timezone)
-            _same(analytics.usage_report(tmp_path / "dataset", by, timezone=timezone), want, f"parquet {by}", 1e-9)
+            _same(
+                analytics.usage_report(tmp_path / "dataset", by, timezone=timezone),
+                want,
+                f"parquet {by}",
+                1e-9,
+            )
             stream = export.read(repo, "messages", batch_size=64)
             _same(analytics.usage_report(stream, by, timezone=timezone), want, f"stream {by}", 1e-9)
         got = analytics.latency_percentiles(tmp_path / "dataset", "model")

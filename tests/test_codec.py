@@ -153,7 +153,10 @@ def test_a_chat_loaded_from_a_row_is_the_chat_the_constructor_builds() -> None:
     from chatdb.models import Chat
     from chatdb.sql.mapping import load_chat
 
-    for stamps in (("2026-01-02T03:04:05.678Z",) * 2, ("2026-01-02T03:04:05.678+01:00", "2026-01-02 03:04:05")):
+    for stamps in (
+        ("2026-01-02T03:04:05.678Z",) * 2,
+        ("2026-01-02T03:04:05.678+01:00", "2026-01-02 03:04:05"),
+    ):
         row = ("c1", "title", None, "u1", *stamps)
         loaded = load_chat(row)
         built = Chat("c1", "title", None, "u1", parse_ts(stamps[0]), parse_ts(stamps[1]))

@@ -155,7 +155,9 @@ class SqliteThreadExecutor(Executor):
             self._threads = (writer, readers)
         return self._threads
 
-    def _on_thread(self, pool: ThreadPoolExecutor, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _on_thread(
+        self, pool: ThreadPoolExecutor, call: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
         return await_only(asyncio.wrap_future(pool.submit(call, *args, **kwargs)))
 
     def run(self, work: Callable[[Tx], T], *, write: bool = False, lone: bool = False) -> T:

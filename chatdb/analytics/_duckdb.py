@@ -133,9 +133,8 @@ class DuckDbMessages:
         # Epoch seconds and the zone's offset are computed once a row, in an inner query: the
         # CASE over the zone's shifts is the costliest expression of the scan.
         epoch = "epoch_ms(created_at) // 1000"
-        filtered = (
-            f"SELECT *, {epoch} AS e, {key} AS gkey FROM ({rows})"
-            + (f" WHERE {' AND '.join(where)}" if where else "")
+        filtered = f"SELECT *, {epoch} AS e, {key} AS gkey FROM ({rows})" + (
+            f" WHERE {' AND '.join(where)}" if where else ""
         )
         base = f"SELECT *, {_offset(query)} AS e_offset FROM ({filtered})"
         offset = "e_offset"

@@ -630,9 +630,13 @@ def _pushed_source(source: Source) -> Any:
             raise ValidationError(f"no Parquet file or dataset at {str(path)!r}")
         return DuckDbMessages.parquet(path)
     if type(source).__name__ == "DuckDBPyConnection":
-        tables = {row[0] for row in source.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = {
+            row[0] for row in source.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
         if "messages" not in tables:
-            raise ValidationError("the DuckDB connection has no 'messages' table (see chatdb.export.to_duckdb)")
+            raise ValidationError(
+                "the DuckDB connection has no 'messages' table (see chatdb.export.to_duckdb)"
+            )
         return DuckDbMessages(source, "messages")
     if type(source).__name__ == "RecordBatchReader":
         return DuckDbMessages.stream(source)
@@ -713,7 +717,9 @@ def _pushed_report(
         pl.sum_horizontal([pl.col(n) for n in TOKEN_COLUMNS]).sum().cast(pl.Int64()).alias("total_tokens"),
         pl.when((costed == 0) & (unpriced > 0)).then(None).otherwise(pl.col("_cost").sum()).alias("cost_usd"),
         pl.col("_estimated").sum().cast(pl.Float64()).alias("estimated_cost_usd"),
-        pl.when(duration_count > 0).then(pl.col("duration_sum").sum() / duration_count).alias("avg_duration_ms"),
+        pl.when(duration_count > 0)
+        .then(pl.col("duration_sum").sum() / duration_count)
+        .alias("avg_duration_ms"),
         unpriced.cast(pl.Int64()).alias("unpriced_messages"),
         pl.col("unreadable").sum().cast(pl.Int64()).alias("unreadable_messages"),
         pl.col("first").min().alias("_first"),
@@ -732,15 +738,21 @@ def _pushed_report(
         grouped = grouped.sort(["_first", *extra], descending=order == "desc", nulls_last=True)
     else:
         grouped = grouped.sort([key, *extra], descending=order == "desc", nulls_last=True)
-    return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS) if kind != "total" else grouped.select(REPORT_COLUMNS))
+    return _rounded(
+        grouped.select(key, *extra, *REPORT_COLUMNS) if kind != "total" else grouped.select(REPORT_COLUMNS)
+    )
 
 
-def _pushed_reported_vs_estimated(repo: Any, kind: str, table: PriceTable, options: Mapping[str, Any]) -> pl.DataFrame:
+def _pushed_reported_vs_estimated(
+    repo: Any, kind: str, table: PriceTable, options: Mapping[str, Any]
+) -> pl.DataFrame:
     from ._groups import with_costs
 
     groups = _groups_for(repo, kind, options, table, histograms=False)
     key, expr = _group_key(groups, kind)
-    frame = with_costs(groups.frame, table, "auto").with_columns(expr.alias(key) if expr is not None else pl.lit(""))
+    frame = with_costs(groups.frame, table, "auto").with_columns(
+        expr.alias(key) if expr is not None else pl.lit("")
+    )
     costed, unpriced = pl.col("_costed").sum(), pl.col("_unpriced").sum()
     aggs = [
         pl.when(pl.col("has_reported")).then(pl.col("reported_cost")).sum().alias("reported_cost_usd"),
@@ -764,15 +776,21 @@ def _pushed_latency(
     from ._groups import quantile_frame
 
     table = _price_table(options.get("prices"))
-    groups = _groups_for(repo, kind, options, table, histograms=True, quantiles=percentiles, per_model=kind == "model")
+    groups = _groups_for(
+        repo, kind, options, table, histograms=True, quantiles=percentiles, per_model=kind == "model"
+    )
     key, expr = _group_key(groups, kind)
     frame = groups.frame.with_columns(expr.alias(key) if expr is not None else pl.lit(""))
     count = pl.col("duration_count").sum()
-    stats = frame.group_by(key).agg(
-        count.cast(pl.Int64()).alias("messages"),
-        (pl.col("duration_sum").sum() / count).alias("mean_ms"),
-        pl.col("duration_max").max().cast(pl.Float64()).alias("max_ms"),
-    ).filter(pl.col("messages") > 0)
+    stats = (
+        frame.group_by(key)
+        .agg(
+            count.cast(pl.Int64()).alias("messages"),
+            (pl.col("duration_sum").sum() / count).alias("mean_ms"),
+            pl.col("duration_max").max().cast(pl.Float64()).alias("max_ms"),
+        )
+        .filter(pl.col("messages") > 0)
+    )
     names = [f"p{round(q * 100):02d}_ms" for q in percentiles]
     values = quantile_frame(groups, kind, [key], percentiles, False)
     values = values.rename({f"_q{i}": n for i, n in enumerate(names)})

@@ -116,7 +116,15 @@ def export_tables(
                 target.mkdir(parents=True, exist_ok=True)
                 with exclusive(target):  # one run at a time writes the tables and the manifest
                     _export_files(
-                        repo, summary, names, filters, include_text, partition_by, append, batch_size, progress
+                        repo,
+                        summary,
+                        names,
+                        filters,
+                        include_text,
+                        partition_by,
+                        append,
+                        batch_size,
+                        progress,
                     )
                     summary.seconds = time.perf_counter() - started
                     manifest_filters = {**filters, "include_text": include_text, "partition_by": partition_by}

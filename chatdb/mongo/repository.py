@@ -343,7 +343,9 @@ class MongoRepository(RepositoryBase):
             with self._errors():
                 chat_ids = [d["_id"] for d in self._col("chats").find({"userId": query.user_id}, {"_id": 1})]
             owner_filter = {"$in": chat_ids}
-        found = mapping.scan_filter("messages", since=query.since, until=query.until, owner_filter=owner_filter)
+        found = mapping.scan_filter(
+            "messages", since=query.since, until=query.until, owner_filter=owner_filter
+        )
         projection = {"_id": 0, "createdAt": 1, "chatId": 1, "metadata": 1}
         aggregator = RowAggregator(query)
         owners: dict[str, str | None] = {}
@@ -594,7 +596,9 @@ class MongoRepository(RepositoryBase):
         deadline = time.monotonic() + _GIVE_BACK_WAIT_S
         with self._errors():
             while True:
-                given = chats.update_one({"_id": chat_id, "updatedAt": stamp}, {"$set": {"updatedAt": previous}})
+                given = chats.update_one(
+                    {"_id": chat_id, "updatedAt": stamp}, {"$set": {"updatedAt": previous}}
+                )
                 if given.matched_count:
                     return
                 chat = chats.find_one({"_id": chat_id}, {"updatedAt": 1})

@@ -350,7 +350,9 @@ def _rows(
             f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind}) OR "
             + " OR ".join(bads)
         )
-        values.append(f"CASE WHEN ({present}) AND {' AND '.join(fasts)} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
+        values.append(
+            f"CASE WHEN ({present}) AND {' AND '.join(fasts)} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad"
+        )
     return _local(ops, query, layer1, ", " + ", ".join(values))
 
 

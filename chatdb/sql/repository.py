@@ -523,7 +523,13 @@ class SqlRepository(RepositoryBase):
         stored: bool = False,
     ) -> Iterator[list[tuple[Any, ...]]]:
         if not check_scan(
-            table, since=since, until=until, user_id=user_id, after=after, batch_size=batch_size, stored=stored
+            table,
+            since=since,
+            until=until,
+            user_id=user_id,
+            after=after,
+            batch_size=batch_size,
+            stored=stored,
         ):
             return iter(())
         if not self.has_schema():
@@ -702,7 +708,9 @@ class SqlRepository(RepositoryBase):
             assert index.table is not None
             ddl = index_sql(index, self.backend, text_columns.get(index.table.name, ()))
             try:
-                self._executor.run_core(partial(_execute_all, statements=dialect.index_build_sql(ddl)), write=True)
+                self._executor.run_core(
+                    partial(_execute_all, statements=dialect.index_build_sql(ddl)), write=True
+                )
             except BackendError as exc:
                 if not dialect.ignore_duplicate_index(exc.__cause__):
                     raise
