@@ -173,6 +173,27 @@ def test_cost_modes_filters_and_the_other_reports_equal_the_reference(repo: Chat
     _same(analytics.token_mix(repo), reference.token_mix(frame), "token_mix")
 
 
+def test_a_report_with_its_totals_from_one_aggregation_equals_the_two_calls(repo: ChatRepository) -> None:
+    # (chatdb usage prints a report and its totals row: one aggregation serves both.)
+    _load(repo)
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("month", {}),
+        ("day", {"timezone": "Asia/Kathmandu", "cost_mode": "calculate"}),
+        ("hour", {"timezone": "Europe/Berlin", "breakdown": "model", "order": "desc"}),
+        ("model", {"model": "claude-sonnet-4-5-20250929"}),
+        ("user", {"since": date(2026, 10, 31)}),
+        ("chat", {"user_id": "u-edge"}),
+        ("day", {"user_id": "u-idle"}),  # a user with no messages: an empty report, a zero total
+    ]
+    for by, options in cases:
+        report, totals = analytics.usage_report_with_totals(repo, by, **options)
+        assert_report_equal(report, analytics.usage_report(repo, by, **options))
+        plain = {k: v for k, v in options.items() if k not in ("breakdown", "order")}
+        assert_report_equal(totals, analytics.usage_totals(repo, **plain))
+    with pytest.raises(TypeError, match="colour"):
+        analytics.usage_report_with_totals(repo, "day", colour="red")
+
+
 def test_unreadable_rows_are_counted_and_cost_like_the_export(repo: ChatRepository) -> None:
     unreadable = _load(repo)
     totals = analytics.usage_totals(repo)

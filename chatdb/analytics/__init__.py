@@ -63,6 +63,7 @@ __all__ = [
     "top_chats",
     "top_users",
     "usage_report",
+    "usage_report_with_totals",
     "usage_totals",
 ]
 

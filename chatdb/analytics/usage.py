@@ -431,6 +431,51 @@ def usage_report(
     return _rounded(grouped.select(key, *extra, *REPORT_COLUMNS[:-1], _NONE_UNREADABLE).collect())
 
 
+def usage_report_with_totals(
+    source: Source, by: str = "day", **options: Any
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``(usage_report(source, by, **options), usage_totals(source, **options))``, from one
+    aggregation where the source computes reports itself (a repository, DuckDB, Parquet, Ibis):
+    the totals are the report's groups added up, so a report with its totals row (as
+    ``chatdb usage`` prints it) reads the messages once, not twice. Same options and errors as
+    :func:`usage_report`."""
+    pushed = _pushed_source(source)
+    if pushed is None:
+        return usage_report(source, by, **options), usage_totals(source, **options)
+    kind = _canonical_by(by)
+    breakdown = options.pop("breakdown", None)
+    if breakdown is not None and str(breakdown).strip().lower() in ("model", "models"):
+        breakdown = "model"
+    if breakdown not in (None, "model"):
+        raise ValidationError(f"breakdown must be 'model' or None, not {breakdown!r}")
+    order = options.pop("order", "asc")
+    if order not in ("asc", "desc"):
+        raise ValidationError(f"order must be asc or desc, not {order!r}")
+    if breakdown and kind == "model":
+        breakdown = None
+    cost_mode = options.pop("cost_mode", "auto")
+    if cost_mode not in ("auto", "calculate", "display"):
+        raise ValidationError(f"cost_mode must be auto, calculate or display, not {cost_mode!r}")
+    table = _price_table(options.pop("prices", None))
+    filters = {name: options.pop(name, None) for name in ("since", "until", "user_id", "model")}
+    filters["timezone"] = options.pop("timezone", "UTC")
+    if options:
+        raise TypeError(f"usage_report_with_totals() got unexpected options: {', '.join(sorted(options))}")
+    groups = _groups_for(
+        pushed,
+        kind,
+        filters,
+        table,
+        histograms=True,
+        quantiles=(0.95,),
+        per_model=bool(breakdown) or kind == "model",
+    )
+    report = _report_from_groups(groups, kind, bool(breakdown), order, cost_mode, table)
+    if groups.exact is not None:  # exact percentiles per report key do not merge into a total
+        return report, usage_totals(source, cost_mode=cost_mode, prices=table, **filters)
+    return report, _report_from_groups(groups, "total", False, "asc", cost_mode, table).select(REPORT_COLUMNS)
+
+
 def usage_totals(
     source: Source,
     *,
@@ -696,8 +741,6 @@ def _pushed_report(
     cost_mode: str,
     table: PriceTable,
 ) -> pl.DataFrame:
-    from ._groups import quantile_frame, with_costs
-
     if cost_mode not in ("auto", "calculate", "display"):
         raise ValidationError(f"cost_mode must be auto, calculate or display, not {cost_mode!r}")
     options = {"timezone": timezone, "since": since, "until": until, "user_id": user_id, "model": model}
@@ -705,6 +748,16 @@ def _pushed_report(
         repo, "model" if kind == "total" else kind, options, table, histograms=True, quantiles=(0.95,),
         per_model=breakdown or kind == "model",
     )  # fmt: skip
+    return _report_from_groups(groups, kind, breakdown, order, cost_mode, table)
+
+
+def _report_from_groups(
+    groups: Groups, kind: str, breakdown: bool, order: str, cost_mode: str, table: PriceTable
+) -> pl.DataFrame:
+    """The report of ``kind`` from group sums fetched for it, or (``kind="total"``) for any
+    report: sums add up and latency histograms merge, whatever the groups were cut by."""
+    from ._groups import quantile_frame, with_costs
+
     key, expr = _group_key(groups, kind)
     extra = ["model"] if breakdown else []
     frame = with_costs(groups.frame, table, cost_mode)

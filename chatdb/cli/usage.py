@@ -137,7 +137,12 @@ def usage(
     # back), so memory does not grow with the number of messages.
     source: Any = repo
     tabular = fmt in ("table", "markdown")  # with a totals row
-    frame = analytics.usage_report(source, report, breakdown=breakdown, order=order, **options)
+    if tabular:  # the report and its totals row from one aggregation
+        frame, totals_frame = analytics.usage_report_with_totals(
+            source, report, breakdown=breakdown, order=order, **options
+        )
+    else:
+        frame = analytics.usage_report(source, report, breakdown=breakdown, order=order, **options)
     if frame.height == 0:
         _say_empty(since, until, zone, user, model)
     keys = [c for c in frame.columns if c in ("period", "model", "user_id", "chat_id")]
@@ -146,7 +151,7 @@ def usage(
     if tabular and "model" in keys:
         rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
     if tabular and frame.height:
-        totals = analytics.usage_totals(source, **options).row(0, named=True)
+        totals = totals_frame.row(0, named=True)
         rows = [*rows, {keys[0]: "Total", **totals}]
     render(rows, columns, fmt, compact=[*keys, *COMPACT_COLUMNS])
     if plot is not None:
