@@ -398,20 +398,13 @@ def usage_report(
     for periods), ``order="desc"`` reverses. ``prices`` is a table or a price file path (see
     :func:`load_prices`). Raises ValidationError for bad options, ConfigError for a bad price file.
     """
-    kind = _canonical_by(by)
-    if breakdown is not None and str(breakdown).strip().lower() in ("model", "models"):
-        breakdown = "model"
-    if breakdown not in (None, "model"):
-        raise ValidationError(f"breakdown must be 'model' or None, not {breakdown!r}")
-    if order not in ("asc", "desc"):
-        raise ValidationError(f"order must be asc or desc, not {order!r}")
-    if breakdown and kind == "model":
-        breakdown = None
+    kind, by_model = _report_shape(by, breakdown, order)
+    breakdown = "model" if by_model else None
     table = _price_table(prices)
     pushed = _pushed_source(source)
     if pushed is not None:
         return _pushed_report(
-            pushed, kind, bool(breakdown), order, timezone, since, until, user_id, model, cost_mode, table
+            pushed, kind, by_model, order, timezone, since, until, user_id, model, cost_mode, table
         )
     frame = messages_frame(
         source, since=since, until=until, user_id=user_id, model=model, timezone=timezone, prices=table
@@ -432,48 +425,56 @@ def usage_report(
 
 
 def usage_report_with_totals(
-    source: Source, by: str = "day", **options: Any
+    source: Source,
+    by: str = "day",
+    *,
+    timezone: str = "UTC",
+    since: When = None,
+    until: When = None,
+    user_id: str | None = None,
+    model: str | None = None,
+    breakdown: str | None = None,
+    order: str = "asc",
+    cost_mode: CostMode = "auto",
+    prices: PriceTable | str | Path | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``(usage_report(source, by, **options), usage_totals(source, **options))``, from one
-    aggregation where the source computes reports itself (a repository, DuckDB, Parquet, Ibis):
-    the totals are the report's groups added up, so a report with its totals row (as
-    ``chatdb usage`` prints it) reads the messages once, not twice. Same options and errors as
+    """``(usage_report(source, by, ...), usage_totals(source, ...))`` with the same options,
+    from one aggregation where the source computes reports itself (a repository, DuckDB,
+    Parquet, Ibis): the totals are the report's groups added up, so a report with its totals
+    row (as ``chatdb usage`` prints it) reads the messages once, not twice. Raises as
     :func:`usage_report`."""
+    filters: dict[str, Any] = {
+        "timezone": timezone,
+        "since": since,
+        "until": until,
+        "user_id": user_id,
+        "model": model,
+    }
+    kind, by_model = _report_shape(by, breakdown, order)
+    table = _price_table(prices)
     pushed = _pushed_source(source)
     if pushed is None:
-        return usage_report(source, by, **options), usage_totals(source, **options)
+        report = usage_report(
+            source, by, breakdown=breakdown, order=order, cost_mode=cost_mode, prices=table, **filters
+        )
+        return report, usage_totals(source, cost_mode=cost_mode, prices=table, **filters)
+    groups = _pushed_groups(pushed, kind, by_model, cost_mode, filters, table)
+    report = _report_from_groups(groups, kind, by_model, order, cost_mode, table)
+    if groups.exact is not None:  # exact percentiles per report key do not merge into a total
+        return report, usage_totals(source, cost_mode=cost_mode, prices=table, **filters)
+    return report, _report_from_groups(groups, "total", False, "asc", cost_mode, table).select(REPORT_COLUMNS)
+
+
+def _report_shape(by: str, breakdown: str | None, order: str) -> tuple[str, bool]:
+    """(the canonical report kind, whether rows break down by model), checked."""
     kind = _canonical_by(by)
-    breakdown = options.pop("breakdown", None)
     if breakdown is not None and str(breakdown).strip().lower() in ("model", "models"):
         breakdown = "model"
     if breakdown not in (None, "model"):
         raise ValidationError(f"breakdown must be 'model' or None, not {breakdown!r}")
-    order = options.pop("order", "asc")
     if order not in ("asc", "desc"):
         raise ValidationError(f"order must be asc or desc, not {order!r}")
-    if breakdown and kind == "model":
-        breakdown = None
-    cost_mode = options.pop("cost_mode", "auto")
-    if cost_mode not in ("auto", "calculate", "display"):
-        raise ValidationError(f"cost_mode must be auto, calculate or display, not {cost_mode!r}")
-    table = _price_table(options.pop("prices", None))
-    filters = {name: options.pop(name, None) for name in ("since", "until", "user_id", "model")}
-    filters["timezone"] = options.pop("timezone", "UTC")
-    if options:
-        raise TypeError(f"usage_report_with_totals() got unexpected options: {', '.join(sorted(options))}")
-    groups = _groups_for(
-        pushed,
-        kind,
-        filters,
-        table,
-        histograms=True,
-        quantiles=(0.95,),
-        per_model=bool(breakdown) or kind == "model",
-    )
-    report = _report_from_groups(groups, kind, bool(breakdown), order, cost_mode, table)
-    if groups.exact is not None:  # exact percentiles per report key do not merge into a total
-        return report, usage_totals(source, cost_mode=cost_mode, prices=table, **filters)
-    return report, _report_from_groups(groups, "total", False, "asc", cost_mode, table).select(REPORT_COLUMNS)
+    return kind, breakdown == "model" and kind != "model"
 
 
 def usage_totals(
@@ -741,14 +742,22 @@ def _pushed_report(
     cost_mode: str,
     table: PriceTable,
 ) -> pl.DataFrame:
+    options = {"timezone": timezone, "since": since, "until": until, "user_id": user_id, "model": model}
+    groups = _pushed_groups(repo, kind, breakdown, cost_mode, options, table)
+    return _report_from_groups(groups, kind, breakdown, order, cost_mode, table)
+
+
+def _pushed_groups(
+    repo: Any, kind: str, breakdown: bool, cost_mode: str, options: Mapping[str, Any], table: PriceTable
+) -> Groups:
+    """The groups (with latency histograms) a report of ``kind`` is made of; a total's are
+    fetched per model (any grouping adds up to the same total)."""
     if cost_mode not in ("auto", "calculate", "display"):
         raise ValidationError(f"cost_mode must be auto, calculate or display, not {cost_mode!r}")
-    options = {"timezone": timezone, "since": since, "until": until, "user_id": user_id, "model": model}
-    groups = _groups_for(
+    return _groups_for(
         repo, "model" if kind == "total" else kind, options, table, histograms=True, quantiles=(0.95,),
         per_model=breakdown or kind == "model",
     )  # fmt: skip
-    return _report_from_groups(groups, kind, breakdown, order, cost_mode, table)
 
 
 def _report_from_groups(

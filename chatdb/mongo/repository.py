@@ -146,11 +146,10 @@ class MongoRepository(RepositoryBase):
         return collection
 
     def close(self) -> None:
-        self._collections = {}
         if self._client is not None:
             self._client.close()
             self._client = None
-        self._collections = {}  # (and what a concurrent call cached meanwhile)
+        self._collections = {}  # after the client: also what a concurrent call cached meanwhile
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
