@@ -194,6 +194,20 @@ def test_a_report_with_its_totals_from_one_aggregation_equals_the_two_calls(repo
         analytics.usage_report_with_totals(repo, "day", colour="red")
 
 
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_computes_exact_percentiles_when_a_repository_asks_for_them(repo: ChatRepository) -> None:
+    # (docs/analytics.md: percentile_cont where a repository's exact_quantiles is set)
+    _load(repo)
+    repo.exact_quantiles = True  # type: ignore[attr-defined]
+    frame = export.to_polars(repo, "messages")
+    for by in ("day", "model"):
+        got, want = analytics.latency_percentiles(repo, by), reference.latency_percentiles(frame, by)
+        for column in ("p50_ms", "p90_ms", "p95_ms", "p99_ms"):
+            for g, w in zip(got[column], want[column], strict=True):
+                assert abs(g - w) <= 1e-9 * w + 1e-9, (by, column, g, w)
+        _same(analytics.usage_report(repo, by), reference.usage_report(frame, by), f"exact {by}", 1e-9)
+
+
 def test_unreadable_rows_are_counted_and_cost_like_the_export(repo: ChatRepository) -> None:
     unreadable = _load(repo)
     totals = analytics.usage_totals(repo)
