@@ -208,6 +208,40 @@ def test_postgres_computes_exact_percentiles_when_a_repository_asks_for_them(rep
         _same(analytics.usage_report(repo, by), reference.usage_report(frame, by), f"exact {by}", 1e-9)
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
+def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatRepository) -> None:
+    # (SQLite and MySQL/MariaDB read a large table as parts at once, each on its own
+    # connection: here every table is large enough, in 3 parts.)
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    split: list[int] = []
+    real = repo._aggregate_parts  # type: ignore[attr-defined]
+
+    def parts(query: Any) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = real(query)
+        split.append(len(found))
+        return found
+
+    repo.aggregate_parts, repo.aggregate_parts_min_rows = 3, 1  # type: ignore[attr-defined]
+    repo._aggregate_parts = parts  # type: ignore[attr-defined]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("month", {}),
+        ("day", {"timezone": "Asia/Kathmandu"}),
+        ("hour", {"timezone": "Europe/Berlin", "breakdown": "model"}),
+        ("user", {"model": "claude-sonnet-4-5-20250929"}),
+        ("chat", {"since": date(2026, 10, 31), "user_id": "u-edge"}),
+    ]
+    for by, options in cases:
+        _same(analytics.usage_report(repo, by, **options), reference.usage_report(frame, by, **options),
+              f"usage_report({by!r}, {options}) in parts", _bound(repo))  # fmt: skip
+    _same(analytics.usage_totals(repo), reference.usage_totals(frame), "usage_totals in parts", _bound(repo))
+    assert split and set(split) == {3}
+
+
 def test_unreadable_rows_are_counted_and_cost_like_the_export(repo: ChatRepository) -> None:
     unreadable = _load(repo)
     totals = analytics.usage_totals(repo)

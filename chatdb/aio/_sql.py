@@ -50,6 +50,8 @@ class PooledExecutor(Executor):
     idle for a while is pinged before use, as on the sync side.
     """
 
+    threads_own_connections = False  # run() is called in a greenlet, on the event loop
+
     def __init__(self, dialect: SqlDialect, size: int) -> None:
         super().__init__(dialect)
         self._lock = None  # (greenlets share a thread: no thread lock may be held across awaits)
@@ -139,6 +141,8 @@ class SqliteThreadExecutor(Executor):
     its thread runs to COMMIT or ROLLBACK there: it is whole or absent, and the connection is
     left outside a transaction. ``:memory:`` (one connection) runs everything on the writer.
     """
+
+    threads_own_connections = False  # run() is called in a greenlet, on the event loop
 
     def __init__(self, dialect: SqlDialect, size: int) -> None:
         super().__init__(dialect)

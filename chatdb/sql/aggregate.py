@@ -19,9 +19,9 @@ One statement per call, over the stored JSON, in three layers:
 Messages without metadata (about half: user messages) skip layers 1-2: a second, light
 ``GROUP BY`` (``UNION ALL``) counts them per group with no JSON read.
 
-Each layer is a subquery fenced against merging (``LIMIT -1 OFFSET 0`` on SQLite, ``OFFSET 0``
-on PostgreSQL; MariaDB materializes a derived table with a LIMIT): merged, every reference to a
-column would evaluate the JSON functions behind it again. What differs between SQLite,
+Each layer is a subquery fenced against merging (``LIMIT -1 OFFSET 0`` on SQLite, a volatile
+column on PostgreSQL; MariaDB materializes a derived table with a LIMIT): merged, every
+reference to a column would evaluate the JSON functions behind it again (:meth:`_Ops.fenced`). What differs between SQLite,
 PostgreSQL and MySQL/MariaDB — JSON functions, type names, the epoch of an ISO text — is the
 :class:`_Ops` of each, here and nowhere else.
 
@@ -224,12 +224,26 @@ class _Ops:
         return f"CASE WHEN {d} >= 0 AND {d} <= {_DOUBLE_MAX} THEN {d} END"
 
     @property
-    def fence(self) -> str:
-        """What keeps a subquery from being merged into the query over it (see the module
-        docstring)."""
-        return {"sqlite": " LIMIT -1 OFFSET 0", "postgres": " OFFSET 0"}.get(
-            self.backend, " LIMIT 18446744073709551615"
-        )
+    def part_condition(self) -> str:
+        """The messages of one part (:func:`build`): on SQLite the rowids in ``[part_lo,
+        part_hi)``, a stretch of the table's B-tree that the part alone scans; on MySQL/MariaDB,
+        whose tables are stored in primary-key order (random ids), the ids whose CRC-32 is
+        ``part_lo`` modulo ``part_hi``: every part reads every row, but skips the JSON of the
+        rows not its own, which is where the time goes."""
+        if self.backend == "sqlite":
+            return "messages.rowid >= :part_lo AND messages.rowid < :part_hi"
+        return "CRC32(messages.id) % :part_hi = :part_lo"
+
+    def fenced(self, columns: str, rest: str) -> str:
+        """``SELECT columns FROM rest`` as a subquery the planner keeps whole (see the module
+        docstring): SQLite and MariaDB with a LIMIT that takes every row; PostgreSQL with a
+        volatile column (``clock_timestamp()``, never read), which keeps a subquery from being
+        pulled up as an ``OFFSET 0`` does, but unlike it lets the scan under it run in parallel
+        workers (a LIMIT or OFFSET must be applied by one process)."""
+        if self.backend == "postgres":
+            return f"SELECT {columns}, clock_timestamp() AS fence FROM {rest}"
+        limit = " LIMIT -1 OFFSET 0" if self.backend == "sqlite" else " LIMIT 18446744073709551615"
+        return f"SELECT {columns} FROM {rest}{limit}"
 
     def boolean(self, condition: str) -> str:
         return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
@@ -291,8 +305,11 @@ def _offset(query: AggregateQuery) -> str:
 
 def _source(ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: bool) -> tuple[str, str, str]:
     """(columns ``created_at, e, gkey``, FROM source, WHERE clause) of the messages selected,
-    those with metadata or (``metadata=False``) those without."""
+    those with metadata or (``metadata=False``) those without; with ``params["part_lo"]`` and
+    ``params["part_hi"]``, only that part of the table (see :func:`build`)."""
     where = ["messages.metadata IS NOT NULL" if metadata else "messages.metadata IS NULL"]
+    if "part_lo" in params:
+        where.append(ops.part_condition)
     if query.since is not None:
         where.append("messages.created_at >= :since")
         params["since"] = _ts(query.since)
@@ -318,7 +335,7 @@ def _local(ops: _Ops, query: AggregateQuery, inner: str, values: str) -> str:
     and local), ``tzoff, gkey`` and ``values``."""
     offset = _offset(query)
     tzoff = offset if query.unit != DAY else "0"
-    return f"SELECT created_at, e, e + {offset} AS le, {tzoff} AS tzoff, gkey{values} FROM ({inner}) r{ops.fence}"
+    return ops.fenced(f"created_at, e, e + {offset} AS le, {tzoff} AS tzoff, gkey{values}", f"({inner}) r")
 
 
 def _rows(
@@ -332,11 +349,11 @@ def _rows(
     if ops.backend == "sqlite":
         # json_extract straight from the table row, where SQLite's JSON parse cache serves it.
         reads = ", ".join(f"{ops.read('messages.metadata', k)} AS v_{name}" for name, k, _ in fields)
-        layer1 = f"SELECT {columns}, messages.metadata AS m, {reads} FROM {source}{filters}{ops.fence}"
+        layer1 = ops.fenced(f"{columns}, messages.metadata AS m, {reads}", f"{source}{filters}")
     else:
         reads = ", ".join(f"{ops.read('m', k)} AS v_{name}" for name, k, _ in fields)
-        parsed = f"SELECT {columns}, {ops.document(lenient)} AS m FROM {source}{filters}{ops.fence}"
-        layer1 = f"SELECT created_at, e, gkey, m, {reads} FROM ({parsed}) p{ops.fence}"
+        parsed = ops.fenced(f"{columns}, {ops.document(lenient)} AS m", f"{source}{filters}")
+        layer1 = ops.fenced(f"created_at, e, gkey, m, {reads}", f"({parsed}) p")
     values, fasts, bads = [], [], []
     for name, k, kind in fields:
         value, fast, bad = _typed(ops, k, kind)
@@ -360,7 +377,7 @@ def _bare_groups(ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag:
     """The group rows (:data:`GROUP_COLUMNS`, after ``flag`` when not empty) of the messages
     without metadata (user messages, about half of them): counted with no JSON read at all."""
     columns, source, filters = _source(ops, query, params, metadata=False)
-    rows = _local(ops, query, f"SELECT {columns} FROM {source}{filters}{ops.fence}", "")
+    rows = _local(ops, query, ops.fenced(columns, f"{source}{filters}"), "")
     keys = f"{ops.div('le', query.unit)} AS bucket, tzoff, {ops.div('e', DAY)} AS utc_day, gkey"
     # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
     tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
@@ -394,10 +411,18 @@ def settings(backend: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 _SQLITE_AGGREGATE_CACHE = -4096  # KiB: 4 MB
 
 
-def build(backend: str, query: AggregateQuery, *, lenient: bool = False) -> tuple[str, dict[str, Any]]:
-    """SQL text with named parameters (``:name``) and the parameters, for one aggregation."""
+def build(
+    backend: str, query: AggregateQuery, *, lenient: bool = False, part: tuple[Any, Any] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """SQL text with named parameters (``:name``) and the parameters, for one aggregation;
+    with ``part``, over one part of the messages only (:attr:`_Ops.part_condition`; not on
+    PostgreSQL, which runs one statement in parallel itself). The rows of all parts together
+    are the rows of the whole: each is a sum (count, minimum, maximum) of its part's messages,
+    which the reports add up per key as they do the rows of one statement."""
     ops = _Ops(backend)
     params: dict[str, Any] = {}
+    if part is not None:
+        params["part_lo"], params["part_hi"] = part
     rows = _rows(ops, query, params, lenient)
     model_filter = _model_filter(query, params)
     if query.durations and query.quantiles and backend == "postgres":

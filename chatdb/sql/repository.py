@@ -8,10 +8,12 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -255,8 +257,10 @@ def build_scan(
 _PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON cast to jsonb
 
 
-def _aggregate(tx: Tx, backend: str, query: AggregateQuery, lenient: bool) -> list[tuple[Any, ...]]:
-    sql, params = aggregate.build(backend, query, lenient=lenient)
+def _aggregate(
+    tx: Tx, backend: str, query: AggregateQuery, lenient: bool, part: tuple[int, int] | None = None
+) -> list[tuple[Any, ...]]:
+    sql, params = aggregate.build(backend, query, lenient=lenient, part=part)
     before, after = aggregate.settings(backend)
     for statement in before:
         tx.cursor.execute(statement)
@@ -267,6 +271,25 @@ def _aggregate(tx: Tx, backend: str, query: AggregateQuery, lenient: bool) -> li
     finally:
         for statement in after:
             tx.cursor.execute(statement)
+
+
+_ROWID_END = 2**63 - 1  # the last part runs to the end: rows added since the split are in it
+
+
+def _rowid_range(tx: Tx) -> tuple[int | None, int | None]:
+    tx.cursor.execute("SELECT min(rowid), max(rowid) FROM messages")
+    low, high = tx.cursor.fetchone()
+    return low, high
+
+
+def _estimated_messages(tx: Tx) -> int:
+    """MySQL/MariaDB: the messages table's row count as the server estimates it (no scan)."""
+    tx.cursor.execute(
+        "SELECT table_rows FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() AND table_name = 'messages'"
+    )
+    row = tx.cursor.fetchone()
+    return int(row[0] or 0) if row else 0
 
 
 def _table_name(table: str) -> str:
@@ -551,9 +574,28 @@ class SqlRepository(RepositoryBase):
     def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
         """See :meth:`RepositoryBase.aggregate_messages`: one GROUP BY over the stored JSON
         (:mod:`chatdb.sql.aggregate`); only groups leave the database. A read: no groups, and
-        nothing created, where chatdb's tables are not there."""
+        nothing created, where chatdb's tables are not there.
+
+        On SQLite and MySQL/MariaDB a large table is read as :attr:`aggregate_parts` parts at
+        once, each one statement on its own connection and thread (the database does the work;
+        Python waits), and the parts' groups are returned together. PostgreSQL runs the one
+        statement in parallel workers itself. Each part reads in its own transaction, so on a
+        database being written to, the parts' snapshots are taken moments apart (as any two
+        reports' are)."""
         if not self.has_schema():
             return iter([])
+        parts = self._aggregate_parts(query)
+        if parts:
+            run = self._executor.run
+            with ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate") as pool:
+                found = pool.map(
+                    lambda part: run(
+                        partial(_aggregate, backend=self.backend, query=query, lenient=False, part=part)
+                    ),
+                    parts,
+                )
+                rows = [row for part_rows in found for row in part_rows]
+            return iter([rows] if rows else [])
         try:
             rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=False))
         except BackendError as exc:
@@ -562,6 +604,35 @@ class SqlRepository(RepositoryBase):
             # A stored metadata value is not JSON: PostgreSQL reads the rows again, leniently.
             rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=True))
         return iter([rows] if rows else [])
+
+    # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
+    # runs as this many parts at once (one per core this process may use, up to 4; 1: never).
+    aggregate_parts = max(1, min(4, len(os.sched_getaffinity(0))))
+    aggregate_parts_min_rows = 100_000
+
+    def _aggregate_parts(self, query: AggregateQuery) -> list[tuple[int, int]]:
+        """The parts to read ``query`` as (:func:`aggregate.build`'s ``part``), none for one
+        statement: on PostgreSQL, for exact percentiles (not additive), on one shared
+        connection (``:memory:``) or one that is not this thread's own (chatdb.aio)."""
+        count = self.aggregate_parts
+        if (
+            count < 2
+            or self.backend == "postgres"
+            or query.quantiles
+            or not self._executor.threads_own_connections
+        ):
+            return []
+        if self.backend == "sqlite":
+            low, high = self._executor.run(_rowid_range, lone=True)
+            if low is None or high is None or high - low + 1 < self.aggregate_parts_min_rows:
+                return []
+            step = (high - low + 1) / count
+            bounds = [low + round(i * step) for i in range(count)] + [_ROWID_END]
+            return list(itertools.pairwise(bounds))
+        rows = self._executor.run(_estimated_messages, lone=True)
+        if rows < self.aggregate_parts_min_rows:
+            return []
+        return [(i, count) for i in range(count)]
 
     # Whether exports may use a native driver at all (False: always scan_rows).
     native_scans = True
