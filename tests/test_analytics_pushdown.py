@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -240,6 +241,37 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
               f"usage_report({by!r}, {options}) in parts", _bound(repo))  # fmt: skip
     _same(analytics.usage_totals(repo), reference.usage_totals(frame), "usage_totals in parts", _bound(repo))
     assert split and set(split) == {3}
+
+
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_a_reporting_account_without_temporary_tables_gets_the_same_reports(backend: Any) -> None:
+    # MariaDB's aggregation writes its rows to a temporary table; a read-only account (SELECT
+    # only) runs the one-statement form instead, with the same result.
+    from sqlalchemy import text
+
+    import chatdb
+
+    with backend.new_repo() as owner:
+        _load(owner)
+        frame = export.to_polars(owner, "messages")
+    user, password = f"ro{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    database = backend.admin.url.database
+    with backend.admin.connect() as conn:
+        conn.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        conn.execute(text(f"GRANT SELECT ON `{database}`.* TO '{user}'@'%'"))
+    try:
+        url = backend.admin.url.set(username=user, password=password).render_as_string(hide_password=False)
+        with chatdb.create_repository(url) as reader:
+            with pytest.raises(Exception, match="denied"), reader.engine.connect() as conn:  # type: ignore[attr-defined]
+                conn.execute(text("CREATE TEMPORARY TABLE probe (x int)"))
+            reader.aggregate_parts = 2  # type: ignore[attr-defined]
+            reader.aggregate_parts_min_rows = 1  # type: ignore[attr-defined]
+            for by, options in [("month", {}), ("day", {"timezone": "Asia/Kolkata"}), ("user", {})]:
+                _same(analytics.usage_report(reader, by, **options), reference.usage_report(frame, by, **options),
+                      f"read-only usage_report({by!r}, {options})", _bound(reader))  # fmt: skip
+    finally:
+        with backend.admin.connect() as conn:
+            conn.execute(text(f"DROP USER '{user}'@'%'"))
 
 
 def test_unreadable_rows_are_counted_and_cost_like_the_export(repo: ChatRepository) -> None:

@@ -11,8 +11,9 @@ One statement per call, over the stored JSON, in three layers:
    objects...) takes the exact path, which asks the value's JSON type. ``CASE`` is lazy, so a
    well-formed row pays for one read per field;
 3. the groups, and with ``query.histograms`` the latency histogram from the same rows: on
-   PostgreSQL one ``GROUPING SETS`` scan, elsewhere a materialized common table expression read
-   by two ``GROUP BY``\\ s (MariaDB computes it once per reference, so twice). The histogram
+   PostgreSQL one ``GROUPING SETS`` scan, on SQLite a materialized common table expression read
+   by two ``GROUP BY``\\ s, on MariaDB (which computes a common table expression once per
+   reference) a temporary table read by two statements. The histogram
    rows have the group rows' columns with NULLs; the repository cuts them back to
    ``HISTOGRAM_COLUMNS`` (:func:`split_rows`).
 
@@ -47,7 +48,7 @@ from .._aggregate import (
     AggregateQuery,
 )
 
-__all__ = ["PG_TRY_JSONB", "build", "settings", "split_rows"]
+__all__ = ["PG_TRY_JSONB", "ROWS_TABLE", "build", "settings", "split_rows"]
 
 PG_TRY_JSONB = (
     "CREATE OR REPLACE FUNCTION pg_temp.chatdb_try_jsonb(value text) RETURNS jsonb "
@@ -346,8 +347,10 @@ def _rows(
     those fields (no ``bad``)."""
     fields = [field for field in _FIELDS if not only or field[0] in only]
     columns, source, filters = _source(ops, query, params, metadata=True)
-    if ops.backend == "sqlite":
-        # json_extract straight from the table row, where SQLite's JSON parse cache serves it.
+    if ops.backend != "postgres":
+        # JSON functions straight on the table's text (SQLite's JSON parse cache serves its
+        # json_extract calls; a layer carrying the text would only copy it, into a temporary
+        # table on MariaDB).
         reads = ", ".join(f"{ops.read('messages.metadata', k)} AS v_{name}" for name, k, _ in fields)
         layer1 = ops.fenced(f"{columns}, messages.metadata AS m, {reads}", f"{source}{filters}")
     else:
@@ -405,20 +408,37 @@ def settings(backend: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         from .dialects import _SQLITE_CACHE
 
         return (f"PRAGMA cache_size={_SQLITE_AGGREGATE_CACHE}",), (f"PRAGMA cache_size={_SQLITE_CACHE}",)
-    return (), ()
+    # MariaDB: the temporary table of build(). Its CREATE ... SELECT runs outside strict mode,
+    # where the JSON functions' complaints about a stored value stay warnings, as in a SELECT
+    # (strict mode makes them errors in a statement that writes).
+    drop = f"DROP TEMPORARY TABLE IF EXISTS {ROWS_TABLE}"
+    lenient_mode = (
+        "SET @chatdb_sql_mode = @@SESSION.sql_mode, SESSION sql_mode = "
+        "REPLACE(REPLACE(@@SESSION.sql_mode, 'STRICT_TRANS_TABLES', ''), 'STRICT_ALL_TABLES', '')"
+    )
+    return (drop, lenient_mode), (drop, "SET SESSION sql_mode = @chatdb_sql_mode")
 
 
 _SQLITE_AGGREGATE_CACHE = -4096  # KiB: 4 MB
+ROWS_TABLE = "chatdb_aggregate_rows"  # MariaDB's temporary table (per connection)
 
 
 def build(
-    backend: str, query: AggregateQuery, *, lenient: bool = False, part: tuple[Any, Any] | None = None
-) -> tuple[str, dict[str, Any]]:
-    """SQL text with named parameters (``:name``) and the parameters, for one aggregation;
+    backend: str,
+    query: AggregateQuery,
+    *,
+    lenient: bool = False,
+    part: tuple[Any, Any] | None = None,
+    temporary: bool = True,
+) -> tuple[list[str], dict[str, Any]]:
+    """The statements of one aggregation, to run in order in one transaction (their rows, in
+    order, are its rows: see :func:`split_rows`), with named parameters (``:name``), and the
+    parameters; usually one statement;
     with ``part``, over one part of the messages only (:attr:`_Ops.part_condition`; not on
     PostgreSQL, which runs one statement in parallel itself). The rows of all parts together
     are the rows of the whole: each is a sum (count, minimum, maximum) of its part's messages,
-    which the reports add up per key as they do the rows of one statement."""
+    which the reports add up per key as they do the rows of one statement. ``temporary=False``:
+    MariaDB without its temporary table (for a user not allowed to create one), as SQLite."""
     ops = _Ops(backend)
     params: dict[str, Any] = {}
     if part is not None:
@@ -426,7 +446,7 @@ def build(
     rows = _rows(ops, query, params, lenient)
     model_filter = _model_filter(query, params)
     if query.durations and query.quantiles and backend == "postgres":
-        return _exact_quantiles(ops, query, rows, model_filter), params
+        return [_exact_quantiles(ops, query, rows, model_filter)], params
     where = f" WHERE {model_filter}" if model_filter else ""
     tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
     sums_keys = {
@@ -453,7 +473,7 @@ def build(
             f" AND {model_filter}" if model_filter else ""
         )
         names = ", ".join(histogram_keys)
-        return f"SELECT {names}, count(*) FROM ({inner}) d GROUP BY {names}", params
+        return [f"SELECT {names}, count(*) FROM ({inner}) d GROUP BY {names}"], params
     if not query.histograms:
         inner = f"SELECT {_select(sums_keys)}, created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
         names = ", ".join(sums_keys)
@@ -463,7 +483,7 @@ def build(
         sql = f"SELECT {ordered}, {sums.removeprefix('min(created_at), ')} FROM ({inner}) d GROUP BY {names}"
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '')}"
-        return sql, params
+        return [sql], params
     if backend == "postgres":
         # One scan, two groupings: a group row has dbucket NULL (grouping() tells them apart).
         keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
@@ -479,22 +499,35 @@ def build(
         )
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
-        return sql, params
+        return [sql], params
     # SQLite, MariaDB: the rows once, into a temporary table both groupings read.
     keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
     inner = f"SELECT {_select(keys)}, created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
-    materialized = " MATERIALIZED" if backend == "sqlite" else ""
     group_names = ", ".join(sums_keys)
     nulls = ", ".join(["NULL"] * (len(GROUP_COLUMNS) - 9))  # the sums after first and count
-    sql = (
-        f"WITH d AS{materialized} ({inner}) "
-        f"SELECT 1 AS histogram, {group_names}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY {group_names} "
-        f"UNION ALL SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, hbucket, htzoff, hmodel, dbucket, "
+    groups = (
+        f"SELECT 1 AS histogram, {group_names}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY {group_names}"
+    )
+    histogram = (
+        f"SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, hbucket, htzoff, hmodel, dbucket, "
         f"NULL, count(*), {nulls} FROM d WHERE dur IS NOT NULL GROUP BY hbucket, htzoff, hmodel, gkey, dbucket"
     )
-    if not model_filter:
-        sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
-    return sql, params
+    bare = [] if model_filter else [_bare_groups(ops, query, params, "1")]
+    if backend == "sqlite" or not temporary:
+        materialized = " MATERIALIZED" if backend == "sqlite" else ""
+        return [
+            f"WITH d AS{materialized} ({inner}) {groups} UNION ALL {histogram}"
+            + "".join(f" UNION ALL {b}" for b in bare)
+        ], params
+    # MariaDB computes a common table expression once per reference: the rows go into a
+    # temporary table of this connection instead, which each grouping reads in turn (a
+    # statement may read a temporary table once). settings() drops it before and after.
+    return [
+        f"CREATE TEMPORARY TABLE {ROWS_TABLE} AS {inner}",
+        groups.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
+        histogram.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
+        *bare,
+    ], params
 
 
 def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ...]]:
