@@ -112,13 +112,13 @@ class _Ops:
         """(``v`` is a well-formed value of ``kind``, its typed value): the common case, in a
         few comparisons; a value that fails it takes the exact path."""
         if self.backend == "sqlite":
-            # json_extract: JSON integers and booleans (true = 1) are INTEGER, reals REAL, strings
-            # TEXT, objects/arrays their JSON TEXT. TEXT sorts above every number: "< 9.2e18"
-            # refuses it before a comparison with a CAST (whose affinity would convert '12').
+            # json_extract: JSON integers (within 64 bits) and booleans (true = 1) are INTEGER,
+            # other numbers REAL, strings TEXT, objects/arrays their JSON TEXT. An INTEGER of 2
+            # or more is a count; 0 and 1 may be booleans, so they take the exact path.
             if kind == "int":
-                return f"{v} >= 2 AND {v} < 9.2e18 AND {v} = CAST({v} AS INTEGER)", f"CAST({v} AS INTEGER)"
+                return f"typeof({v}) = 'integer' AND {v} >= 2", v
             if kind == "float":
-                return f"{v} >= 0 AND {v} <= {_DOUBLE_MAX} AND {v} <> CAST({v} AS INTEGER)", v
+                return f"typeof({v}) = 'real' AND {v} >= 0 AND {v} <= {_DOUBLE_MAX}", v
             return f"{v} >= '' AND {v} < '{{' AND ({v} < '[' OR {v} >= '\\')", v
         if self.backend == "postgres":
             number = f"CAST({v} AS numeric)"
