@@ -259,9 +259,14 @@ _PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON
 
 
 def _aggregate(
-    tx: Tx, backend: str, query: AggregateQuery, lenient: bool, part: tuple[int, int] | None = None
+    tx: Tx,
+    backend: str,
+    query: AggregateQuery,
+    lenient: bool,
+    part: tuple[int, int] | None = None,
+    parts: int = 1,
 ) -> list[tuple[Any, ...]]:
-    before, after = aggregate.settings(backend)
+    before, after = aggregate.settings(backend, parts)
     for statement in before:
         tx.cursor.execute(statement)
     try:
@@ -304,7 +309,9 @@ _ROWID_END = 2**63 - 1  # the last part runs to the end: rows added since the sp
 
 
 def _rowid_range(tx: Tx) -> tuple[int | None, int | None]:
-    tx.cursor.execute("SELECT min(rowid), max(rowid) FROM messages")
+    # (two subqueries: SQLite answers a lone min() or max() from the B-tree's ends, but a
+    # query with both by scanning the whole table)
+    tx.cursor.execute("SELECT (SELECT min(rowid) FROM messages), (SELECT max(rowid) FROM messages)")
     low, high = tx.cursor.fetchone()
     return low, high
 
@@ -617,7 +624,14 @@ class SqlRepository(RepositoryBase):
             with ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate") as pool:
                 found = pool.map(
                     lambda part: run(
-                        partial(_aggregate, backend=self.backend, query=query, lenient=False, part=part)
+                        partial(
+                            _aggregate,
+                            backend=self.backend,
+                            query=query,
+                            lenient=False,
+                            part=part,
+                            parts=len(parts),
+                        )
                     ),
                     parts,
                 )
