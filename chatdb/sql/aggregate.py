@@ -376,14 +376,23 @@ def _rows(
     return _local(ops, query, layer1, ", " + ", ".join(values))
 
 
-def _bare_groups(ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag: str) -> str:
+def _bare_groups(
+    ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag: str, packed: bool = False
+) -> str:
     """The group rows (:data:`GROUP_COLUMNS`, after ``flag`` when not empty) of the messages
-    without metadata (user messages, about half of them): counted with no JSON read at all."""
+    without metadata (user messages, about half of them): counted with no JSON read at all.
+    ``packed``: grouped by :func:`_pack_group`'s key (the combined layout only)."""
     columns, source, filters = _source(ops, query, params, metadata=False)
     rows = _local(ops, query, ops.fenced(columns, f"{source}{filters}"), "")
-    keys = f"{ops.div('le', query.unit)} AS bucket, tzoff, {ops.div('e', DAY)} AS utc_day, gkey"
     # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
     tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
+    if packed:
+        key, unpacked = _pack_group(ops, query, flags=False)
+        return (
+            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, min(created_at), count(*), {tail} "
+            f"FROM (SELECT created_at, {key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
+        )
+    keys = f"{ops.div('le', query.unit)} AS bucket, tzoff, {ops.div('e', DAY)} AS utc_day, gkey"
     if flag:
         # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
         select = f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, min(created_at), count(*)"
@@ -393,6 +402,65 @@ def _bare_groups(ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag:
         f"SELECT {select}, {tail} FROM (SELECT created_at, {keys} FROM ({rows}) b) d "
         "GROUP BY bucket, tzoff, utc_day, gkey"
     )
+
+
+# Packed keys: fields of a fixed number of bits each, every one made non-negative first, so
+# that division and remainder (which truncate) take them apart again in any of the dialects.
+_DAYS_FROM = 1 << 22  # added to a UTC day number: days back to about 9500 BC
+_OFFSET_FROM = 1 << 17  # added to a UTC offset in seconds (+-36 h)
+_PERIOD_FROM = 1 << 30  # added to a report period number
+_DURATION_BITS = 13  # compact duration buckets: exact below EXACT_BELOW, then logarithmic
+
+
+def _pack_group(ops: _Ops, query: AggregateQuery, flags: bool = True) -> tuple[str, str]:
+    """(an integer over a row's ``le``, ``e``, ``tzoff``, ``cost`` and token fields that is
+    one per (local bucket, UTC offset, UTC day, has_reported, has_tokens); the expressions of
+    those five columns over it as ``gk``, for the select list of a grouping by it). Fields, low
+    bits first: the two flags (2 bits), the offset (18), the local bucket counted from the UTC
+    day's first (7: a day is 24 hours, an offset at most a day and a half), the UTC day."""
+    per_day = DAY // query.unit
+    utc_day = ops.div("e", DAY)
+    bucket = ops.div("le", query.unit)
+    flag_bits = "0"
+    if flags:
+        tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
+        flag_bits = f"{ops.boolean('cost IS NOT NULL')} * 2 + {ops.boolean(tokens)}"
+    key = (
+        f"((({utc_day} + {_DAYS_FROM}) * 128 + {bucket} - ({utc_day}) * {per_day} + 64) * {1 << 18} "
+        f"+ tzoff + {_OFFSET_FROM}) * 4 + {flag_bits}"
+    )
+    day = f"{ops.div('gk', 128 << 20)} - {_DAYS_FROM}"
+    columns = (
+        f"({day}) * {per_day} + {ops.div('gk', 1 << 20)} % 128 - 64 AS bucket, "
+        f"{ops.div('gk', 4)} % {1 << 18} - {_OFFSET_FROM} AS tzoff, {day} AS utc_day, model, gkey, "
+        f"{ops.div('gk', 2)} % 2 AS has_reported, gk % 2 AS has_tokens"
+    )
+    if not flags:
+        columns = columns.replace("model, gkey", "NULL, gkey").replace(
+            f"{ops.div('gk', 2)} % 2 AS has_reported, gk % 2 AS has_tokens", "0, 0"
+        )
+    return key, columns
+
+
+def _pack_histogram(ops: _Ops, query: AggregateQuery, period: str) -> tuple[str, str]:
+    """(an integer that is one per (report period, offset, duration bucket), NULL without a
+    duration; the expressions of ``hbucket, htzoff, hmodel, dbucket`` over it as ``hk``).
+    Fields, low bits first: the duration bucket, compact (13 bits: below EXACT_BELOW the
+    duration, then EXACT_BELOW + the logarithmic bucket, which is below 5,500 for any 64-bit
+    duration), the offset (18), the period."""
+    tzoff = "tzoff" if query.period == "hour" else "0"
+    compact = (
+        f"CASE WHEN dur < {EXACT_BELOW} THEN dur "
+        f"WHEN dur >= {EXACT_BELOW} THEN {EXACT_BELOW} + {ops.whole(f'ln(dur) / {LN_GAMMA!r}')} END"
+    )
+    key = f"((({period}) + {_PERIOD_FROM}) * {1 << 18} + {tzoff} + {_OFFSET_FROM}) * {1 << _DURATION_BITS} + {compact}"
+    low = f"hk % {1 << _DURATION_BITS}"
+    columns = (
+        f"{ops.div('hk', 1 << (18 + _DURATION_BITS))} - {_PERIOD_FROM} AS hbucket, "
+        f"{ops.div('hk', 1 << _DURATION_BITS)} % {1 << 18} - {_OFFSET_FROM} AS htzoff, hmodel, "
+        f"CASE WHEN {low} < {EXACT_BELOW} THEN {low} ELSE {low} - {EXACT_BELOW} + {LOG_BASE} END AS dbucket"
+    )
+    return key, columns
 
 
 def settings(backend: str, parts: int = 1) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -503,19 +571,22 @@ def build(
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
         return [sql], params
-    # SQLite, MariaDB: the rows once, into a temporary table both groupings read.
-    keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
-    inner = f"SELECT {_select(keys)}, created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
-    group_names = ", ".join(sums_keys)
+    # SQLite, MariaDB: the rows once, into a temporary table both groupings read. Both group by
+    # sorting, so each grouping's integer keys are packed into one integer (one column to sort
+    # and compare, not five; unpacked per group): see _pack_group and _pack_histogram.
+    group_key, group_columns = _pack_group(ops, query)
+    histogram_key, histogram_columns = _pack_histogram(ops, query, histogram_keys["hbucket"])
+    inner = (
+        f"SELECT {group_key} AS gk, model, gkey, {histogram_key} AS hk, {histogram_keys['hmodel']} AS hmodel, "
+        f"created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
+    )
     nulls = ", ".join(["NULL"] * (len(GROUP_COLUMNS) - 9))  # the sums after first and count
-    groups = (
-        f"SELECT 1 AS histogram, {group_names}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY {group_names}"
-    )
+    groups = f"SELECT 1 AS histogram, {group_columns}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY gk, model, gkey"
     histogram = (
-        f"SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, hbucket, htzoff, hmodel, dbucket, "
-        f"NULL, count(*), {nulls} FROM d WHERE dur IS NOT NULL GROUP BY hbucket, htzoff, hmodel, gkey, dbucket"
+        f"SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, {histogram_columns}, "
+        f"NULL, count(*), {nulls} FROM d WHERE hk IS NOT NULL GROUP BY hk, hmodel, gkey"
     )
-    bare = [] if model_filter else [_bare_groups(ops, query, params, "1")]
+    bare = [] if model_filter else [_bare_groups(ops, query, params, "1", packed=True)]
     if backend == "sqlite" or not temporary:
         materialized = " MATERIALIZED" if backend == "sqlite" else ""
         return [
