@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -23,6 +26,7 @@ from chatdb import analytics, demo, export
 from chatdb._aggregate import RELATIVE_ERROR, duration_bucket, histogram_quantile
 from chatdb.analytics import usage
 from chatdb.repository import ChatRepository
+from chatdb.sql import aggregate as sql_aggregate
 
 from . import _usage_reference as reference
 
@@ -241,6 +245,35 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
               f"usage_report({by!r}, {options}) in parts", _bound(repo))  # fmt: skip
     _same(analytics.usage_totals(repo), reference.usage_totals(frame), "usage_totals in parts", _bound(repo))
     assert split and set(split) == {3}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
+def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
+    repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report over a large database runs in parts on threads; Ctrl-C must stop their
+    # statements, not wait for them. Each part here runs a statement that would take 100 s.
+    _load(repo)
+    repo.aggregate_parts, repo.aggregate_parts_min_rows = 2, 1  # type: ignore[attr-defined]
+    slow = {
+        "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        "mysql": "SELECT SLEEP(100)",
+    }[repo.backend]  # type: ignore[attr-defined]
+    monkeypatch.setattr(sql_aggregate, "build", lambda *args, **options: ([slow], {}))
+    ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    started = time.monotonic()
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        analytics.usage_report(repo, "month")
+    assert time.monotonic() - started < 30
+    assert not [t for t in threading.enumerate() if t.name.startswith("chatdb-aggregate")]
+    monkeypatch.undo()  # and the repository answers the next report
+    assert analytics.usage_totals(repo)["messages"].item() > 0
 
 
 @pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)

@@ -8,13 +8,14 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
@@ -265,7 +266,10 @@ def _aggregate(
     lenient: bool,
     part: tuple[int, int] | None = None,
     parts: int = 1,
+    started: Callable[[Any], None] | None = None,
 ) -> list[tuple[Any, ...]]:
+    if started is not None:
+        started(tx.cursor.connection)  # (so that the caller can stop this statement)
     before, after = aggregate.settings(backend, parts)
     for statement in before:
         tx.cursor.execute(statement)
@@ -620,22 +624,7 @@ class SqlRepository(RepositoryBase):
             return iter([])
         parts = self._aggregate_parts(query)
         if parts:
-            run = self._executor.run
-            with ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate") as pool:
-                found = pool.map(
-                    lambda part: run(
-                        partial(
-                            _aggregate,
-                            backend=self.backend,
-                            query=query,
-                            lenient=False,
-                            part=part,
-                            parts=len(parts),
-                        )
-                    ),
-                    parts,
-                )
-                rows = [row for part_rows in found for row in part_rows]
+            rows = self._aggregate_in_parts(query, parts)
             return iter([rows] if rows else [])
         try:
             rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=False))
@@ -645,6 +634,51 @@ class SqlRepository(RepositoryBase):
             # A stored metadata value is not JSON: PostgreSQL reads the rows again, leniently.
             rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=True))
         return iter([rows] if rows else [])
+
+    def _aggregate_in_parts(
+        self, query: AggregateQuery, parts: list[tuple[int, int]]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of every part, each run on a thread of its own. When one fails, or the
+        caller is interrupted (Ctrl-C), the statements still running are stopped rather than
+        waited for: SQLite's are interrupted, MySQL's killed (``KILL QUERY``)."""
+        running: list[Any] = []  # each part's DB-API connection, once its statement starts
+        work = partial(_aggregate, backend=self.backend, query=query, lenient=False, parts=len(parts))
+        pool = ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate")
+        try:
+            futures = [
+                pool.submit(self._executor.run, partial(work, part=part, started=running.append))
+                for part in parts
+            ]
+            waiting = set(futures)
+            while waiting:
+                # (a timed wait: the main thread sees a Ctrl-C between two waits)
+                done, waiting = wait(waiting, timeout=0.25, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # the first part to fail stops the others (below)
+            return [row for future in futures for row in future.result()]
+        except BaseException:
+            self._stop_statements(list(running))
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_statements(self, connections: list[Any]) -> None:
+        """Stop what ``connections`` (other threads' own) are running; errors are ignored: a
+        statement may have just ended."""
+        if self.backend == "sqlite":
+            for conn in connections:
+                with contextlib.suppress(Exception):
+                    conn.interrupt()  # (thread-safe: the one call sqlite3 allows from another thread)
+        elif self.backend == "mysql":
+            ids = [conn.thread_id() for conn in connections]
+
+            def kill(tx: Tx) -> None:
+                for thread_id in ids:
+                    with contextlib.suppress(Exception):
+                        tx.cursor.execute(f"KILL QUERY {int(thread_id)}")
+
+            with contextlib.suppress(Exception):
+                self._executor.run(kill, lone=True)
 
     # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
     # runs as this many parts at once (one per core this process may use, up to 4; 1: never).
