@@ -383,3 +383,49 @@ def test_parquet_datasets_and_arrow_streams_are_aggregated_by_duckdb(tmp_path: A
             _same(analytics.usage_report(stream, by, timezone=timezone), want, f"stream {by}", 1e-9)
         got = analytics.latency_percentiles(tmp_path / "dataset", "model")
         assert_frame_equal(got, reference.latency_percentiles(frame, "model"), rel_tol=1e-9)
+
+
+@pytest.mark.sqlite
+def test_every_report_over_a_parquet_dataset_equals_the_reference_when_prices_change_mid_range(
+    tmp_path: Any,
+) -> None:
+    """DuckDB groups a dataset's messages only as finely as a report reads them (by the spans
+    between price changes, not by UTC day; by period only for periods): prices that change
+    inside the data, on a DST day and at a zone's midnight, still price every message at its day."""
+    import chatdb
+    from chatdb.analytics.pricing import Price, PriceTable, load_prices
+
+    changes = PriceTable(
+        (
+            Price("claude-sonnet-4-5", date(2025, 9, 29), 3.0, 15.0, 3.75, 0.3),
+            Price("claude-sonnet-4-5", date(2026, 10, 25), 2.0, 10.0, 2.5, 0.2),
+            Price("claude-haiku-4-5", date(2025, 10, 15), 1.0, 5.0, 1.25, 0.1),
+            Price("claude-haiku-4-5", date(2026, 10, 31), 0.5, 2.5, 0.6, 0.05),
+        )
+    )
+    prices = load_prices(None).merged(changes)
+    with chatdb.create_repository(f"sqlite:///{tmp_path / 'demo.db'}") as repo:
+        _load(repo)
+        frame = export.to_polars(repo, "messages")
+        export.to_parquet(repo, tmp_path / "dataset", partition_by="month")
+    dataset = tmp_path / "dataset"
+    for timezone in ZONES:
+        for by in BYS:
+            options: dict[str, Any] = {"timezone": timezone, "prices": prices}
+            _same(analytics.usage_report(dataset, by, **options), reference.usage_report(frame, by, **options),
+                  f"usage_report({by!r}, {timezone})", 1e-9)  # fmt: skip
+            _same(analytics.cost_reported_vs_estimated(dataset, by, **options),
+                  reference.cost_reported_vs_estimated(frame, by, **options), f"reported vs estimated {by}")  # fmt: skip
+            got = analytics.latency_percentiles(dataset, by, timezone=timezone)
+            assert_frame_equal(got, reference.latency_percentiles(frame, by, timezone=timezone), rel_tol=1e-9)
+        for by in ("hour", "day", "week", "month"):
+            options = {"timezone": timezone, "prices": prices, "breakdown": "model", "order": "desc"}
+            _same(analytics.usage_report(dataset, by, **options), reference.usage_report(frame, by, **options),
+                  f"usage_report({by!r}, {timezone}, breakdown)", 1e-9)  # fmt: skip
+    for mode in ("auto", "calculate", "display"):
+        for by in ("day", "model", "chat"):
+            options = {"cost_mode": mode, "prices": prices, "model": "claude-sonnet-4-5"}
+            _same(analytics.usage_report(dataset, by, **options), reference.usage_report(frame, by, **options),
+                  f"usage_report({by!r}, {mode})", 1e-9)  # fmt: skip
+        _same(analytics.usage_totals(dataset, cost_mode=mode, prices=prices),
+              reference.usage_totals(frame, cost_mode=mode, prices=prices), f"usage_totals({mode})", 1e-9)  # fmt: skip

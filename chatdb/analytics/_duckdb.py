@@ -4,7 +4,10 @@ a DuckDB database's ``messages`` table, an Arrow stream.
 :class:`DuckDbMessages` answers ``aggregate_messages`` (see :mod:`chatdb._aggregate`) with one
 DuckDB ``GROUP BY`` over the source, so the reports in :mod:`chatdb.analytics.usage` treat it like
 a repository: DuckDB streams the rows through its aggregation and only groups come back (as
-columns, ``aggregate_columns``: no Python object per group). Its
+columns, ``aggregate_columns``: no Python object per group). The groups are cut no finer than the
+report reads them (:class:`chatdb.analytics._groups.GroupNeeds`: by price era rather than UTC day,
+by period only for reports by period, on one packed integer key): hashing rows into groups is,
+after decoding the columns, most of a report's time. Its
 percentiles are exact (``quantile_cont``, which keeps each group's durations: 8 bytes a message
 with a duration, the one thing here that grows with the data). An Arrow stream can be read once
 only, so it is first copied (the columns reports need) into a temporary DuckDB file on disk.
@@ -16,11 +19,14 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._aggregate import DAY, AggregateQuery
+from .._aggregate import DAY, HOUR, AggregateQuery
+
+if TYPE_CHECKING:
+    from ._groups import GroupNeeds
 
 __all__ = ["DuckDbMessages"]
 
@@ -35,11 +41,13 @@ class DuckDbMessages:
     table function) over ``con``."""
 
     exact_quantiles = True
+    coarse_groups = True  # aggregate_columns takes GroupNeeds
 
-    def __init__(self, con: Any, relation: str, keep: Any = None) -> None:
+    def __init__(self, con: Any, relation: str, keep: Any = None, files: str | None = None) -> None:
         self.con = con
         self.relation = relation
         self._keep = keep  # what must live as long as this (a temporary directory)
+        self._files = files  # the Parquet glob, whose footers hold the time range
         names = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()}
         missing = [name for name in ("chat_id", "created_at") if name not in names]
         if missing:
@@ -55,7 +63,10 @@ class DuckDbMessages:
         pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
         hive = "true" if path.is_dir() else "false"
         relation = f"read_parquet('{_quote(pattern)}', hive_partitioning = {hive}, union_by_name = true)"
-        return cls(duckdb.connect(), relation)
+        # The footers are read once per connection, not once per query (DESCRIBE, the time
+        # range, the groups and the percentiles each open every file).
+        con = duckdb.connect(config={"enable_object_cache": True})
+        return cls(con, relation, files=pattern)
 
     @classmethod
     def stream(cls, reader: Any) -> DuckDbMessages:
@@ -77,14 +88,34 @@ class DuckDbMessages:
         return name if name in self._names else f"CAST(NULL AS {sql_type})"
 
     def message_time_range(self) -> tuple[datetime | None, datetime | None]:
+        found = self._footer_time_range()
+        if found is not None:
+            return found
         row = self.con.execute(
             f"SELECT min(created_at), max(created_at) FROM (SELECT {self._created()} AS created_at "
             f"FROM {self.relation})"
         ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
+    def _footer_time_range(self) -> tuple[datetime | None, datetime | None] | None:
+        """The range from the Parquet footers' statistics, without reading a row: None when a
+        row group with times has no exact statistics (or they are not Parquet timestamps)."""
+        if self._files is None:
+            return None
+        row = self.con.execute(
+            "SELECT count(*) FILTER (WHERE num_values > coalesce(stats_null_count, -1) AND "
+            "(stats_min_value IS NULL OR stats_max_value IS NULL OR type <> 'INT64' "
+            "OR NOT coalesce(min_is_exact, true) OR NOT coalesce(max_is_exact, true))), "
+            "count(*) FILTER (WHERE stats_min_value IS NOT NULL), "
+            f"min(TRY_CAST(stats_min_value AS {_STAMP})), max(TRY_CAST(stats_max_value AS {_STAMP})) "
+            f"FROM parquet_metadata('{_quote(self._files)}') WHERE path_in_schema = 'created_at'"
+        ).fetchone()
+        if row is None or row[0] or not row[1] or row[2] is None or row[3] is None:
+            return None
+        return row[2], row[3]
+
     def _created(self) -> str:
-        return "CAST(created_at AS TIMESTAMPTZ)"
+        return f"CAST(created_at AS {_STAMP})"
 
     def aggregate_messages(self, query: AggregateQuery) -> Iterator[list[tuple[Any, ...]]]:
         sql, params = self._sql(query)
@@ -96,16 +127,22 @@ class DuckDbMessages:
         finally:
             cursor.close()
 
-    def aggregate_columns(self, query: AggregateQuery) -> Any:
-        """The groups of ``query`` (not ``durations``) as one Polars frame, GROUP_COLUMNS in order."""
-        sql, params = self._sql(query)
+    def aggregate_columns(self, query: AggregateQuery, needs: GroupNeeds | None = None) -> Any:
+        """The groups of ``query`` as one Polars frame, GROUP_COLUMNS in order; with
+        ``durations``, the exact percentiles (EXACT_COLUMNS, the quantiles as one list column).
+
+        ``needs`` says what the report reads of the groups (see
+        :class:`chatdb.analytics._groups.GroupNeeds`): the groups are then cut only as finely as
+        that, which is most of this query's time (the number of groups, not of messages)."""
+        sql, params = self._coarse_sql(query, needs) if needs and not query.durations else self._sql(query)
         cursor = self.con.cursor()
         try:
             return cursor.sql(sql, params=params).pl()
         finally:
             cursor.close()
 
-    def _sql(self, query: AggregateQuery) -> tuple[str, list[Any]]:
+    def _rows(self, query: AggregateQuery) -> tuple[str, list[Any]]:
+        """The messages ``query`` selects, with ``e`` (epoch seconds) and ``gkey``."""
         column = self._column
         where: list[str] = []
         params: list[Any] = []
@@ -126,16 +163,20 @@ class DuckDbMessages:
         rows = (
             f"SELECT {self._created()} AS created_at, {column('user_id', 'VARCHAR')} AS user_id, chat_id, "
             f"{column('model', 'VARCHAR')} AS model, "
-            + ", ".join(f"{column(name, 'BIGINT')} AS {name}" for name in _COLUMNS[4:8])
+            + ", ".join(f"{column(name, 'BIGINT')} AS {name}" for name in _TOKENS)
             + f", {column('total_cost_usd', 'DOUBLE')} AS total_cost_usd, "
             f"{column('duration_ms', 'BIGINT')} AS duration_ms FROM {self.relation}"
         )
-        # Epoch seconds and the zone's offset are computed once a row, in an inner query: the
-        # CASE over the zone's shifts is the costliest expression of the scan.
-        epoch = "epoch_ms(created_at) // 1000"
+        epoch = "epoch_us(created_at) // 1000000"  # (epoch_ms takes twice as long)
         filtered = f"SELECT *, {epoch} AS e, {key} AS gkey FROM ({rows})" + (
             f" WHERE {' AND '.join(where)}" if where else ""
         )
+        return filtered, params
+
+    def _sql(self, query: AggregateQuery) -> tuple[str, list[Any]]:
+        filtered, params = self._rows(query)
+        # The zone's offset is computed once a row, in an inner query: the CASE over the zone's
+        # shifts is the costliest expression of the scan.
         base = f"SELECT *, {_offset(query)} AS e_offset FROM ({filtered})"
         offset = "e_offset"
         local = f"((e + {offset}) // {query.unit})"
@@ -158,17 +199,100 @@ class DuckDbMessages:
                 "WHERE duration_ms IS NOT NULL GROUP BY ALL"
             )
             return sql, params
-        tokens = ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-        has_tokens = " OR ".join(f"{name} IS NOT NULL" for name in tokens)
         sql = (
             f"SELECT {local} AS bucket, {offset} AS tzoff, e // {DAY} AS utc_day, "
             "strftime(min(created_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%g') || 'Z', model, gkey, "
-            f"total_cost_usd IS NOT NULL AS has_reported, ({has_tokens}) AS has_tokens, count(*), "
-            + ", ".join(f"sum({name})" for name in tokens)
-            + ", sum(total_cost_usd), sum(duration_ms), count(duration_ms), max(duration_ms), 0 "
-            f"FROM ({base}) GROUP BY bucket, tzoff, utc_day, model, gkey, has_reported, has_tokens"
+            f"total_cost_usd IS NOT NULL AS has_reported, ({_HAS_TOKENS}) AS has_tokens, {_SUMS}, "
+            f"max(duration_ms), 0 FROM ({base}) "
+            "GROUP BY bucket, tzoff, utc_day, model, gkey, has_reported, has_tokens"
         )
         return sql, params
+
+    def _coarse_sql(self, query: AggregateQuery, needs: GroupNeeds) -> tuple[str, list[Any]]:
+        """GROUP_COLUMNS grouped only by what ``needs`` reads, on one packed integer beside the
+        model and key (one BIGINT hashes and compares faster than five columns):
+
+        ``g = ((bucket * OFFSETS + offset + OFFSET_BIAS) * eras + era) * 4 + flags``
+
+        where the local bucket and offset are left out for a report not by period (and the
+        offset unless it cuts hours in a zone with more than one), ``era`` numbers the spans
+        between the days any price changes (a group's messages share their prices) unless the
+        UTC day follows from the bucket, and ``flags`` are has_reported, has_tokens. Each
+        group's ``utc_day`` is then a day its messages' prices apply on, and ``first`` the
+        start of its period (UTC, or local for day-long buckets in a zone with changing
+        offsets): text that sorts the periods like their first messages, null for a report not
+        by period."""
+        filtered, params = self._rows(query)
+        unit = query.unit
+        offsets = {int(value) for _, value in query.shifts}
+        periods = needs.periods
+        keep_offset = periods and unit == HOUR and len(offsets) > 1
+        utc_from_bucket = periods and all(value % unit == 0 for value in offsets)
+        days = () if utc_from_bucket else tuple(sorted(set(needs.price_days)))
+        eras = len(days) + 1
+        base = f"({filtered})"
+        if periods and len(offsets) > 1:
+            base = f"(SELECT *, {_offset(query)} AS e_offset FROM {base})"
+            offset = "e_offset"
+        else:
+            offset = str(next(iter(offsets)) if periods else 0)
+        packed = f"((e + {offset}) // {unit})" if periods else "0"
+        if keep_offset:
+            packed = f"({packed} * {_OFFSETS} + {offset} + {_OFFSET_BIAS})"
+        if eras > 1:
+            # Newest first: most messages are past the last change, decided by one comparison.
+            # Without periods the epoch seconds are not needed: compare the times themselves.
+            since = (lambda day: f"e >= {day * DAY}") if periods else _since_day
+            era = " ".join(f"WHEN {since(day)} THEN {i + 1}" for i, day in reversed(list(enumerate(days))))
+            packed = f"({packed} * {eras} + CASE {era} ELSE 0 END)"
+        packed = f"({packed} * 4 + (total_cost_usd IS NOT NULL)::INTEGER * 2 + ({_HAS_TOKENS})::INTEGER)"
+        rest = f"(g // 4 // {eras})"
+        if keep_offset:
+            bucket, tzoff = f"{rest} // {_OFFSETS}", f"{rest} % {_OFFSETS} - {_OFFSET_BIAS}"
+        elif periods:
+            bucket, tzoff = rest, offset if len(offsets) == 1 else "0"
+        else:
+            bucket, tzoff = "0", "0"
+        if utc_from_bucket:
+            utc_day = f"(({bucket}) * {unit} - ({tzoff})) // {DAY}"
+        else:
+            # A day of the group's era: the era's first, or the day before the first change.
+            representatives = [days[0] - 1, *days] if days else [0]
+            utc_day = f"{representatives}[g // 4 % {eras} + 1]"
+        if needs.first_times:
+            first = "strftime(first_at AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%g') || 'Z'"
+        elif periods:
+            first = f"strftime(make_timestamp((({bucket}) * {unit} - ({tzoff})) * 1000000), '%Y-%m-%dT%H:%M:%S') || 'Z'"
+        else:
+            first = "CAST(NULL AS VARCHAR)"
+        first_at = ", min(created_at) AS first_at" if needs.first_times else ", NULL AS first_at"
+        maximum = "max(duration_ms)" if needs.max_duration else "CAST(NULL AS BIGINT)"
+        sql = (
+            f"SELECT {bucket}, {tzoff}, {utc_day}, {first}, model, gkey, g % 4 >= 2, g % 2 = 1, "
+            f"* EXCLUDE (g, model, gkey, first_at) FROM (SELECT g, model, gkey{first_at}, {_SUMS}, "
+            f"{maximum}, 0 FROM (SELECT *, {packed} AS g FROM {base}) GROUP BY g, model, gkey)"
+        )
+        return sql, params
+
+
+_STAMP = "TIMESTAMPTZ"
+
+
+def _since_day(day: int) -> str:
+    stamp = (date(1970, 1, 1) + timedelta(days=day)).isoformat()
+    return f"created_at >= TIMESTAMPTZ '{stamp} 00:00:00+00'"
+
+
+_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_HAS_TOKENS = " OR ".join(f"{name} IS NOT NULL" for name in _TOKENS)
+_SUMS = (
+    "count(*), "
+    + ", ".join(f"sum({name})" for name in _TOKENS)
+    + ", sum(total_cost_usd), sum(duration_ms), count(duration_ms)"
+)
+# An offset (seconds, within a day either side) packed into the group key.
+_OFFSETS = 4 * DAY
+_OFFSET_BIAS = 2 * DAY
 
 
 def _offset(query: AggregateQuery) -> str:

@@ -11,7 +11,7 @@ messages: only with the number of groups.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,6 +44,23 @@ _SCHEMA: dict[str, pl.DataType] = {
 _KEYS = {"user": "user", "chat": "chat"}
 
 
+@dataclass(frozen=True)
+class GroupNeeds:
+    """What a report reads of its groups, for a source that can group no finer than that
+    (``aggregate_columns(query, needs)``: DuckDB): ``periods`` — the local bucket (and, for
+    hours, the offset), else they come back 0; ``price_days`` — the UTC days (since the epoch)
+    any price changes on: messages between two such days share their prices, so their groups
+    need not be cut by UTC day (``utc_day`` is then a day of theirs); ``max_duration`` — the
+    longest duration, else it comes back null; ``first_times`` — each group's first message
+    (rows by period and model are ordered by it), else ``first`` is the start of the group's
+    period, which orders periods alike."""
+
+    periods: bool
+    price_days: tuple[int, ...]
+    max_duration: bool
+    first_times: bool
+
+
 class Groups:
     """The groups of one query, and the latency histograms per group when asked for."""
 
@@ -52,7 +69,7 @@ class Groups:
         frame: pl.DataFrame,
         histograms: list[tuple[Any, ...]] | None,
         unit: int,
-        exact: list[tuple[Any, ...]] | None = None,
+        exact: list[tuple[Any, ...]] | pl.DataFrame | None = None,
     ) -> None:
         self.frame = frame
         self.histograms = histograms
@@ -113,8 +130,10 @@ def fetch_groups(
     histograms: bool,
     quantiles: Sequence[float] = (),
     per_model: bool = False,
+    max_duration: bool = True,
 ) -> Groups:
-    """Run the aggregation (and the latency histogram) for a report grouped by ``kind``."""
+    """Run the aggregation (and the latency histogram) for a report grouped by ``kind``;
+    ``max_duration=False`` when the report does not read the longest duration."""
     period = kind in ("hour", "day", "week", "month")
     unit = HOUR if kind == "hour" else DAY
     models, like = _model_filter(model, table)
@@ -154,7 +173,16 @@ def fetch_groups(
         )
     found: list[tuple[Any, ...]] | None = [] if one_pass else None
     columnar = None if one_pass else getattr(repo, "aggregate_columns", None)
-    if columnar is not None:
+    coarse = columnar is not None and getattr(repo, "coarse_groups", False)
+    if columnar is not None and coarse:
+        needs = GroupNeeds(
+            periods=period,
+            price_days=_price_days(table),
+            max_duration=max_duration,
+            first_times=period and per_model,
+        )
+        frame = _clean_columns(columnar(query, needs))
+    elif columnar is not None:
         frame = _clean_columns(columnar(query))
     else:
         rows: list[tuple[Any, ...]] = []
@@ -174,7 +202,7 @@ def fetch_groups(
     wanted = _matches(model, table)
     if wanted is not None and frame.height:
         frame = frame.filter(wanted)
-    exact: list[tuple[Any, ...]] | None = None
+    exact: list[tuple[Any, ...]] | pl.DataFrame | None = None
     if one_pass:
         if model is not None and found:
             matched = set(frame.get_column("model").unique().to_list())
@@ -194,6 +222,9 @@ def fetch_groups(
         )  # fmt: skip
         if getattr(repo, "exact_quantiles", False) and quantiles:
             durations = replace(durations, quantiles=tuple(quantiles))
+            if coarse and columnar is not None:
+                exact = columnar(durations)
+                return Groups(frame, found, unit, exact)
             exact = [
                 (int(p), int(o), name, key, [None if v is None else float(v) for v in values])
                 for batch in repo.aggregate_messages(durations)
@@ -203,6 +234,12 @@ def fetch_groups(
             for batch in repo.aggregate_messages(durations):
                 found.extend(_clean_histogram(row) for row in batch)
     return Groups(frame, found, unit, exact)
+
+
+def _price_days(table: PriceTable) -> tuple[int, ...]:
+    """The days (since the epoch) on which any price of ``table`` changes."""
+    days = {price.effective_from for history in table.history.values() for price in history}
+    return tuple(sorted((day - _EPOCH_DAY).days for day in days))
 
 
 def _clean_histogram(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -346,6 +383,8 @@ def quantile_frame(
 ) -> pl.DataFrame:
     """One row per report key (``names``: the key, then ``model`` with ``extra``) with a column
     ``_q<i>`` per quantile: the database's exact ones, else read from the merged histograms."""
+    if isinstance(groups.exact, pl.DataFrame):
+        return _exact_frame(groups.exact, kind, names, len(qs), extra)
     if groups.exact is not None:
         rows = []
         for period, offset, model, key, values in groups.exact:
@@ -366,6 +405,36 @@ def quantile_frame(
     schema: dict[str, pl.DataType] = {name: pl.String() for name in names}
     schema.update({f"_q{i}": pl.Float64() for i in range(len(qs))})
     return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _exact_frame(exact: pl.DataFrame, kind: str, names: list[str], count: int, extra: bool) -> pl.DataFrame:
+    """:func:`quantile_frame` from EXACT_COLUMNS as columns (the quantiles in one list column),
+    labelled by Polars expressions that give what :func:`_exact_label` gives, without a row loop."""
+    period, offset, model, key, values = (pl.col(name) for name in exact.columns)
+    label: pl.Expr
+    if kind == "hour":
+        label = period_label("hour", HOUR)
+        exact = exact.with_columns(bucket=period, offset=offset)
+    elif kind in ("day", "week"):
+        label = period_label("day", DAY)
+        exact = exact.with_columns(bucket=period if kind == "day" else period * 7 - 3)
+    elif kind == "month":
+        label = pl.concat_str(
+            (period // 12).cast(pl.String()).str.zfill(4),
+            pl.lit("-"),
+            (period % 12 + 1).cast(pl.String()).str.zfill(2),
+        )
+    elif kind == "model":
+        label = model
+    elif kind in ("user", "chat"):
+        label = key
+    else:
+        label = pl.lit("")
+    columns = [label.cast(pl.String()).alias(names[0])]
+    if extra:
+        columns.append(model.cast(pl.String()).alias(names[1]))
+    columns += [values.list.get(i).cast(pl.Float64()).alias(f"_q{i}") for i in range(count)]
+    return exact.select(columns)
 
 
 def _exact_label(kind: str, period: int, offset: int) -> str:

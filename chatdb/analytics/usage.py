@@ -697,6 +697,7 @@ def _groups_for(
     histograms: bool,
     quantiles: Sequence[float] = (),
     per_model: bool = False,
+    max_duration: bool = False,
 ) -> Groups:
     from ._groups import fetch_groups
 
@@ -713,6 +714,7 @@ def _groups_for(
         histograms=histograms,
         quantiles=quantiles,
         per_model=per_model,
+        max_duration=max_duration,
     )
 
 
@@ -839,8 +841,9 @@ def _pushed_latency(
 
     table = _price_table(options.get("prices"))
     groups = _groups_for(
-        repo, kind, options, table, histograms=True, quantiles=percentiles, per_model=kind == "model"
-    )
+        repo, kind, options, table, histograms=True, quantiles=percentiles, per_model=kind == "model",
+        max_duration=True,
+    )  # fmt: skip
     key, expr = _group_key(groups, kind)
     frame = groups.frame.with_columns(expr.alias(key) if expr is not None else pl.lit(""))
     count = pl.col("duration_count").sum()
