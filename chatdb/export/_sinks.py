@@ -98,6 +98,22 @@ def _dictionary(scan: Scan) -> list[str]:
     return list(REPEATED_COLUMNS[scan.table])
 
 
+def _encodings(scan: Scan) -> dict[str, str]:
+    """DELTA_BINARY_PACKED for the integer and timestamp columns (the others: dictionary or
+    PLAIN). Same file size under zstd, and readers decode them faster than zstd-compressed
+    PLAIN 64-bit values: a usage report over 5M messages decodes its columns in about 20% less
+    CPU time in DuckDB (docs/benchmarks.md)."""
+    import pyarrow as pa
+
+    dictionary = set(_dictionary(scan))
+    return {
+        field.name: "DELTA_BINARY_PACKED"
+        for field in scan.schema
+        if field.name not in dictionary
+        and (pa.types.is_integer(field.type) or pa.types.is_timestamp(field.type))
+    }
+
+
 def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -109,6 +125,7 @@ def _write_file(scan: Scan, path: Path, *, append: bool, compression: str) -> in
             scan.schema,
             compression=compression,
             use_dictionary=_dictionary(scan),
+            column_encoding=_encodings(scan),
             # The system allocator returns freed buffers at once; the default pool (mimalloc)
             # keeps tens of MB cached over a long write.
             memory_pool=pa.system_memory_pool(),
@@ -156,7 +173,7 @@ def _write_dataset(
             basename_template=f"part-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}-{{i}}.parquet",
             existing_data_behavior="overwrite_or_ignore",
             file_options=ds.ParquetFileFormat().make_write_options(
-                compression=compression, use_dictionary=_dictionary(scan)
+                compression=compression, use_dictionary=_dictionary(scan), column_encoding=_encodings(scan)
             ),
             max_rows_per_group=scan.batch_size,
             min_rows_per_group=min(scan.batch_size, 10_000),
