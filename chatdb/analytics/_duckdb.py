@@ -264,10 +264,13 @@ class DuckDbMessages:
             first = "CAST(NULL AS VARCHAR)"
         first_at = ", min(created_at) AS first_at" if needs.first_times else ", NULL AS first_at"
         maximum = "max(duration_ms)" if needs.max_duration else "CAST(NULL AS BIGINT)"
+        # (a key that is null for every row is no column to hash)
+        keys = "g, model, gkey" if query.key else "g, model"
         sql = (
-            f"SELECT {bucket}, {tzoff}, {utc_day}, {first}, model, gkey, g % 4 >= 2, g % 2 = 1, "
-            f"* EXCLUDE (g, model, gkey, first_at) FROM (SELECT g, model, gkey{first_at}, {_SUMS}, "
-            f"{maximum}, 0 FROM (SELECT *, {packed} AS g FROM {base}) GROUP BY g, model, gkey)"
+            f"SELECT {bucket}, {tzoff}, {utc_day}, {first}, model, "
+            f"{'gkey' if query.key else 'CAST(NULL AS VARCHAR)'}, g % 4 >= 2, g % 2 = 1, "
+            f"* EXCLUDE ({keys}, first_at) FROM (SELECT {keys}{first_at}, {_SUMS}, "
+            f"{maximum}, 0 FROM (SELECT *, {packed} AS g FROM {base}) GROUP BY {keys})"
         )
         return sql, params
 
