@@ -429,3 +429,25 @@ def test_every_report_over_a_parquet_dataset_equals_the_reference_when_prices_ch
                   f"usage_report({by!r}, {mode})", 1e-9)  # fmt: skip
         _same(analytics.usage_totals(dataset, cost_mode=mode, prices=prices),
               reference.usage_totals(frame, cost_mode=mode, prices=prices), f"usage_totals({mode})", 1e-9)  # fmt: skip
+
+
+def test_a_parquet_time_range_comes_from_the_footers_or_else_a_scan(tmp_path: Any) -> None:
+    """Month and zone reports need the data's time range: read from the row groups' statistics,
+    and from the rows where a file was written without them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from chatdb.analytics._duckdb import DuckDbMessages
+
+    stamps = [datetime(2026, 3, 29, 0, 59, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), None]
+    table = pa.table(
+        {"chat_id": ["c1", "c2", "c3"], "created_at": pa.array(stamps, pa.timestamp("ms", "UTC"))}
+    )
+    pq.write_table(table, tmp_path / "with.parquet", row_group_size=1)
+    pq.write_table(table, tmp_path / "without.parquet", write_statistics=False)
+    want = (stamps[1], stamps[0])
+    with_stats = DuckDbMessages.parquet(tmp_path / "with.parquet")
+    assert with_stats._footer_time_range() == want
+    without = DuckDbMessages.parquet(tmp_path / "without.parquet")
+    assert without._footer_time_range() is None
+    assert without.message_time_range() == want
