@@ -205,9 +205,10 @@ class DuckDbMessages:
                 period = "0"
             tzoff = offset if query.period == "hour" else "0"
             model = "model" if query.per_model else "CAST(NULL AS VARCHAR)"
+            key = "gkey" if query.key else "CAST(NULL AS VARCHAR)"  # a constant is not hashed
             qs = ", ".join(repr(float(q)) for q in query.quantiles)
             sql = (
-                f"SELECT {period} AS period, {tzoff} AS tzoff, {model} AS gmodel, gkey, "
+                f"SELECT {period} AS period, {tzoff} AS tzoff, {model} AS gmodel, {key} AS gkey, "
                 f"quantile_cont(CAST(duration_ms AS DOUBLE), [{qs}]) FROM ({base}) "
                 "WHERE duration_ms IS NOT NULL GROUP BY ALL"
             )
