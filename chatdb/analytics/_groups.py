@@ -5,7 +5,10 @@ cost, has tokens) in the database (``aggregate_messages``, see :mod:`chatdb._agg
 module prices each group at its model's price on its UTC day (prices are linear in tokens, so a
 group's estimate is exactly the sum of its messages' estimates), rolls the buckets up into the
 report's periods and merges the latency histograms. Nothing here grows with the number of
-messages: only with the number of groups.
+messages: only with the number of groups. A source whose ``coarse_groups`` is true (DuckDB over
+Parquet) is also told what the report reads of its groups (:class:`GroupNeeds`) and cuts them
+no finer: by the spans between price changes rather than by UTC day, by period only for a
+report by period.
 """
 
 from __future__ import annotations
