@@ -451,3 +451,21 @@ def test_a_parquet_time_range_comes_from_the_footers_or_else_a_scan(tmp_path: An
     without = DuckDbMessages.parquet(tmp_path / "without.parquet")
     assert without._footer_time_range() is None
     assert without.message_time_range() == want
+
+
+def test_a_parquet_file_rewritten_in_place_is_read_anew(tmp_path: Any) -> None:
+    """Parquet sources share one DuckDB database whose object cache keeps footers between
+    reports: a file written again at the same path (at once, within the same second) must not
+    be answered from the old footer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(count: int, cost: float) -> None:
+        stamps = pa.array([datetime(2026, 1, 1, tzinfo=UTC)] * count, pa.timestamp("ms", "UTC"))
+        table = pa.table({"chat_id": ["c"] * count, "created_at": stamps, "total_cost_usd": [cost] * count})
+        pq.write_table(table, tmp_path / "messages.parquet")
+
+    for count, cost in ((3, 1.0), (5, 2.0), (2, 2.0)):
+        write(count, cost)
+        totals = analytics.usage_totals(tmp_path / "messages.parquet")
+        assert totals.select("messages", "cost_usd").row(0) == (count, count * cost)

@@ -63,7 +63,7 @@ class DuckDbMessages:
         pattern = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
         hive = "true" if path.is_dir() else "false"
         relation = f"read_parquet('{_quote(pattern)}', hive_partitioning = {hive}, union_by_name = true)"
-        return cls(_shared_database().cursor(), relation, files=pattern)
+        return cls(_shared_cursor(), relation, files=pattern)
 
     @classmethod
     def stream(cls, reader: Any) -> DuckDbMessages:
@@ -297,19 +297,19 @@ _DATABASE: Any = None
 _DATABASE_LOCK = threading.Lock()
 
 
-def _shared_database() -> Any:
-    """One in-memory DuckDB per process for Parquet sources, each report on a cursor of its
-    own (a connection of its own to it): opening a database costs 20-40 ms, a cursor almost
-    nothing. Its object cache keeps the Parquet footers between queries and reports (DuckDB
-    reads a file's footer again when the file changed), so DESCRIBE, the time range, the groups
-    and the percentiles do not each open every file."""
+def _shared_cursor() -> Any:
+    """A new cursor (a connection of its own) on the one in-memory DuckDB this process keeps
+    for Parquet sources: opening a database costs 20-40 ms, a cursor almost nothing. Its object
+    cache keeps the Parquet footers between queries and reports (DuckDB reads a file's footer
+    again when the file changed), so DESCRIBE, the time range, the groups and the percentiles
+    do not each open every file. Made under a lock: a connection is not shared across threads."""
     global _DATABASE
     with _DATABASE_LOCK:
         if _DATABASE is None:
             import duckdb
 
             _DATABASE = duckdb.connect(config={"enable_object_cache": True})
-        return _DATABASE
+        return _DATABASE.cursor()
 
 
 def _since_day(day: int) -> str:
