@@ -263,7 +263,7 @@ def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
     slow = {
         "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
         "mysql": "SELECT SLEEP(100)",
-    }[repo.backend]  # type: ignore[attr-defined]
+    }[repo.backend]
     monkeypatch.setattr(sql_aggregate, "build", lambda *args, **options: ([slow], {}))
     ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     started = time.monotonic()
@@ -299,7 +299,12 @@ def test_a_reporting_account_without_temporary_tables_gets_the_same_reports(back
                 conn.execute(text("CREATE TEMPORARY TABLE probe (x int)"))
             reader.aggregate_parts = 2  # type: ignore[attr-defined]
             reader.aggregate_parts_min_rows = 1  # type: ignore[attr-defined]
-            for by, options in [("month", {}), ("day", {"timezone": "Asia/Kolkata"}), ("user", {})]:
+            cases: list[tuple[str, dict[str, Any]]] = [
+                ("month", {}),
+                ("day", {"timezone": "Asia/Kolkata"}),
+                ("user", {}),
+            ]
+            for by, options in cases:
                 _same(analytics.usage_report(reader, by, **options), reference.usage_report(frame, by, **options),
                       f"read-only usage_report({by!r}, {options})", _bound(reader))  # fmt: skip
     finally:
