@@ -387,7 +387,7 @@ def _bare_groups(
     # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
     tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
     if packed:
-        key, unpacked = _pack_group(ops, query, flags=False)
+        key, unpacked = _pack_group(ops, query, bare=True)
         return (
             f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, min(created_at), count(*), {tail} "
             f"FROM (SELECT created_at, {key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
@@ -412,19 +412,22 @@ _PERIOD_FROM = 1 << 30  # added to a report period number
 _DURATION_BITS = 13  # compact duration buckets: exact below EXACT_BELOW, then logarithmic
 
 
-def _pack_group(ops: _Ops, query: AggregateQuery, flags: bool = True) -> tuple[str, str]:
+def _pack_group(ops: _Ops, query: AggregateQuery, bare: bool = False) -> tuple[str, str]:
     """(an integer over a row's ``le``, ``e``, ``tzoff``, ``cost`` and token fields that is
-    one per (local bucket, UTC offset, UTC day, has_reported, has_tokens); the expressions of
-    those five columns over it as ``gk``, for the select list of a grouping by it). Fields, low
-    bits first: the two flags (2 bits), the offset (18), the local bucket counted from the UTC
-    day's first (7: a day is 24 hours, an offset at most a day and a half), the UTC day."""
+    one per (local bucket, UTC offset, UTC day, has_reported, has_tokens); the group columns
+    over it as ``gk``, ``bucket`` to ``has_tokens`` of :data:`GROUP_COLUMNS` without ``first``,
+    for the select list of a grouping by it). ``bare``: rows without metadata, so no model and
+    both flags 0. Fields, low bits first: the two flags (2 bits), the offset (18), the local
+    bucket counted from the UTC day's first (7: a day is 24 hours, an offset at most a day and
+    a half), the UTC day."""
     per_day = DAY // query.unit
     utc_day = ops.div("e", DAY)
     bucket = ops.div("le", query.unit)
-    flag_bits = "0"
-    if flags:
-        tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
-        flag_bits = f"{ops.boolean('cost IS NOT NULL')} * 2 + {ops.boolean(tokens)}"
+    flag_bits, model, reported, tokens = "0", "NULL", "0", "0"
+    if not bare:
+        has_tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
+        flag_bits = f"{ops.boolean('cost IS NOT NULL')} * 2 + {ops.boolean(has_tokens)}"
+        model, reported, tokens = "model", f"{ops.div('gk', 2)} % 2", "gk % 2"
     key = (
         f"((({utc_day} + {_DAYS_FROM}) * 128 + {bucket} - ({utc_day}) * {per_day} + 64) * {1 << 18} "
         f"+ tzoff + {_OFFSET_FROM}) * 4 + {flag_bits}"
@@ -432,13 +435,9 @@ def _pack_group(ops: _Ops, query: AggregateQuery, flags: bool = True) -> tuple[s
     day = f"{ops.div('gk', 128 << 20)} - {_DAYS_FROM}"
     columns = (
         f"({day}) * {per_day} + {ops.div('gk', 1 << 20)} % 128 - 64 AS bucket, "
-        f"{ops.div('gk', 4)} % {1 << 18} - {_OFFSET_FROM} AS tzoff, {day} AS utc_day, model, gkey, "
-        f"{ops.div('gk', 2)} % 2 AS has_reported, gk % 2 AS has_tokens"
+        f"{ops.div('gk', 4)} % {1 << 18} - {_OFFSET_FROM} AS tzoff, {day} AS utc_day, {model}, gkey, "
+        f"{reported} AS has_reported, {tokens} AS has_tokens"
     )
-    if not flags:
-        columns = columns.replace("model, gkey", "NULL, gkey").replace(
-            f"{ops.div('gk', 2)} % 2 AS has_reported, gk % 2 AS has_tokens", "0, 0"
-        )
     return key, columns
 
 

@@ -6,7 +6,9 @@ it never branches on a dialect name itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import itertools
 import os
 import re
 import sqlite3
@@ -32,6 +34,8 @@ _MYSQL_DUP_KEYNAME = 1061
 _PG_UNIQUE = "23505"
 _PG_RETRY = {"40001", "40P01"}  # serialization failure, deadlock
 _MYSQL_GONE = {2002, 2003, 2006, 2013, 2055}
+_MYSQL_DENIED = {1044, 1142, 1227}  # access denied to a database, to a table command, to an operation
+_ROWID_END = 2**63 - 1  # the last part of an aggregation runs to the end (rows added since)
 # The asyncio driver per server (chatdb.aio): aiomysql rather than asyncmy because its errors
 # are PyMySQL's own classes, so one errno table (and is_disconnect) serves both sides. (SQLite
 # has no asyncio driver here: chatdb.aio runs its transactions on threads, see aio/_sql.py.)
@@ -272,6 +276,52 @@ class SqlDialect:
 
             return dbapi_conn.cursor(MySQLdb.cursors.SSCursor)
         return dbapi_conn.cursor()
+
+    # -- aggregations in parts (chatdb.sql.aggregate) -------------------------------------------
+
+    @property
+    def aggregates_in_parts(self) -> bool:
+        """Whether a large aggregation is worth running as parts at once, each on its own
+        connection: not on PostgreSQL, which runs one statement in its parallel workers."""
+        return self.backend != "postgres"
+
+    def aggregate_parts(self, cursor: Any, count: int, min_rows: int) -> list[tuple[int, int]]:
+        """The ``count`` parts (``aggregate.build``'s ``part``) of an aggregation over the
+        messages, none under ``min_rows`` messages. SQLite: rowid ranges, from the B-tree's two
+        ends (two subqueries: a query with both min() and max() scans the whole table); MySQL:
+        the CRC-32 classes of the id, from the server's row estimate (no scan)."""
+        if self.backend == "sqlite":
+            cursor.execute("SELECT (SELECT min(rowid) FROM messages), (SELECT max(rowid) FROM messages)")
+            low, high = cursor.fetchone()
+            if low is None or high is None or high - low + 1 < min_rows:
+                return []
+            step = (high - low + 1) / count
+            bounds = [low + round(i * step) for i in range(count)] + [_ROWID_END]
+            return list(itertools.pairwise(bounds))
+        cursor.execute(
+            "SELECT table_rows FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name = 'messages'"
+        )
+        row = cursor.fetchone()
+        if not row or int(row[0] or 0) < min_rows:
+            return []
+        return [(i, count) for i in range(count)]
+
+    def stop_statements(self, connections: list[Any]) -> list[str]:
+        """Stop the statements other threads are running on ``connections`` (their DB-API
+        connections). SQLite's are interrupted here (the one call sqlite3 allows from another
+        thread); for MySQL the ``KILL QUERY`` statements are returned, to run on a connection of
+        the caller's own. Errors are ignored: a statement may have just ended."""
+        if self.backend == "mysql":
+            return [f"KILL QUERY {int(conn.thread_id())}" for conn in connections]
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.interrupt()
+        return []
+
+    def is_denied(self, exc: BaseException) -> bool:
+        """A MySQL driver error refusing a privilege the user lacks (CREATE TEMPORARY TABLES)."""
+        return self.backend == "mysql" and _errno(exc) in _MYSQL_DENIED
 
     # -- errors ---------------------------------------------------------------------------------
 

@@ -117,18 +117,12 @@ def _release(executor: weakref.ref[Executor], held: _Held) -> None:
 class Executor:
     """Owns the engine (made on first use) and runs transactions on it."""
 
-    # Whether each thread that calls run() gets a connection of its own (so several threads
-    # may run at once): not on :memory: (one shared connection) nor in chatdb.aio's executors.
-    threads_own_connections = True
-
     def __init__(self, dialect: SqlDialect) -> None:
         self.dialect = dialect
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         # :memory: is a single shared connection: calls take turns on it.
         self._lock = threading.RLock() if dialect.serialize else None
-        if dialect.serialize:
-            self.threads_own_connections = False
         self._sql: dict[int, tuple[str, tuple[str, ...] | None]] = {}
         self._begin_write = dialect.begin_statement(True)
         self._begin_read = dialect.begin_statement(False)
@@ -144,6 +138,13 @@ class Executor:
                 if self._engine is None:
                     self._engine = self.dialect.create_engine()
         return self._engine
+
+    @property
+    def threads_own_connections(self) -> bool:
+        """Whether each thread that calls run() gets a connection of its own, so that several
+        may run at once: not on :memory: (one shared connection); chatdb.aio's executors say
+        False too (their run() is called in a greenlet, on the event loop)."""
+        return not self.dialect.serialize
 
     def dispose(self) -> None:
         with self._held_lock:

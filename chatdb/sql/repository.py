@@ -9,7 +9,6 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import threading
@@ -66,7 +65,7 @@ from ..errors import (
 )
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import aggregate, arrow_scan, mapping
-from .dialects import UniqueViolation, dialect_for, import_chunk
+from .dialects import SqlDialect, UniqueViolation, dialect_for, import_chunk
 from .executor import Executor, Tx
 from .schema import (
     TABLES,
@@ -261,7 +260,7 @@ _PG_INVALID_TEXT = "22P02"  # invalid_text_representation: text that is not JSON
 
 def _aggregate(
     tx: Tx,
-    backend: str,
+    dialect: SqlDialect,
     query: AggregateQuery,
     lenient: bool,
     part: tuple[int, int] | None = None,
@@ -270,6 +269,7 @@ def _aggregate(
 ) -> list[tuple[Any, ...]]:
     if started is not None:
         started(tx.cursor.connection)  # (so that the caller can stop this statement)
+    backend = dialect.backend
     before, after = aggregate.settings(backend, parts)
     for statement in before:
         tx.cursor.execute(statement)
@@ -279,7 +279,7 @@ def _aggregate(
         try:
             rows = _aggregate_rows(tx, *aggregate.build(backend, query, lenient=lenient, part=part))
         except Exception as exc:
-            if backend != "mysql" or _mysql_code(exc) not in _MYSQL_DENIED:
+            if not dialect.is_denied(exc):
                 raise
             # A user without the CREATE TEMPORARY TABLES privilege (a read-only reporting
             # account): the one statement, which MariaDB runs slower.
@@ -299,35 +299,6 @@ def _aggregate_rows(tx: Tx, statements: list[str], params: dict[str, Any]) -> li
         if cursor.description is not None:
             rows.extend(cursor.fetchall())
     return rows
-
-
-_MYSQL_DENIED = (1044, 1142, 1227)  # access denied to a database, a table command, an operation
-
-
-def _mysql_code(exc: BaseException) -> int | None:
-    code = exc.args[0] if exc.args else None
-    return code if isinstance(code, int) else None
-
-
-_ROWID_END = 2**63 - 1  # the last part runs to the end: rows added since the split are in it
-
-
-def _rowid_range(tx: Tx) -> tuple[int | None, int | None]:
-    # (two subqueries: SQLite answers a lone min() or max() from the B-tree's ends, but a
-    # query with both by scanning the whole table)
-    tx.cursor.execute("SELECT (SELECT min(rowid) FROM messages), (SELECT max(rowid) FROM messages)")
-    low, high = tx.cursor.fetchone()
-    return low, high
-
-
-def _estimated_messages(tx: Tx) -> int:
-    """MySQL/MariaDB: the messages table's row count as the server estimates it (no scan)."""
-    tx.cursor.execute(
-        "SELECT table_rows FROM information_schema.tables "
-        "WHERE table_schema = DATABASE() AND table_name = 'messages'"
-    )
-    row = tx.cursor.fetchone()
-    return int(row[0] or 0) if row else 0
 
 
 def _table_name(table: str) -> str:
@@ -627,12 +598,16 @@ class SqlRepository(RepositoryBase):
             rows = self._aggregate_in_parts(query, parts)
             return iter([rows] if rows else [])
         try:
-            rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=False))
+            rows = self._executor.run(
+                partial(_aggregate, dialect=self._executor.dialect, query=query, lenient=False)
+            )
         except BackendError as exc:
             if getattr(exc.__cause__, "sqlstate", None) != _PG_INVALID_TEXT:
                 raise
             # A stored metadata value is not JSON: PostgreSQL reads the rows again, leniently.
-            rows = self._executor.run(partial(_aggregate, backend=self.backend, query=query, lenient=True))
+            rows = self._executor.run(
+                partial(_aggregate, dialect=self._executor.dialect, query=query, lenient=True)
+            )
         return iter([rows] if rows else [])
 
     def _aggregate_in_parts(
@@ -642,7 +617,8 @@ class SqlRepository(RepositoryBase):
         caller is interrupted (Ctrl-C), the statements still running are stopped rather than
         waited for: SQLite's are interrupted, MySQL's killed (``KILL QUERY``)."""
         running: list[Any] = []  # each part's DB-API connection, once its statement starts
-        work = partial(_aggregate, backend=self.backend, query=query, lenient=False, parts=len(parts))
+        dialect = self._executor.dialect
+        work = partial(_aggregate, dialect=dialect, query=query, lenient=False, parts=len(parts))
         pool = ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate")
         try:
             futures = [
@@ -663,20 +639,16 @@ class SqlRepository(RepositoryBase):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _stop_statements(self, connections: list[Any]) -> None:
-        """Stop what ``connections`` (other threads' own) are running; errors are ignored: a
-        statement may have just ended."""
-        if self.backend == "sqlite":
-            for conn in connections:
+        """Stop what ``connections`` (other threads' own) are running (see
+        :meth:`SqlDialect.stop_statements`); errors are ignored: a statement may have just ended."""
+        kills = self._executor.dialect.stop_statements(connections)
+
+        def kill(tx: Tx) -> None:
+            for statement in kills:
                 with contextlib.suppress(Exception):
-                    conn.interrupt()  # (thread-safe: the one call sqlite3 allows from another thread)
-        elif self.backend == "mysql":
-            ids = [conn.thread_id() for conn in connections]
+                    tx.cursor.execute(statement)
 
-            def kill(tx: Tx) -> None:
-                for thread_id in ids:
-                    with contextlib.suppress(Exception):
-                        tx.cursor.execute(f"KILL QUERY {int(thread_id)}")
-
+        if kills:
             with contextlib.suppress(Exception):
                 self._executor.run(kill, lone=True)
 
@@ -689,25 +661,19 @@ class SqlRepository(RepositoryBase):
         """The parts to read ``query`` as (:func:`aggregate.build`'s ``part``), none for one
         statement: on PostgreSQL, for exact percentiles (not additive), on one shared
         connection (``:memory:``) or one that is not this thread's own (chatdb.aio)."""
-        count = self.aggregate_parts
+        count, dialect = self.aggregate_parts, self._executor.dialect
         if (
             count < 2
-            or self.backend == "postgres"
+            or not dialect.aggregates_in_parts
             or query.quantiles
             or not self._executor.threads_own_connections
         ):
             return []
-        if self.backend == "sqlite":
-            low, high = self._executor.run(_rowid_range, lone=True)
-            if low is None or high is None or high - low + 1 < self.aggregate_parts_min_rows:
-                return []
-            step = (high - low + 1) / count
-            bounds = [low + round(i * step) for i in range(count)] + [_ROWID_END]
-            return list(itertools.pairwise(bounds))
-        rows = self._executor.run(_estimated_messages, lone=True)
-        if rows < self.aggregate_parts_min_rows:
-            return []
-        return [(i, count) for i in range(count)]
+        min_rows = self.aggregate_parts_min_rows
+        parts: list[tuple[int, int]] = self._executor.run(
+            lambda tx: dialect.aggregate_parts(tx.cursor, count, min_rows), lone=True
+        )
+        return parts
 
     # Whether exports may use a native driver at all (False: always scan_rows).
     native_scans = True
