@@ -37,7 +37,7 @@ def _check_pool(repo: AsyncChatRepository) -> None:
         pool = inner.pool
         assert not any(pool.idle_in_transaction())
         if isinstance(pool, PooledExecutor):
-            assert pool._slots._value == pool.size  # nothing still checked out
+            assert pool._slots.free == pool.size  # nothing still checked out
             assert len(pool._idle) <= pool.size
 
 

@@ -13,12 +13,13 @@ from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util import await_only
 from sqlalchemy.util.concurrency import AsyncAdaptedLock
 
 from ..config import DbConfig
 from ..errors import ConfigError
 from ..mongo.repository import MongoRepository
+from ._greenlets import spawn
 
 _CHUNK = 1_000  # documents per await when a cursor is read whole
 
@@ -93,7 +94,7 @@ class _Awaiting:
 
     def with_transaction(self, callback: Callable[[Any], Any], **options: Any) -> Any:
         async def run(session: Any) -> Any:
-            return await greenlet_spawn(callback, _Awaiting(session))
+            return await spawn(callback, _Awaiting(session))
 
         return await_only(self._target.with_transaction(run, **options))
 

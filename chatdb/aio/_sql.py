@@ -15,7 +15,9 @@ the sync executor keeps one per thread (greenlets share their thread).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -31,6 +33,47 @@ from ..sql.executor import PING_AFTER_IDLE_SECONDS, Executor, Tx, _Held
 from ..sql.repository import SqlRepository
 
 T = TypeVar("T")
+
+
+class _Slots:
+    """A counting semaphore taken from a greenlet. A free slot is taken without a greenlet switch,
+    where ``await_(asyncio.Semaphore.acquire())`` costs two even then; a released slot goes
+    straight to the longest waiter."""
+
+    __slots__ = ("_free", "_waiting")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        """Slots not taken (tests)."""
+        return self._free
+
+    def take(self) -> None:
+        if self._free and not self._waiting:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await_only(waiter)
+        except BaseException:  # cancelled while waiting
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # a slot was handed over just before: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class _Pooled(_Held):
@@ -56,7 +99,7 @@ class PooledExecutor(Executor):
         super().__init__(dialect)
         self._lock = None  # (greenlets share a thread: no thread lock may be held across awaits)
         self.size = size
-        self._slots = asyncio.Semaphore(self.size)
+        self._slots = _Slots(self.size)
         self._idle: list[_Pooled] = []
 
     @property
@@ -68,7 +111,7 @@ class PooledExecutor(Executor):
         return self._engine
 
     def _acquire(self) -> _Held:
-        await_only(self._slots.acquire())
+        self._slots.take()
         try:
             while self._idle:
                 held = self._idle.pop()
@@ -87,13 +130,13 @@ class PooledExecutor(Executor):
                 self._held.add(pooled)
             return pooled
         except BaseException:
-            self._slots.release()
+            self._slots.give()
             raise
 
     def _release(self, held: _Held) -> None:
         if not held.dead:
             self._idle.append(held)  # type: ignore[arg-type]
-        self._slots.release()
+        self._slots.give()
 
     def _forget(self, held: _Held) -> None:
         with self._held_lock:
@@ -112,20 +155,20 @@ class PooledExecutor(Executor):
     # The Core paths (DDL, scans) hold a pool slot too, so the pool bounds every connection.
 
     def run_core(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        await_only(self._slots.acquire())
+        self._slots.take()
         try:
             return super().run_core(work, write=write)
         finally:
-            self._slots.release()
+            self._slots.give()
 
     def stream(
         self, statement: Any, batch_size: int, *, bulky: int | None = None
     ) -> Iterator[list[tuple[Any, ...]]]:
-        await_only(self._slots.acquire())
+        self._slots.take()
         try:
             yield from super().stream(statement, batch_size, bulky=bulky)
         finally:
-            self._slots.release()
+            self._slots.give()
 
 
 class SqliteThreadExecutor(Executor):

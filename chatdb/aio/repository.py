@@ -2,12 +2,13 @@
 
 One source of truth: an ``AsyncChatRepository`` holds a sync repository of the same backend
 (``SqlRepository``, ``MongoRepository``) whose connections are asyncio drivers', and runs each of
-its methods in a greenlet (SQLAlchemy's ``greenlet_spawn``, what its own asyncio extension is
-built on). Where the sync code would block on the driver, the greenlet awaits the driver's
-coroutine on the event loop instead, so no thread pool is involved on the servers and
-validation, statements, mapping, retries and errors are literally the sync code. Each method
-here is one line that hands its arguments over; ``tests/test_aio.py`` checks that every
-``ChatRepository`` method has its coroutine here with the same signature.
+its methods in a greenlet (as SQLAlchemy's ``greenlet_spawn`` does, what its own asyncio
+extension is built on; :mod:`chatdb.aio._greenlets` reuses the greenlets). Where the sync code
+would block on the driver, the greenlet awaits the driver's coroutine on the event loop instead,
+so no thread pool is involved on the servers and validation, statements, mapping, retries and
+errors are literally the sync code. Each method here is one line that hands its arguments
+over; ``tests/test_aio.py`` checks that every ``ChatRepository`` method has its coroutine here
+with the same signature.
 
 Cancellation: a task cancelled inside a SQL write closes the connection it was writing on (the
 server rolls the transaction back) unless COMMIT was already sent, so the write happens whole or
@@ -27,11 +28,10 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from sqlalchemy.util import greenlet_spawn
-
 from .._aggregate import AggregateQuery
 from .._base import RepositoryBase
 from ..models import ApiKey, Chat, ContentPart, Message, MessageMetadata, Page, User, UserWithPasswordHash
+from ._greenlets import spawn
 
 __all__ = ["AsyncChatRepository"]
 
@@ -69,12 +69,12 @@ class AsyncChatRepository:
         return f"<AsyncChatRepository {self.backend} {self.config.redacted_url}>"
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await greenlet_spawn(method, *args, **kwargs)
+        return await spawn(method, *args, **kwargs)
 
     async def _write(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._finish_writes:
-            return await _finish_first(greenlet_spawn(method, *args, **kwargs))
-        return await greenlet_spawn(method, *args, **kwargs)
+            return await _finish_first(spawn(method, *args, **kwargs))
+        return await spawn(method, *args, **kwargs)
 
     # -- chats ----------------------------------------------------------------------------------
 
