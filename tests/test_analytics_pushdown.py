@@ -8,7 +8,9 @@ either side of DST changes and of Asia/Kolkata and Asia/Kathmandu midnights).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
 import signal
 import threading
@@ -16,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -245,6 +248,20 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
               f"usage_report({by!r}, {options}) in parts", _bound(repo))  # fmt: skip
     _same(analytics.usage_totals(repo), reference.usage_totals(frame), "usage_totals in parts", _bound(repo))
     assert split and set(split) == {3}
+    # (on SQLite each part ran in a child process of its own: chatdb._sqlite_aggregate)
+    assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
+
+
+def _part_processes() -> list[str]:
+    """This process's children running a SQLite aggregation part (Linux: from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            status = (entry / "status").read_text()
+            parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+            if int(parent) == os.getpid() and b"chatdb._sqlite_aggregate" in (entry / "cmdline").read_bytes():
+                found.append(entry.name)
+    return found
 
 
 @pytest.mark.timeout(120)
@@ -272,6 +289,7 @@ def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
         analytics.usage_report(repo, "month")
     assert time.monotonic() - started < 30
     assert not [t for t in threading.enumerate() if t.name.startswith("chatdb-aggregate")]
+    assert not _part_processes()  # (SQLite's parts run in child processes: killed, not left)
     monkeypatch.undo()  # and the repository answers the next report
     assert analytics.usage_totals(repo)["messages"].item() > 0
 

@@ -309,8 +309,8 @@ class SqlDialect:
 
     def stop_statements(self, connections: list[Any]) -> list[str]:
         """Stop the statements other threads are running on ``connections`` (their DB-API
-        connections). SQLite's are interrupted here (the one call sqlite3 allows from another
-        thread); for MySQL the ``KILL QUERY`` statements are returned, to run on a connection of
+        connections, or on SQLite files the parts' child processes). SQLite's are interrupted
+        here (the one call sqlite3 allows from another thread; a child process is killed); for MySQL the ``KILL QUERY`` statements are returned, to run on a connection of
         the caller's own. Errors are ignored: a statement may have just ended."""
         if self.backend == "mysql":
             return [f"KILL QUERY {int(conn.thread_id())}" for conn in connections]

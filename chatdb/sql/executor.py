@@ -65,11 +65,7 @@ class Tx:
 
     def execute_once(self, statement: Any) -> Any:
         """A statement built for one call (values inline as parameters): compiled, not cached."""
-        compiled = statement.compile(dialect=self._dialect, compile_kwargs={"render_postcompile": True})
-        params: Any = compiled.params
-        if compiled.positional:
-            params = tuple(params[name] for name in compiled.positiontup or ())
-        self.cursor.execute(str(compiled), params)
+        self.cursor.execute(*compile_once(statement, self._dialect))
         return self.cursor
 
     def first(self, statement: Any, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
@@ -85,6 +81,16 @@ class Tx:
 
     def rowcount(self, statement: Any, params: dict[str, Any] | None = None) -> int:
         return int(self.execute(statement, params).rowcount)
+
+
+def compile_once(statement: Any, dialect: Any) -> tuple[str, Any]:
+    """SQL text and parameters (a tuple, or a dict for a named paramstyle) of a statement built
+    for one call, for ``dialect``."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params: Any = compiled.params
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup or ())
+    return str(compiled), params
 
 
 PING_AFTER_IDLE_SECONDS = 5.0

@@ -9,8 +9,12 @@ differences are asked of :mod:`chatdb.sql.dialects`; nothing here branches on a 
 from __future__ import annotations
 
 import contextlib
+import json
+import marshal
 import os
 import re
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -66,7 +70,7 @@ from ..errors import (
 from ..models import ApiKey, Chat, Message, User, UserWithPasswordHash
 from . import aggregate, arrow_scan, mapping
 from .dialects import SqlDialect, UniqueViolation, dialect_for, import_chunk
-from .executor import Executor, Tx
+from .executor import Executor, Tx, compile_once
 from .schema import (
     TABLES,
     ColumnFact,
@@ -292,13 +296,69 @@ def _aggregate(
 
 def _aggregate_rows(tx: Tx, statements: list[str], params: dict[str, Any]) -> list[Any]:
     rows: list[Any] = []
-    for sql in statements:
-        # (each statement binds the parameters it names)
-        used = {name: value for name, value in params.items() if re.search(rf":{name}\b", sql)}
-        cursor = tx.execute_once(text(sql).bindparams(**used))
+    for statement in _bound(statements, params):
+        cursor = tx.execute_once(statement)
         if cursor.description is not None:
             rows.extend(cursor.fetchall())
     return rows
+
+
+def _bound(statements: list[str], params: dict[str, Any]) -> list[Any]:
+    """Each statement with the parameters it names (a statement may not name them all)."""
+    return [
+        text(sql).bindparams(
+            **{name: value for name, value in params.items() if re.search(rf":{name}\b", sql)}
+        )
+        for sql in statements
+    ]
+
+
+class _ChildPart:
+    """A part running in a child process, stopped as a part on a thread is (``interrupt()``)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+
+    def interrupt(self) -> None:
+        self.process.kill()
+
+
+def _aggregate_in_child(
+    path: str,
+    dialect: Any,
+    query: AggregateQuery,
+    part: tuple[int, int],
+    parts: int,
+    started: Callable[[Any], None],
+) -> list[tuple[Any, ...]]:
+    """One part of a SQLite aggregation, run by a child process (:mod:`chatdb._sqlite_aggregate`
+    says why); the same statements and rows as :func:`_aggregate` on a thread."""
+    before, _ = aggregate.settings("sqlite", parts)
+    statements, params = aggregate.build("sqlite", query, part=part)
+    request = {
+        "path": path,
+        "before": list(before),
+        "statements": [list(compile_once(statement, dialect)) for statement in _bound(statements, params)],
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "chatdb._sqlite_aggregate"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_batches.child_env(),
+    )
+    try:
+        started(_ChildPart(child))
+        out, err = child.communicate(json.dumps(request).encode())
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0:
+        message = err.decode("utf-8", "replace").strip()
+        last = message.splitlines()[-1] if message else f"exit status {child.returncode}"
+        raise BackendError(f"sqlite error during aggregation: {last}")
+    return aggregate.split_rows(query, marshal.loads(out))
 
 
 def _table_name(table: str) -> str:
@@ -586,8 +646,9 @@ class SqlRepository(RepositoryBase):
         nothing created, where chatdb's tables are not there.
 
         On SQLite and MySQL/MariaDB a large table is read as :attr:`aggregate_parts` parts at
-        once, each one statement on its own connection and thread (the database does the work;
-        Python waits), and the parts' groups are returned together. PostgreSQL runs the one
+        once, each one statement on its own connection (the database does the work; Python
+        waits): MySQL's on threads, a SQLite file's in child processes (see
+        :mod:`chatdb._sqlite_aggregate`); the parts' groups are returned together. PostgreSQL runs the one
         statement in parallel workers itself. Each part reads in its own transaction, so on a
         database being written to, the parts' snapshots are taken moments apart (as any two
         reports' are)."""
@@ -613,18 +674,27 @@ class SqlRepository(RepositoryBase):
     def _aggregate_in_parts(
         self, query: AggregateQuery, parts: list[tuple[int, int]]
     ) -> list[tuple[Any, ...]]:
-        """The rows of every part, each run on a thread of its own. When one fails, or the
-        caller is interrupted (Ctrl-C), the statements still running are stopped rather than
-        waited for: SQLite's are interrupted, MySQL's killed (``KILL QUERY``)."""
-        running: list[Any] = []  # each part's DB-API connection, once its statement starts
+        """The rows of every part, each run on (or waited for by) a thread of its own. When one
+        fails, or the caller is interrupted (Ctrl-C), the parts still running are stopped rather
+        than waited for: SQLite's processes killed, MySQL's statements killed (``KILL QUERY``)."""
+        running: list[Any] = []  # each part's DB-API connection (or process), once it starts
         dialect = self._executor.dialect
-        work = partial(_aggregate, dialect=dialect, query=query, lenient=False, parts=len(parts))
         pool = ThreadPoolExecutor(len(parts), thread_name_prefix="chatdb-aggregate")
-        try:
-            futures = [
-                pool.submit(self._executor.run, partial(work, part=part, started=running.append))
+        if self._parts_in_processes:
+            # A SQLite file: each part in a process of its own (see chatdb._sqlite_aggregate).
+            child = partial(
+                _aggregate_in_child, self.config.sqlite_path, self._executor.engine.dialect, query,
+                parts=len(parts), started=running.append,
+            )  # fmt: skip
+            calls = [partial(child, part) for part in parts]
+        else:
+            work = partial(_aggregate, dialect=dialect, query=query, lenient=False, parts=len(parts))
+            calls = [
+                partial(self._executor.run, partial(work, part=part, started=running.append))
                 for part in parts
             ]
+        try:
+            futures = [pool.submit(call) for call in calls]
             waiting = set(futures)
             while waiting:
                 # (a timed wait: the main thread sees a Ctrl-C between two waits)
@@ -651,6 +721,17 @@ class SqlRepository(RepositoryBase):
         if kills:
             with contextlib.suppress(Exception):
                 self._executor.run(kill, lone=True)
+
+    @property
+    def _parts_in_processes(self) -> bool:
+        """Whether aggregation parts run in child processes: on a SQLite file, where a Python
+        is there to start them with."""
+        return (
+            self._executor.dialect.backend == "sqlite"
+            and not self.config.is_memory
+            and bool(sys.executable)
+            and os.path.isfile(sys.executable)
+        )
 
     # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
     # runs as this many parts at once (one per core this process may use, up to 4; 1: never).
