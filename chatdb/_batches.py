@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
@@ -152,13 +153,25 @@ def prefetch(open_scan: Callable[[], Iterable[Any]], depth: int = 1) -> Generato
         worker.join()
 
 
-# -- child processes (the SQLite scan's, the demo's) --------------------------------------------
+# -- child processes (the SQLite scan's, the demo's, SQLite aggregation parts) --------------------------------------------
 
 # glibc raises its trim threshold as large blocks are freed (up to 64 MB per arena), so a
 # stream of 20 MB batches leaves tens of MB of freed memory mapped in the child; a fixed
 # threshold hands it back (child peak 250-320 -> ~205 MB on 1M and 3M messages, for 0-8% more
 # time). An environment that sets it already wins.
 _CHILD_ENV = {"MALLOC_TRIM_THRESHOLD_": str(8 << 20)}
+
+
+def can_start_child() -> bool:
+    """Whether there is a Python to start a child process with (not in an embedded
+    interpreter without one)."""
+    return bool(sys.executable) and os.path.isfile(sys.executable)
+
+
+def child_failure(stderr: bytes, returncode: int) -> str:
+    """What a failed child process said last (its error), else its exit status."""
+    message = stderr.decode("utf-8", "replace").strip()
+    return message.splitlines()[-1] if message else f"exit status {returncode}"
 
 
 def child_env() -> dict[str, str]:

@@ -43,7 +43,7 @@ def _memory_accounting_off() -> None:
 
 
 def run(request: dict[str, Any]) -> list[Any]:
-    connection = sqlite3.connect(request["path"], isolation_level=None, check_same_thread=False)
+    connection = sqlite3.connect(request["path"], isolation_level=None)
     try:
         cursor = connection.cursor()
         cursor.execute("PRAGMA query_only=1")

@@ -287,9 +287,9 @@ def _exact_value(ops: _Ops, kind: str, t: str, v: str) -> str:
     return f"CASE WHEN {t} = {ops.string_kind} THEN {ops.finite(from_text)} ELSE {ops.finite(number)} END"
 
 
-def _typed(ops: _Ops, key: str, kind: str) -> tuple[str, str, str]:
-    """(the typed value, the fast-path condition, the unreadable flag of the exact path) of a
-    field, over layer 1's ``v_<name>``."""
+def _typed(ops: _Ops, key: str, kind: str) -> tuple[str, str, str, str]:
+    """(the typed value, the fast-path condition, the value on the fast path, the unreadable
+    flag of the exact path) of a field, over layer 1's ``v_<name>``."""
     name = next(n for n, k, _ in _FIELDS if k == key)
     v = f"v_{name}"
     fast, fast_value = ops.fast(kind, v)
@@ -300,7 +300,7 @@ def _typed(ops: _Ops, key: str, kind: str) -> tuple[str, str, str]:
         bad = f"({v} IS NOT NULL AND {t} NOT IN ({ops.null_kind}, {ops.string_kind}))"
     else:
         bad = f"({v} IS NOT NULL AND {t} <> {ops.null_kind} AND ({exact} IS NULL OR {t} = {ops.string_kind}))"
-    return value, fast, bad
+    return value, fast, fast_value, bad
 
 
 def _offset(query: AggregateQuery) -> str:
@@ -366,15 +366,13 @@ def _rows(
         reads = ", ".join(f"{ops.read('m', k)} AS v_{name}" for name, k, _ in fields)
         parsed = ops.fenced(f"{columns}, {ops.document(lenient)} AS m", f"{source}{filters}")
         layer1 = ops.fenced(f"created_at, e, gkey, m, {reads}", f"({parsed}) p")
-    values, fasts, bads, fast_values = [], [], [], []
+    values, fasts, bads, flagged = [], [], [], []
     for name, k, kind in fields:
-        value, fast, bad = _typed(ops, k, kind)
+        value, fast, fast_value, bad = _typed(ops, k, kind)
         values.append(f"{value} AS {name}")
         fasts.append(f"(v_{name} IS NULL OR ({fast}))")
         bads.append(bad)
-        fast_values.append(
-            f"CASE WHEN f = 1 THEN {ops.fast(kind, f'v_{name}')[1]} ELSE {value} END AS {name}"
-        )
+        flagged.append(f"CASE WHEN f = 1 THEN {fast_value} ELSE {value} END AS {name}")
     if not only:
         present = " OR ".join(f"v_{name} IS NOT NULL" for name, _, _ in _FIELDS)
         all_fast = f"({present}) AND {' AND '.join(fasts)}"
@@ -387,7 +385,7 @@ def _rows(
             # Whether every field takes its fast path, worked out once per row: the typed values
             # and ``bad`` then read the flag instead of each testing the fast paths again.
             layer1 = ops.fenced(f"*, CASE WHEN {all_fast} THEN 1 ELSE 0 END AS f", f"({layer1}) w")
-            values = [*fast_values, f"CASE WHEN f = 1 THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad"]
+            values = [*flagged, f"CASE WHEN f = 1 THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad"]
         else:
             values.append(f"CASE WHEN {all_fast} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
     return _local(ops, query, layer1, ", " + ", ".join(values))

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from .. import _batches
-from .._batches import child_env, widen_pipe
+from .._batches import can_start_child, child_env, child_failure, widen_pipe
 from ..errors import BackendError, BackendUnavailableError
 
 NULL = "\x00"
@@ -158,7 +157,7 @@ def for_backend(backend: str) -> NativeScan | None:
     native = _NATIVE.get(backend)
     if native is None or any(importlib.util.find_spec(name) is None for name in (native.module, "pyarrow")):
         return None
-    if backend == "sqlite" and not (sys.executable and os.path.isfile(sys.executable)):
+    if backend == "sqlite" and not can_start_child():
         return None  # an embedded interpreter with no python to start the child process with
     return native
 
@@ -398,9 +397,8 @@ def sqlite_batches(
             pass  # the child failed before or while streaming: its exit status says why
         finished = child.wait() == 0
         if not finished:
-            message = (child.stderr.read() if child.stderr else b"").decode("utf-8", "replace").strip()
-            last = message.splitlines()[-1] if message else f"exit status {child.returncode}"
-            raise BackendError(f"sqlite error during export scan: {last}")
+            failure = child_failure(child.stderr.read() if child.stderr else b"", child.returncode)
+            raise BackendError(f"sqlite error during export scan: {failure}")
     finally:
         if not finished:
             child.kill()

@@ -285,6 +285,12 @@ class SqlDialect:
         connection: not on PostgreSQL, which runs one statement in its parallel workers."""
         return self.backend != "postgres"
 
+    @property
+    def aggregates_in_processes(self) -> bool:
+        """Whether the parts run in child processes (``chatdb._sqlite_aggregate`` says why): on
+        a SQLite file (``:memory:`` is one connection and runs no parts)."""
+        return self.backend == "sqlite" and not self.serialize
+
     def aggregate_parts(self, cursor: Any, count: int, min_rows: int) -> list[tuple[int, int]]:
         """The ``count`` parts (``aggregate.build``'s ``part``) of an aggregation over the
         messages, none under ``min_rows`` messages. SQLite: rowid ranges, from the B-tree's two
@@ -310,8 +316,9 @@ class SqlDialect:
     def stop_statements(self, connections: list[Any]) -> list[str]:
         """Stop the statements other threads are running on ``connections`` (their DB-API
         connections, or on SQLite files the parts' child processes). SQLite's are interrupted
-        here (the one call sqlite3 allows from another thread; a child process is killed); for MySQL the ``KILL QUERY`` statements are returned, to run on a connection of
-        the caller's own. Errors are ignored: a statement may have just ended."""
+        here (the one call sqlite3 allows from another thread; a child process is killed); for
+        MySQL the ``KILL QUERY`` statements are returned, to run on a connection of the
+        caller's own. Errors are ignored: a statement may have just ended."""
         if self.backend == "mysql":
             return [f"KILL QUERY {int(conn.thread_id())}" for conn in connections]
         for conn in connections:

@@ -325,7 +325,7 @@ class _ChildPart:
 
 def _aggregate_in_child(
     path: str,
-    dialect: Any,
+    engine_dialect: Any,
     query: AggregateQuery,
     part: tuple[int, int],
     parts: int,
@@ -338,7 +338,7 @@ def _aggregate_in_child(
     request = {
         "path": path,
         "before": list(before),
-        "statements": [list(compile_once(statement, dialect)) for statement in _bound(statements, params)],
+        "statements": [list(compile_once(each, engine_dialect)) for each in _bound(statements, params)],
     }
     child = subprocess.Popen(
         [sys.executable, "-P", "-m", "chatdb._sqlite_aggregate"],
@@ -355,9 +355,9 @@ def _aggregate_in_child(
             child.kill()
             child.wait()
     if child.returncode != 0:
-        message = err.decode("utf-8", "replace").strip()
-        last = message.splitlines()[-1] if message else f"exit status {child.returncode}"
-        raise BackendError(f"sqlite error during aggregation: {last}")
+        raise BackendError(
+            f"sqlite error during aggregation: {_batches.child_failure(err, child.returncode)}"
+        )
     return aggregate.split_rows(query, marshal.loads(out))
 
 
@@ -648,8 +648,8 @@ class SqlRepository(RepositoryBase):
         On SQLite and MySQL/MariaDB a large table is read as :attr:`aggregate_parts` parts at
         once, each one statement on its own connection (the database does the work; Python
         waits): MySQL's on threads, a SQLite file's in child processes (see
-        :mod:`chatdb._sqlite_aggregate`); the parts' groups are returned together. PostgreSQL runs the one
-        statement in parallel workers itself. Each part reads in its own transaction, so on a
+        :mod:`chatdb._sqlite_aggregate`); the parts' groups are returned together. PostgreSQL
+        runs the one statement in parallel workers itself. Each part reads in its own transaction, so on a
         database being written to, the parts' snapshots are taken moments apart (as any two
         reports' are)."""
         if not self.has_schema():
@@ -724,14 +724,9 @@ class SqlRepository(RepositoryBase):
 
     @property
     def _parts_in_processes(self) -> bool:
-        """Whether aggregation parts run in child processes: on a SQLite file, where a Python
-        is there to start them with."""
-        return (
-            self._executor.dialect.backend == "sqlite"
-            and not self.config.is_memory
-            and bool(sys.executable)
-            and os.path.isfile(sys.executable)
-        )
+        """Whether aggregation parts run in child processes (see
+        :attr:`SqlDialect.aggregates_in_processes`), where a Python is there to start them."""
+        return self._executor.dialect.aggregates_in_processes and _batches.can_start_child()
 
     # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
     # runs as this many parts at once (one per core this process may use, up to 4; 1: never).
