@@ -48,6 +48,7 @@ __all__ = [
     "AggregateQuery",
     "RowAggregator",
     "duration_bucket",
+    "floor_shift",
     "histogram_quantile",
     "month_starts",
     "zone_shifts",
@@ -138,6 +139,14 @@ class AggregateQuery:
             return False
         lowered = model.lower()
         return model in self.models or any(part in lowered for part in self.model_like)
+
+
+def floor_shift(b: int, per_second: int = 1) -> int:
+    """A multiple of ``b`` above the time from year 1 to 1970 (stored times are years
+    0001-9999), counted in units of ``1 / per_second`` seconds: what SQL adds to a time before
+    it truncates a division by ``b``, and takes off after, so that times before 1970 round
+    down like Python's ``//`` (SQL's integer divisions round towards zero)."""
+    return b * ((per_second << 36) // b + 1)
 
 
 def zone_shifts(zone: ZoneInfo, start: datetime, end: datetime) -> tuple[tuple[int | None, int], ...]:

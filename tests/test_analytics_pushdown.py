@@ -37,12 +37,15 @@ END = datetime(2026, 11, 3, tzinfo=UTC)
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")
 BYS = ("hour", "day", "week", "month", "model", "user", "chat")
 # Instants either side of: Berlin's DST end (2026-10-25 01:00 UTC), New York's (2026-11-01 06:00
-# UTC), and Kolkata's (18:30 UTC) and Kathmandu's (18:15 UTC) midnights.
+# UTC), and Kolkata's (18:30 UTC) and Kathmandu's (18:15 UTC) midnights; and before 1970, where
+# SQL's integer division rounds the other way (the last hour of 1969, a Monday, 1950).
 EDGES = (
     "2026-10-25T00:59:59.999Z", "2026-10-25T01:00:00.000Z", "2026-10-25T01:30:00.000Z",
     "2026-11-01T05:59:59.999Z", "2026-11-01T06:00:00.000Z", "2026-11-01T06:30:00.000Z",
     "2026-10-30T18:14:59.999Z", "2026-10-30T18:15:00.000Z", "2026-10-30T18:29:59.999Z",
     "2026-10-30T18:30:00.000Z", "2026-10-31T23:59:59.999Z", "2026-11-01T00:00:00.000Z",
+    "1969-12-31T23:30:00.000Z", "1969-12-29T00:00:00.000Z", "1950-03-01T00:10:00.000Z",
+    "1969-12-31T23:59:59.999Z",
 )  # fmt: skip
 # (metadata as stored, whether it is unreadable)
 ODD_METADATA = (
@@ -394,6 +397,7 @@ def test_parquet_datasets_and_arrow_streams_are_aggregated_by_duckdb(tmp_path: A
             ("hour", "Europe/Berlin"),
             ("user", "UTC"),
             ("month", "UTC"),
+            ("week", "Asia/Kolkata"),
         ):
             want = reference.usage_report(frame, by, timezone=timezone)
             _same(

@@ -24,7 +24,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._aggregate import DAY, HOUR, AggregateQuery
+from .._aggregate import DAY, HOUR, AggregateQuery, floor_shift
 
 if TYPE_CHECKING:
     from ._groups import GroupNeeds
@@ -180,7 +180,7 @@ class DuckDbMessages:
             + f", {column('total_cost_usd', 'DOUBLE')} AS total_cost_usd, "
             f"{column('duration_ms', 'BIGINT')} AS duration_ms FROM {self.relation}"
         )
-        epoch = "epoch_us(created_at) // 1000000"  # (epoch_ms takes twice as long)
+        epoch = _floor_div("epoch_us(created_at)", 1_000_000, 1_000_000)  # (epoch_ms: twice as long)
         filtered = f"SELECT *, {epoch} AS e, {key} AS gkey FROM ({rows})" + (
             f" WHERE {' AND '.join(where)}" if where else ""
         )
@@ -192,10 +192,10 @@ class DuckDbMessages:
         # shifts is the costliest expression of the scan.
         base = f"SELECT *, {_offset(query)} AS e_offset FROM ({filtered})"
         offset = "e_offset"
-        local = f"((e + {offset}) // {query.unit})"
+        local = _floor_div(f"e + {offset}", query.unit)
         if query.durations:
             if query.period == "week":
-                period = f"(({local} + 3) // 7)"
+                period = _floor_div(f"{local} + 3", 7)
             elif query.period == "month":
                 stamp = f"make_timestamp((e + {offset}) * 1000000)"
                 period = f"(year({stamp}) * 12 + month({stamp}) - 1)"
@@ -214,7 +214,7 @@ class DuckDbMessages:
             )
             return sql, params
         sql = (
-            f"SELECT {local} AS bucket, {offset} AS tzoff, e // {DAY} AS utc_day, "
+            f"SELECT {local} AS bucket, {offset} AS tzoff, {_floor_div('e', DAY)} AS utc_day, "
             "strftime(min(created_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%g') || 'Z', model, gkey, "
             f"total_cost_usd IS NOT NULL AS has_reported, ({_HAS_TOKENS}) AS has_tokens, {_SUMS}, "
             f"max(duration_ms), 0 FROM ({base}) "
@@ -250,7 +250,9 @@ class DuckDbMessages:
             offset = "e_offset"
         else:
             offset = str(next(iter(offsets)) if periods else 0)
-        packed = f"((e + {offset}) // {unit})" if periods else "0"
+        # (the bucket counted from before year 1, not from 1970: never negative, so // and % unpack it)
+        since_year_1 = floor_shift(unit) // unit
+        packed = f"((e + {offset} + {floor_shift(unit)}) // {unit})" if periods else "0"
         if keep_offset:
             packed = f"({packed} * {_OFFSETS} + {offset} + {_OFFSET_BIAS})"
         if eras > 1:
@@ -262,13 +264,14 @@ class DuckDbMessages:
         packed = f"({packed} * 4 + (total_cost_usd IS NOT NULL)::INTEGER * 2 + ({_HAS_TOKENS})::INTEGER)"
         rest = f"(g // 4 // {eras})"
         if keep_offset:
-            bucket, tzoff = f"{rest} // {_OFFSETS}", f"{rest} % {_OFFSETS} - {_OFFSET_BIAS}"
+            bucket = f"({rest} // {_OFFSETS} - {since_year_1})"
+            tzoff = f"{rest} % {_OFFSETS} - {_OFFSET_BIAS}"
         elif periods:
-            bucket, tzoff = rest, offset if len(offsets) == 1 else "0"
+            bucket, tzoff = f"({rest} - {since_year_1})", offset if len(offsets) == 1 else "0"
         else:
             bucket, tzoff = "0", "0"
         if utc_from_bucket:
-            utc_day = f"(({bucket}) * {unit} - ({tzoff})) // {DAY}"
+            utc_day = _floor_div(f"({bucket}) * {unit} - ({tzoff})", DAY)
         else:
             # A day of the group's era: the era's first, or the day before the first change.
             representatives = [days[0] - 1, *days] if days else [0]
@@ -327,6 +330,13 @@ _SUMS = (
 # An offset (seconds, within a day either side) packed into the group key.
 _OFFSETS = 4 * DAY
 _OFFSET_BIAS = 2 * DAY
+
+
+def _floor_div(a: str, b: int, per_second: int = 1) -> str:
+    """``a // b`` rounded down, for times before 1970 too (DuckDB's ``//`` truncates);
+    ``a`` counts ``1 / per_second`` seconds."""
+    shift = floor_shift(b, per_second)
+    return f"(({a} + {shift}) // {b} - {shift // b})"
 
 
 def _offset(query: AggregateQuery) -> str:

@@ -82,7 +82,7 @@ class IbisMessages:
         timestamps may come back through local wall-clock time (PySpark without Arrow does),
         which loses the hour a DST change repeats."""
         created = self.table["created_at"]
-        return created.epoch_seconds().floor().cast("int64") * 1000 + created.millisecond().cast("int64")
+        return _epoch_seconds(created) * 1000 + created.millisecond().cast("int64")
 
     def message_time_range(self) -> tuple[datetime | None, datetime | None]:
         stamp = self._epoch_ms()
@@ -120,7 +120,7 @@ class IbisMessages:
         rows = self.table.select(
             created_at=created,
             ms=epoch_ms,
-            e=created.epoch_seconds().floor().cast("int64"),
+            e=_epoch_seconds(created),
             gkey=key,
             user_id=self._column("user_id"),
             model=self._column("model"),
@@ -199,6 +199,19 @@ def _histogram(rows: Any, query: AggregateQuery) -> Any:
     )
     counts = rows.group_by("period", "hoff", "gmodel", "gkey", "dbucket").aggregate(count=rows.count())
     return counts.select("period", "hoff", "gmodel", "gkey", "dbucket", "count")
+
+
+def _epoch_seconds(created: Any) -> Any:
+    """Whole seconds since 1970 of a timestamp column, rounded down before 1970 too: Spark's
+    ``unix_timestamp`` rounds towards zero (1969-12-31T23:59:59.999 is 0, not -1), where
+    DuckDB's epoch keeps the fraction for floor(). An engine that returned whole seconds for
+    a time with milliseconds before 1970 rounded up: one is taken off."""
+    import ibis
+
+    raw = created.epoch_seconds()
+    whole = raw.floor().cast("int64")
+    rounded_up = (raw == raw.floor()) & (created < ibis.literal(_EPOCH)) & (created.millisecond() > 0)
+    return whole - ibis.ifelse(rounded_up, 1, 0).cast("int64")
 
 
 def _month_number(days: Any) -> Any:

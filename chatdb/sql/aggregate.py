@@ -47,6 +47,7 @@ from .._aggregate import (
     LN_GAMMA,
     LOG_BASE,
     AggregateQuery,
+    floor_shift,
 )
 
 __all__ = ["PG_TRY_JSONB", "ROWS_TABLE", "build", "settings", "split_rows"]
@@ -81,9 +82,17 @@ class _Ops:
         return f"TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', CAST(LEFT({column}, 19) AS DATETIME))"
 
     def div(self, a: str, b: int) -> str:
+        """``a // b`` of a non-negative ``a`` (the dialects' integer divisions truncate)."""
         if self.backend == "mysql":
             return f"({a}) DIV {b}"
         return f"CAST(({a}) / {b} AS {'INTEGER' if self.backend == 'sqlite' else 'bigint'})"
+
+    def floor_div(self, a: str, b: int) -> str:
+        """``a // b`` rounded down, for an ``a`` that may be negative (times before 1970, in
+        seconds or days): see :func:`floor_shift` (two integer additions, where floor()
+        would take a float division)."""
+        shift = floor_shift(b)
+        return f"({self.div(f'({a}) + {shift}', b)} - {shift // b})"
 
     @property
     def integer(self) -> str:
@@ -407,7 +416,7 @@ def _bare_groups(
             f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, min(created_at), count(*), {tail} "
             f"FROM (SELECT created_at, {key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
         )
-    keys = f"{ops.div('le', query.unit)} AS bucket, tzoff, {ops.div('e', DAY)} AS utc_day, gkey"
+    keys = f"{ops.floor_div('le', query.unit)} AS bucket, tzoff, {ops.floor_div('e', DAY)} AS utc_day, gkey"
     if flag:
         # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
         select = f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, min(created_at), count(*)"
@@ -436,8 +445,8 @@ def _pack_group(ops: _Ops, query: AggregateQuery, bare: bool = False) -> tuple[s
     bucket counted from the UTC day's first (7: a day is 24 hours, an offset at most a day and
     a half), the UTC day."""
     per_day = DAY // query.unit
-    utc_day = ops.div("e", DAY)
-    bucket = ops.div("le", query.unit)
+    utc_day = ops.floor_div("e", DAY)
+    bucket = ops.floor_div("le", query.unit)
     flag_bits, model, reported, tokens = "0", "NULL", "0", "0"
     if not bare:
         has_tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
@@ -535,7 +544,7 @@ def build(
     where = f" WHERE {model_filter}" if model_filter else ""
     tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
     sums_keys = {
-        "bucket": ops.div("le", query.unit), "tzoff": "tzoff", "utc_day": ops.div("e", DAY),
+        "bucket": ops.floor_div("le", query.unit), "tzoff": "tzoff", "utc_day": ops.floor_div("e", DAY),
         "model": "model", "gkey": "gkey", "has_reported": ops.boolean("cost IS NOT NULL"),
         "has_tokens": ops.boolean(tokens),
     }  # fmt: skip
@@ -642,9 +651,9 @@ def _select(keys: dict[str, str]) -> str:
 
 def _period(ops: _Ops, query: AggregateQuery) -> str:
     """The report period a row falls in (see AggregateQuery.period), as an integer."""
-    local = ops.div("le", query.unit)
+    local = ops.floor_div("le", query.unit)
     if query.period == "week":
-        return f"({ops.div(f'{local} + 3', 7)})"
+        return ops.floor_div(f"{local} + 3", 7)
     if query.period == "month":
         if query.month_starts:
             # Comparisons with the months' first seconds: cheaper than a date function a row.
