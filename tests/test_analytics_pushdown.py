@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,17 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt meanwhile, also in a test run started in the background
+    (where a shell starts it with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _part_processes() -> list[str]:
     """This process's children running a SQLite aggregation part (Linux: from /proc)."""
     found = []
@@ -287,8 +298,8 @@ def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
     monkeypatch.setattr(sql_aggregate, "build", lambda *args, **options: ([slow], {}))
     ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     started = time.monotonic()
-    ctrl_c.start()
-    with pytest.raises(KeyboardInterrupt):
+    with interruptible(), pytest.raises(KeyboardInterrupt):
+        ctrl_c.start()
         analytics.usage_report(repo, "month")
     assert time.monotonic() - started < 30
     assert not [t for t in threading.enumerate() if t.name.startswith("chatdb-aggregate")]

@@ -237,7 +237,13 @@ def test_ctrl_c_during_an_export_prints_aborted_exits_130_and_leaves_no_partial_
     for delay in (0.0, 0.1, 0.3):
         # The terminal sends SIGINT to the whole process group: the SQLite scan's child too.
         process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            # (a test run started in the background has SIGINT ignored, and children inherit that)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         # Once the export writes (a staging file beside its target, or the DuckDB file), wait
         # ``delay`` more, then press Ctrl-C.
