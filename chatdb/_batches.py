@@ -45,6 +45,18 @@ def private_duckdb() -> Any:
     return con
 
 
+def interrupted(exc: BaseException) -> bool:
+    """Whether an error out of DuckDB is a Ctrl-C: its InterruptException ("Query
+    interrupted"), or a KeyboardInterrupt raised while it called back into Python (to read a
+    registered Arrow object), which it reports as an error of its own."""
+    text = str(exc)
+    return (
+        type(exc).__name__ == "InterruptException"
+        or text.startswith("Query interrupted")
+        or "KeyboardInterrupt" in text
+    )
+
+
 def apply_stage(con: Any, stage: Mapping[str, Any], batch: Any) -> Any:
     """``batch`` (an Arrow record batch or table) as a table with ``stage["columns"]`` replaced
     by the result of the first of ``stage["queries"]`` (DuckDB SQL over a relation ``batch``
@@ -60,7 +72,9 @@ def apply_stage(con: Any, stage: Mapping[str, Any], batch: Any) -> Any:
             try:
                 result = con.sql(sql).to_arrow_table()
                 break
-            except duckdb.Error:
+            except duckdb.Error as exc:
+                if interrupted(exc):
+                    raise KeyboardInterrupt from exc
                 continue
         else:
             result = con.sql(last).to_arrow_table()

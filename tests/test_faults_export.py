@@ -262,6 +262,28 @@ def test_ctrl_c_during_an_export_prints_aborted_exits_130_and_leaves_no_partial_
     assert aborted >= 2
 
 
+def test_ctrl_c_while_duckdb_reads_a_batch_is_a_keyboard_interrupt_not_an_error() -> None:
+    # A KeyboardInterrupt raised while DuckDB calls back into Python for a registered batch
+    # comes out as DuckDB's InvalidInputException: the export said "Error: ... failed:
+    # KeyboardInterrupt" and exited 1, or (where it tries another query) went on exporting.
+    import pyarrow as pa
+
+    from chatdb.export._stream import interruptible
+
+    schema = pa.schema([("x", pa.int64())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch([pa.array([1])], schema=schema)
+        raise KeyboardInterrupt
+
+    con = duckdb.connect()
+    con.register("batch", pa.RecordBatchReader.from_batches(schema, batches()))
+    with pytest.raises(KeyboardInterrupt), interruptible():
+        con.sql("SELECT sum(x) FROM batch").fetchall()
+    with pytest.raises(duckdb.Error), interruptible():  # any other error stays what it is
+        con.sql("SELECT * FROM no_such_table").fetchall()
+
+
 def _staging_under(folder: Path) -> bool:
     return any(p.name.endswith(".tmp") for p in folder.rglob(".*"))
 

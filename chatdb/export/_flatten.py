@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._batches import is_staged, private_duckdb
+from .._batches import interrupted, is_staged, private_duckdb
 from .._codec import format_ts
 from .schemas import METADATA_COLUMNS, schema
 
@@ -394,7 +394,9 @@ class Flattener:
         con.register("batch", source.select(fast_inputs(staged=staged)))
         try:
             result = con.sql(sql).to_arrow_table()
-        except duckdb.Error:
+        except duckdb.Error as exc:
+            if interrupted(exc):
+                raise KeyboardInterrupt from exc
             return None  # invalid JSON somewhere in the batch
         if not pc.all(result.column("_ok")).as_py():
             return None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import _batches
 from .._base import SCAN_COLUMNS
-from .._batches import apply_stage, is_staged, prefetch, private_duckdb
+from .._batches import apply_stage, interrupted, is_staged, prefetch, private_duckdb
 from ..errors import BackendError, BackendUnavailableError, ChatDbError, ConfigError, ValidationError
 from ._flatten import Flattener
 from .schemas import EXPORT_TABLES
@@ -175,16 +175,12 @@ class Scan:
 
 @contextmanager
 def interruptible() -> Generator[None, None, None]:
-    """Ctrl-C inside a DuckDB query surfaces as ``RuntimeError("Query interrupted")`` (or
-    DuckDB's ``InterruptException``): re-raise it as the KeyboardInterrupt it is."""
+    """Ctrl-C inside DuckDB surfaces as an error of DuckDB's (see :func:`interrupted`):
+    re-raise it as the KeyboardInterrupt it is."""
     try:
         yield
-    except RuntimeError as exc:
-        if type(exc).__name__ == "InterruptException" or str(exc).startswith("Query interrupted"):
-            raise KeyboardInterrupt from exc
-        raise
     except Exception as exc:
-        if type(exc).__name__ == "InterruptException":
+        if interrupted(exc):
             raise KeyboardInterrupt from exc
         raise
 
