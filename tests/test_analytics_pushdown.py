@@ -8,7 +8,9 @@ either side of DST changes and of Asia/Kolkata and Asia/Kathmandu midnights).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -253,6 +255,35 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert split and set(split) == {3}
     # (on SQLite each part ran in a child process of its own: chatdb._sqlite_aggregate)
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "make_id",
+    [lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)), lambda r: f"msg-{r.randrange(10**9):09d}"],
+)
+def test_mysql_parts_are_even_stretches_of_the_ids_whatever_their_alphabet(
+    make_id: Callable[[random.Random], str],
+) -> None:
+    """MariaDB reads each part as a range of primary keys (its own stretch of the table, where
+    every part of CRC-32 classes read all of it): bounds from the smallest and largest ids and
+    the ids 16 index seeks find, as the dialect does it."""
+    from chatdb.sql.dialects import id_bounds
+
+    rng = random.Random(7)
+    ids = sorted({make_id(rng) for _ in range(50_000)})
+    probes = id_bounds(ids[0], ids[-1], 17)
+    seen = [ids[min(len(ids) - 1, bisect.bisect_left(ids, probe))] for probe in probes]
+    for count in (2, 3, 4):
+        bounds = id_bounds(ids[0], ids[-1], count, seen)
+        assert len(bounds) == count - 1 and bounds == sorted(set(bounds))
+        sizes = [
+            b - a for a, b in itertools.pairwise([0, *(bisect.bisect_left(ids, x) for x in bounds), len(ids)])
+        ]
+        assert max(sizes) < 1.1 * len(ids) / count, sizes
+    # Nothing to cut: one statement. Ids outside printable ASCII: bounds, if any, still cut.
+    assert id_bounds("a", "a", 2) == []
+    for bound in id_bounds("ä-1", "ü-9", 3, ["ö-5"]):
+        assert "ä-1" < bound <= "ü-9"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,8 @@ One statement per call, over the stored JSON, in three layers:
    ``HISTOGRAM_COLUMNS`` (:func:`split_rows`).
 
 Messages without metadata (about half: user messages) skip layers 1-2: a second, light
-``GROUP BY`` (``UNION ALL``) counts them per group with no JSON read.
+``GROUP BY`` (``UNION ALL``) counts them per group with no JSON read; except on MariaDB, whose
+temporary table takes them as they are (their fields NULL: reading them again cost more).
 
 Each layer is a subquery fenced against merging (``LIMIT -1 OFFSET 0`` on SQLite, a volatile
 column on PostgreSQL; MariaDB materializes a derived table with a LIMIT): merged, every
@@ -234,16 +235,19 @@ class _Ops:
             return f"CASE WHEN {d} >= 0 AND {d} <= {_DOUBLE_MAX} THEN CAST({d} AS double precision) END"
         return f"CASE WHEN {d} >= 0 AND {d} <= {_DOUBLE_MAX} THEN {d} END"
 
-    @property
-    def part_condition(self) -> str:
-        """The messages of one part (:func:`build`): on SQLite the rowids in ``[part_lo,
-        part_hi)``, a stretch of the table's B-tree that the part alone scans; on MySQL/MariaDB,
-        whose tables are stored in primary-key order (random ids), the ids whose CRC-32 is
-        ``part_lo`` modulo ``part_hi``: every part reads every row, but skips the JSON of the
-        rows not its own, which is where the time goes."""
-        if self.backend == "sqlite":
-            return "messages.rowid >= :part_lo AND messages.rowid < :part_hi"
-        return "CRC32(messages.id) % :part_hi = :part_lo"
+    def part_condition(self, params: dict[str, Any]) -> str:
+        """The messages of one part (:func:`build`), ``params["part_lo"]`` to
+        ``params["part_hi"]`` (removed where None: no bound): on SQLite a stretch of rowids,
+        on MySQL/MariaDB of primary keys (InnoDB stores rows in its order): a stretch of the
+        table that the part alone scans."""
+        column = "messages.rowid" if self.backend == "sqlite" else "messages.id"
+        bounds = []
+        for name, op in (("part_lo", ">="), ("part_hi", "<")):
+            if params.get(name) is None:
+                params.pop(name, None)
+            else:
+                bounds.append(f"{column} {op} :{name}")
+        return " AND ".join(bounds) or "1 = 1"
 
     def fenced(self, columns: str, rest: str) -> str:
         """``SELECT columns FROM rest`` as a subquery the planner keeps whole (see the module
@@ -263,6 +267,13 @@ class _Ops:
         for the values and for ``bad``, cost a tenth of a report; MariaDB would materialize the
         layer, and PostgreSQL's reads are cheaper than the layer)."""
         return self.backend == "sqlite"
+
+    @property
+    def bucket_counts(self) -> str:
+        """The grouped rows' ``dbucket:n`` as one text, comma-separated (see :func:`split_rows`)."""
+        if self.backend == "sqlite":
+            return "group_concat(dbucket || ':' || n)"
+        return "GROUP_CONCAT(CONCAT(dbucket, ':', n))"  # (settings() make room for every bucket)
 
     def boolean(self, condition: str) -> str:
         return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
@@ -322,13 +333,19 @@ def _offset(query: AggregateQuery) -> str:
     return f"CASE {' '.join(cases)} ELSE {int(query.shifts[-1][1])} END"
 
 
-def _source(ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: bool) -> tuple[str, str, str]:
+def _source(
+    ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: bool | None
+) -> tuple[str, str, str]:
     """(columns ``created_at, e, gkey``, FROM source, WHERE clause) of the messages selected,
-    those with metadata or (``metadata=False``) those without; with ``params["part_lo"]`` and
+    those with metadata, (``metadata=False``) those without, or (None) all; with ``params["part_lo"]`` and
     ``params["part_hi"]``, only that part of the table (see :func:`build`)."""
-    where = ["messages.metadata IS NOT NULL" if metadata else "messages.metadata IS NULL"]
-    if "part_lo" in params:
-        where.append(ops.part_condition)
+    where = (
+        []
+        if metadata is None
+        else ["messages.metadata IS NOT NULL" if metadata else "messages.metadata IS NULL"]
+    )
+    if "part_lo" in params or "part_hi" in params:
+        where.append(ops.part_condition(params))
     if query.since is not None:
         where.append("messages.created_at >= :since")
         params["since"] = _ts(query.since)
@@ -346,7 +363,7 @@ def _source(ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: 
         source = "messages LEFT JOIN chats ON chats.id = messages.chat_id"
         key = "chats.user_id"
     columns = f"messages.created_at AS created_at, {ops.epoch('messages.created_at')} AS e, {key} AS gkey"
-    return columns, source, f" WHERE {' AND '.join(where)}"
+    return columns, source, f" WHERE {' AND '.join(where)}" if where else ""
 
 
 def _local(ops: _Ops, query: AggregateQuery, inner: str, values: str) -> str:
@@ -358,13 +375,19 @@ def _local(ops: _Ops, query: AggregateQuery, inner: str, values: str) -> str:
 
 
 def _rows(
-    ops: _Ops, query: AggregateQuery, params: dict[str, Any], lenient: bool, only: tuple[str, ...] = ()
+    ops: _Ops,
+    query: AggregateQuery,
+    params: dict[str, Any],
+    lenient: bool,
+    only: tuple[str, ...] = (),
+    bare: bool = False,
 ) -> str:
-    """Layers 1 and 2 over the messages with metadata: ``created_at, e, le, tzoff, gkey`` (see
-    :func:`_local`), the typed fields and ``bad``, one row per message; with ``only``, just
-    those fields (no ``bad``)."""
+    """Layers 1 and 2 over the messages with metadata (``bare``: and those without, which
+    are readable, all fields NULL): ``created_at, e, le, tzoff, gkey`` (see :func:`_local`),
+    the typed fields and ``bad``, one row per message; with ``only``, just those fields (no
+    ``bad``)."""
     fields = [field for field in _FIELDS if not only or field[0] in only]
-    columns, source, filters = _source(ops, query, params, metadata=True)
+    columns, source, filters = _source(ops, query, params, metadata=None if bare else True)
     if ops.backend != "postgres":
         # JSON functions straight on the table's text (SQLite's JSON parse cache serves its
         # json_extract calls; a layer carrying the text would only copy it, into a temporary
@@ -396,7 +419,8 @@ def _rows(
             layer1 = ops.fenced(f"*, CASE WHEN {all_fast} THEN 1 ELSE 0 END AS f", f"({layer1}) w")
             values = [*flagged, f"CASE WHEN f = 1 THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad"]
         else:
-            values.append(f"CASE WHEN {all_fast} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
+            bare_case = "WHEN m IS NULL THEN 0 " if bare else ""
+            values.append(f"CASE {bare_case}WHEN {all_fast} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
     return _local(ops, query, layer1, ", " + ", ".join(values))
 
 
@@ -465,25 +489,17 @@ def _pack_group(ops: _Ops, query: AggregateQuery, bare: bool = False) -> tuple[s
     return key, columns
 
 
-def _pack_histogram(ops: _Ops, query: AggregateQuery, period: str) -> tuple[str, str]:
-    """(an integer that is one per (report period, offset, duration bucket), NULL without a
-    duration; the expressions of ``hbucket, htzoff, hmodel, dbucket`` over it as ``hk``).
-    Fields, low bits first: the duration bucket, compact (13 bits: below EXACT_BELOW the
-    duration, then EXACT_BELOW + the logarithmic bucket, which is below 5,500 for any 64-bit
-    duration), the offset (18), the period."""
+def _pack_histogram(ops: _Ops, query: AggregateQuery, period: str) -> str:
+    """An integer that is one per (report period, offset, duration bucket), NULL without a
+    duration. Fields, low bits first: the duration bucket, compact (13 bits: below EXACT_BELOW
+    the duration, then EXACT_BELOW + the logarithmic bucket, which is below 5,500 for any
+    64-bit duration), the offset (18), the period."""
     tzoff = "tzoff" if query.period == "hour" else "0"
     compact = (
         f"CASE WHEN dur < {EXACT_BELOW} THEN dur "
         f"WHEN dur >= {EXACT_BELOW} THEN {EXACT_BELOW} + {ops.whole(f'ln(dur) / {LN_GAMMA!r}')} END"
     )
-    key = f"((({period}) + {_PERIOD_FROM}) * {1 << 18} + {tzoff} + {_OFFSET_FROM}) * {1 << _DURATION_BITS} + {compact}"
-    low = f"hk % {1 << _DURATION_BITS}"
-    columns = (
-        f"{ops.div('hk', 1 << (18 + _DURATION_BITS))} - {_PERIOD_FROM} AS hbucket, "
-        f"{ops.div('hk', 1 << _DURATION_BITS)} % {1 << 18} - {_OFFSET_FROM} AS htzoff, hmodel, "
-        f"CASE WHEN {low} < {EXACT_BELOW} THEN {low} ELSE {low} - {EXACT_BELOW} + {LOG_BASE} END AS dbucket"
-    )
-    return key, columns
+    return f"((({period}) + {_PERIOD_FROM}) * {1 << 18} + {tzoff} + {_OFFSET_FROM}) * {1 << _DURATION_BITS} + {compact}"
 
 
 def settings(backend: str, parts: int = 1) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -506,11 +522,15 @@ def settings(backend: str, parts: int = 1) -> tuple[tuple[str, ...], tuple[str, 
     # where the JSON functions' complaints about a stored value stay warnings, as in a SELECT
     # (strict mode makes them errors in a statement that writes).
     drop = f"DROP TEMPORARY TABLE IF EXISTS {ROWS_TABLE}"
+    # And GROUP_CONCAT's room for a period's duration buckets (at most 8192, ~150 kB as text;
+    # MySQL's default is 1 kB, and a longer text is cut short, with only a warning).
     lenient_mode = (
         "SET @chatdb_sql_mode = @@SESSION.sql_mode, SESSION sql_mode = "
-        "REPLACE(REPLACE(@@SESSION.sql_mode, 'STRICT_TRANS_TABLES', ''), 'STRICT_ALL_TABLES', '')"
+        "REPLACE(REPLACE(@@SESSION.sql_mode, 'STRICT_TRANS_TABLES', ''), 'STRICT_ALL_TABLES', ''), "
+        "@chatdb_concat_len = @@SESSION.group_concat_max_len, SESSION group_concat_max_len = 4194304"
     )
-    return (drop, lenient_mode), (drop, "SET SESSION sql_mode = @chatdb_sql_mode")
+    restore = "SET SESSION sql_mode = @chatdb_sql_mode, SESSION group_concat_max_len = @chatdb_concat_len"
+    return (drop, lenient_mode), (drop, restore)
 
 
 _SQLITE_AGGREGATE_CACHE = -4096  # KiB: 4 MB
@@ -528,7 +548,7 @@ def build(
     """The statements of one aggregation, to run in order in one transaction (their rows, in
     order, are its rows: see :func:`split_rows`), with named parameters (``:name``), and the
     parameters; usually one statement;
-    with ``part``, over one part of the messages only (:attr:`_Ops.part_condition`; not on
+    with ``part``, over one part of the messages only (:meth:`_Ops.part_condition`; not on
     PostgreSQL, which runs one statement in parallel itself). The rows of all parts together
     are the rows of the whole: each is a sum (count, minimum, maximum) of its part's messages,
     which the reports add up per key as they do the rows of one statement. ``temporary=False``:
@@ -598,18 +618,31 @@ def build(
     # sorting, so each grouping's integer keys are packed into one integer (one column to sort
     # and compare, not five; unpacked per group): see _pack_group and _pack_histogram.
     group_key, group_columns = _pack_group(ops, query)
-    histogram_key, histogram_columns = _pack_histogram(ops, query, histogram_keys["hbucket"])
+    histogram_key = _pack_histogram(ops, query, histogram_keys["hbucket"])
+    # MariaDB writes the rows into a temporary table (below), the messages without metadata
+    # too: a second statement for them scanned the table (and joined the chats) a second time,
+    # which took longer than writing their rows.
+    bare_apart = not (backend == "mysql" and temporary) and not model_filter
+    if backend == "mysql" and temporary and not model_filter:
+        rows = _rows(ops, query, params, lenient, bare=True)
     inner = (
         f"SELECT {group_key} AS gk, model, gkey, {histogram_key} AS hk, {histogram_keys['hmodel']} AS hmodel, "
         f"created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
     )
     nulls = ", ".join(["NULL"] * (len(GROUP_COLUMNS) - 9))  # the sums after first and count
     groups = f"SELECT 1 AS histogram, {group_columns}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY gk, model, gkey"
+    # A histogram row per report period, its buckets' counts as text ("bucket:count,..."):
+    # a daily report's 120k (period, bucket) rows were most of the rows fetched, and decoding
+    # them in Python took longer than the database's grouping.
+    period, low = ops.div("hk", 1 << _DURATION_BITS), f"hk % {1 << _DURATION_BITS}"
+    dbucket = f"CASE WHEN {low} < {EXACT_BELOW} THEN {low} ELSE {low} - {EXACT_BELOW} + {LOG_BASE} END"
     histogram = (
-        f"SELECT 0, NULL, NULL, NULL, NULL, gkey, NULL, NULL, {histogram_columns}, "
-        f"NULL, count(*), {nulls} FROM d WHERE hk IS NOT NULL GROUP BY hk, hmodel, gkey"
+        f"SELECT 2, NULL, NULL, NULL, NULL, gkey, NULL, NULL, {ops.div('p', 1 << 18)} - {_PERIOD_FROM}, "
+        f"p % {1 << 18} - {_OFFSET_FROM}, hmodel, {ops.bucket_counts}, "
+        f"NULL, NULL, {nulls} FROM (SELECT {period} AS p, {dbucket} AS dbucket, hmodel, gkey, count(*) AS n "
+        "FROM d WHERE hk IS NOT NULL GROUP BY hk, hmodel, gkey) h GROUP BY p, hmodel, gkey"
     )
-    bare = [] if model_filter else [_bare_groups(ops, query, params, "1", packed=True)]
+    bare = [_bare_groups(ops, query, params, "1", packed=True)] if bare_apart else []
     if backend == "sqlite" or not temporary:
         materialized = " MATERIALIZED" if backend == "sqlite" else ""
         return [
@@ -623,7 +656,6 @@ def build(
         f"CREATE TEMPORARY TABLE {ROWS_TABLE} AS {inner}",
         groups.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
         histogram.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
-        *bare,
     ], params
 
 
@@ -634,10 +666,16 @@ def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ..
     if not query.histograms:
         return [tuple(row) for row in rows]
     groups, histogram = [], []
-    # (histogram flag, 7 group keys, hbucket, htzoff, hmodel, dbucket, first, count, sums...)
+    # (kind, 7 group keys, hbucket, htzoff, hmodel, dbucket, first, count, sums...), where kind
+    # is 1 for a group, 0 for a histogram bucket, and 2 for all of a period's buckets, with
+    # their counts as text in place of dbucket ("dbucket:count,...").
     for row in rows:
-        if row[0]:
+        if row[0] == 1:
             groups.append((*row[1:4], row[12], *row[4:8], *row[13:]))
+        elif row[0] == 2:
+            for pair in row[11].split(","):
+                bucket, count = pair.split(":")
+                histogram.append((row[8], row[9], row[10], row[5], int(bucket), int(count)))
         else:
             histogram.append((row[8], row[9], row[10], row[5], row[11], row[13]))
     assert all(len(g) == len(GROUP_COLUMNS) for g in groups[:1])

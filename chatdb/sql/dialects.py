@@ -6,6 +6,7 @@ it never branches on a dialect name itself.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import importlib
 import itertools
@@ -13,7 +14,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,45 @@ _PG_RETRY = {"40001", "40P01"}  # serialization failure, deadlock
 _MYSQL_GONE = {2002, 2003, 2006, 2013, 2055}
 _MYSQL_DENIED = {1044, 1142, 1227}  # access denied to a database, to a table command, to an operation
 _ROWID_END = 2**63 - 1  # the last part of an aggregation runs to the end (rows added since)
+
+
+def id_bounds(low: str, high: str, count: int, seen: Sequence[str] = ()) -> list[str]:
+    """``count - 1`` ids that cut ``[low, high]`` into ``count`` stretches, evenly where ids
+    are spread evenly over their alphabet (random UUIDs, nanoids): interpolated over the first
+    characters after the common prefix, each counted by its rank among the characters after
+    it in ``low``, ``high`` and the ids ``seen`` (without any, among printable ASCII);
+    increasing, and valid strings in any character set. Any bounds split the rows exactly
+    (each row is below a bound or not, in any collation): an uneven spread of ids only makes
+    the parts uneven. Empty where there is nothing to cut."""
+    digits = 4
+    prefix = next(
+        (i for i, (a, b) in enumerate(zip(low, high, strict=False)) if a != b), min(len(low), len(high))
+    )
+    # (every character after the prefix: those right after it are a probe's, in a seek's id)
+    found = {c for text in (low, high, *seen) for c in text[prefix:] if " " < c <= "~"}
+    alphabet = sorted(found) if seen and len(found) > 1 else [chr(c) for c in range(33, 127)]
+    base = len(alphabet)
+
+    def number(text: str) -> int:
+        value = 0
+        for i in range(digits):
+            c = text[prefix + i] if prefix + i < len(text) else ""
+            # a character outside the alphabet counts as the next one up (or 0: none)
+            rank = bisect.bisect_left(alphabet, c) if c else 0
+            value = value * base + min(rank, base - 1)
+        return value
+
+    first, last = number(low), number(high)
+    bounds: list[str] = []
+    for k in range(1, count):
+        value = first + (last - first) * k // count
+        chars = [alphabet[value // base ** (digits - 1 - i) % base] for i in range(digits)]
+        bound = low[:prefix] + "".join(chars)
+        if low < bound <= high and (not bounds or bound > bounds[-1]):
+            bounds.append(bound)
+    return bounds
+
+
 # The asyncio driver per server (chatdb.aio): aiomysql rather than asyncmy because its errors
 # are PyMySQL's own classes, so one errno table (and is_disconnect) serves both sides. (SQLite
 # has no asyncio driver here: chatdb.aio runs its transactions on threads, see aio/_sql.py.)
@@ -291,11 +331,13 @@ class SqlDialect:
         a SQLite file (``:memory:`` is one connection and runs no parts)."""
         return self.backend == "sqlite" and not self.serialize
 
-    def aggregate_parts(self, cursor: Any, count: int, min_rows: int) -> list[tuple[int, int]]:
+    def aggregate_parts(self, cursor: Any, count: int, min_rows: int) -> list[tuple[Any, Any]]:
         """The ``count`` parts (``aggregate.build``'s ``part``) of an aggregation over the
         messages, none under ``min_rows`` messages. SQLite: rowid ranges, from the B-tree's two
-        ends (two subqueries: a query with both min() and max() scans the whole table); MySQL:
-        the CRC-32 classes of the id, from the server's row estimate (no scan)."""
+        ends (two subqueries: a query with both min() and max() scans the whole table). MySQL:
+        ranges of the primary key, in which InnoDB stores the rows, so that each part reads
+        only its own stretch of the table (``None``: no bound), from the server's row estimate
+        and the smallest and largest ids (no scan); see :func:`id_bounds`."""
         if self.backend == "sqlite":
             cursor.execute("SELECT (SELECT min(rowid) FROM messages), (SELECT max(rowid) FROM messages)")
             low, high = cursor.fetchone()
@@ -305,13 +347,21 @@ class SqlDialect:
             bounds = [low + round(i * step) for i in range(count)] + [_ROWID_END]
             return list(itertools.pairwise(bounds))
         cursor.execute(
-            "SELECT table_rows FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = 'messages'"
+            "SELECT table_rows, (SELECT min(id) FROM messages), (SELECT max(id) FROM messages) "
+            "FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'messages'"
         )
         row = cursor.fetchone()
-        if not row or int(row[0] or 0) < min_rows:
+        if not row or int(row[0] or 0) < min_rows or row[1] is None:
             return []
-        return [(i, count) for i in range(count)]
+        low, high = str(row[1]), str(row[2])
+        # The ids at 16 probes between the two: index seeks, which show the ids' alphabet.
+        probes = id_bounds(low, high, 17)
+        if probes:
+            seek = "(SELECT min(id) FROM messages WHERE id >= %s)"
+            cursor.execute("SELECT " + ", ".join([seek] * len(probes)), probes)
+            seen = [str(found) for found in cursor.fetchone() if found is not None]
+        inner = id_bounds(low, high, count, seen if probes else ())
+        return list(itertools.pairwise([None, *inner, None])) if inner else []
 
     def stop_statements(self, connections: list[Any]) -> list[str]:
         """Stop the statements other threads are running on ``connections`` (their DB-API

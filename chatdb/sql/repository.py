@@ -267,7 +267,7 @@ def _aggregate(
     dialect: SqlDialect,
     query: AggregateQuery,
     lenient: bool,
-    part: tuple[int, int] | None = None,
+    part: tuple[Any, Any] | None = None,
     parts: int = 1,
     started: Callable[[Any], None] | None = None,
 ) -> list[tuple[Any, ...]]:
@@ -672,7 +672,7 @@ class SqlRepository(RepositoryBase):
         return iter([rows] if rows else [])
 
     def _aggregate_in_parts(
-        self, query: AggregateQuery, parts: list[tuple[int, int]]
+        self, query: AggregateQuery, parts: list[tuple[Any, Any]]
     ) -> list[tuple[Any, ...]]:
         """The rows of every part, each run on (or waited for by) a thread of its own. When one
         fails, or the caller is interrupted (Ctrl-C), the parts still running are stopped rather
@@ -733,7 +733,7 @@ class SqlRepository(RepositoryBase):
     aggregate_parts = max(1, min(4, len(os.sched_getaffinity(0))))
     aggregate_parts_min_rows = 100_000
 
-    def _aggregate_parts(self, query: AggregateQuery) -> list[tuple[int, int]]:
+    def _aggregate_parts(self, query: AggregateQuery) -> list[tuple[Any, Any]]:
         """The parts to read ``query`` as (:func:`aggregate.build`'s ``part``), none for one
         statement: on PostgreSQL, for exact percentiles (not additive), on one shared
         connection (``:memory:``) or one that is not this thread's own (chatdb.aio)."""
@@ -746,7 +746,7 @@ class SqlRepository(RepositoryBase):
         ):
             return []
         min_rows = self.aggregate_parts_min_rows
-        parts: list[tuple[int, int]] = self._executor.run(
+        parts: list[tuple[Any, Any]] = self._executor.run(
             lambda tx: dialect.aggregate_parts(tx.cursor, count, min_rows), lone=True
         )
         return parts
