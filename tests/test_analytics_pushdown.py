@@ -286,6 +286,42 @@ def test_mysql_parts_are_even_stretches_of_the_ids_whatever_their_alphabet(
         assert "ä-1" < bound <= "ü-9"
 
 
+@pytest.mark.parametrize(
+    "backend", [pytest.param("mysql_node", marks=[pytest.mark.mysql, pytest.mark.node_schema])], indirect=True
+)
+def test_mysql_parts_count_each_message_once_under_a_case_insensitive_collation(
+    backend: Any, repo: ChatRepository
+) -> None:
+    # The Node app's MySQL ids compare under utf8mb4_general_ci, where 'k' < 'V' though
+    # Python has 'V' < 'k': bounds cut in Python's order made overlapping parts there. (Ids
+    # from '0...' to 'z...', no 'Z' first: the column's smallest and largest are Python's too.)
+    rng = random.Random(11)
+    digits, upper, lower = "0123456789", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+    ids = sorted(
+        {rng.choice(digits + upper[:-1] + lower) + "".join(rng.choice(digits + upper + lower) for _ in range(11))
+         for _ in range(3_000)}
+    )  # fmt: skip
+    chat = repo.create_chat(repo.create_user("parts", "x").id).id
+    rows = [{"id": i, "chat_id": chat, "role": "assistant", "content": "[]", "created_at": "2026-11-01T12:00:00.000Z",
+             "metadata": ODD_METADATA[0][0]} for i in ids]  # fmt: skip
+    repo.import_rows("messages", rows)
+    repo.aggregate_parts, repo.aggregate_parts_min_rows = 4, 1  # type: ignore[attr-defined]
+    with backend.admin.begin() as conn:  # (the row estimate the parts start from)
+        conn.exec_driver_sql("ANALYZE TABLE messages")
+    split: list[int] = []
+    real = repo._aggregate_parts  # type: ignore[attr-defined]
+
+    def parts(query: Any) -> list[tuple[Any, Any]]:
+        found: list[tuple[Any, Any]] = real(query)
+        split.append(len(found))
+        return found
+
+    repo._aggregate_parts = parts  # type: ignore[attr-defined]
+    assert analytics.usage_totals(repo)["messages"].item() == len(ids)
+    assert analytics.usage_report(repo, "day")["messages"].sum() == len(ids)
+    assert split == [4, 4]
+
+
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT raises KeyboardInterrupt meanwhile, also in a test run started in the background

@@ -39,14 +39,41 @@ _MYSQL_DENIED = {1044, 1142, 1227}  # access denied to a database, to a table co
 _ROWID_END = 2**63 - 1  # the last part of an aggregation runs to the end (rows added since)
 
 
+def _in_column_order(cursor: Any, bounds: list[str]) -> list[str]:
+    """MySQL: ``bounds`` ordered, without equals, as ``messages.id`` compares them: parts are
+    disjoint only between bounds in the column's order, which a case-insensitive collation (a
+    Node-created table's ``utf8mb4_general_ci``) makes other than Python's ('_' < 'a', yet 'A'
+    < '_'). Empty where the column's collation cannot be named safely (then one statement)."""
+    if len(bounds) < 2:
+        return bounds
+    cursor.execute(
+        "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = 'messages' AND column_name = 'id'"
+    )
+    row = cursor.fetchone()
+    if not row or row[1] is None:
+        return sorted(set(bounds))  # a binary column: bytes, as Python compares ASCII
+    charset, collation = str(row[0]), str(row[1])
+    if not all(re.fullmatch(r"[A-Za-z0-9_]+", name) for name in (charset, collation)):
+        return []
+    union = " UNION ALL ".join(["SELECT %s AS b"] * len(bounds))
+    cursor.execute(
+        f"SELECT b FROM (SELECT CONVERT(b USING {charset}) COLLATE {collation} AS b FROM ({union}) x) y "
+        "GROUP BY b ORDER BY b",
+        bounds,
+    )
+    return [str(found[0]) for found in cursor.fetchall()]
+
+
 def id_bounds(low: str, high: str, count: int, seen: Sequence[str] = ()) -> list[str]:
     """``count - 1`` ids that cut ``[low, high]`` into ``count`` stretches, evenly where ids
     are spread evenly over their alphabet (random UUIDs, nanoids): interpolated over the first
     characters after the common prefix, each counted by its rank among the characters after
     it in ``low``, ``high`` and the ids ``seen`` (without any, among printable ASCII);
-    increasing, and valid strings in any character set. Any bounds split the rows exactly
-    (each row is below a bound or not, in any collation): an uneven spread of ids only makes
-    the parts uneven. Empty where there is nothing to cut."""
+    increasing (in Python's order: see :func:`_in_column_order`), and valid strings in any
+    character set. Bounds in the column's order split the rows exactly (each row is below a
+    bound or not): an uneven spread of ids only makes the parts uneven. Empty where there is
+    nothing to cut."""
     digits = 4
     prefix = next(
         (i for i, (a, b) in enumerate(zip(low, high, strict=False)) if a != b), min(len(low), len(high))
@@ -360,7 +387,7 @@ class SqlDialect:
             seek = "(SELECT min(id) FROM messages WHERE id >= %s)"
             cursor.execute("SELECT " + ", ".join([seek] * len(probes)), probes)
             seen = [str(found) for found in cursor.fetchone() if found is not None]
-        inner = id_bounds(low, high, count, seen if probes else ())
+        inner = _in_column_order(cursor, id_bounds(low, high, count, seen if probes else ()))
         return list(itertools.pairwise([None, *inner, None])) if inner else []
 
     def stop_statements(self, connections: list[Any]) -> list[str]:
