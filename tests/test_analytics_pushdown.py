@@ -221,6 +221,22 @@ def test_postgres_computes_exact_percentiles_when_a_repository_asks_for_them(rep
         _same(analytics.usage_report(repo, by), reference.usage_report(frame, by), f"exact {by}", 1e-9)
 
 
+def _in_parts(repo: ChatRepository, count: int) -> list[int]:
+    """Make ``repo`` read every table as ``count`` parts; returns the number of parts each
+    aggregation then ran as, appended as they run."""
+    split: list[int] = []
+    real = repo._aggregate_parts  # type: ignore[attr-defined]
+
+    def parts(query: Any) -> list[tuple[Any, Any]]:
+        found: list[tuple[Any, Any]] = real(query)
+        split.append(len(found))
+        return found
+
+    repo.aggregate_parts, repo.aggregate_parts_min_rows = count, 1  # type: ignore[attr-defined]
+    repo._aggregate_parts = parts  # type: ignore[attr-defined]
+    return split
+
+
 @pytest.mark.parametrize(
     "backend",
     [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
@@ -231,16 +247,7 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     # connection: here every table is large enough, in 3 parts.)
     _load(repo)
     frame = export.to_polars(repo, "messages")
-    split: list[int] = []
-    real = repo._aggregate_parts  # type: ignore[attr-defined]
-
-    def parts(query: Any) -> list[tuple[int, int]]:
-        found: list[tuple[int, int]] = real(query)
-        split.append(len(found))
-        return found
-
-    repo.aggregate_parts, repo.aggregate_parts_min_rows = 3, 1  # type: ignore[attr-defined]
-    repo._aggregate_parts = parts  # type: ignore[attr-defined]
+    split = _in_parts(repo, 3)
     cases: list[tuple[str, dict[str, Any]]] = [
         ("month", {}),
         ("day", {"timezone": "Asia/Kathmandu"}),
@@ -305,18 +312,9 @@ def test_mysql_parts_count_each_message_once_under_a_case_insensitive_collation(
     rows = [{"id": i, "chat_id": chat, "role": "assistant", "content": "[]", "created_at": "2026-11-01T12:00:00.000Z",
              "metadata": ODD_METADATA[0][0]} for i in ids]  # fmt: skip
     repo.import_rows("messages", rows)
-    repo.aggregate_parts, repo.aggregate_parts_min_rows = 4, 1  # type: ignore[attr-defined]
     with backend.admin.begin() as conn:  # (the row estimate the parts start from)
         conn.exec_driver_sql("ANALYZE TABLE messages")
-    split: list[int] = []
-    real = repo._aggregate_parts  # type: ignore[attr-defined]
-
-    def parts(query: Any) -> list[tuple[Any, Any]]:
-        found: list[tuple[Any, Any]] = real(query)
-        split.append(len(found))
-        return found
-
-    repo._aggregate_parts = parts  # type: ignore[attr-defined]
+    split = _in_parts(repo, 4)
     assert analytics.usage_totals(repo)["messages"].item() == len(ids)
     assert analytics.usage_report(repo, "day")["messages"].sum() == len(ids)
     assert split == [4, 4]

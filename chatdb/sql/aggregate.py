@@ -557,8 +557,14 @@ def build(
     params: dict[str, Any] = {}
     if part is not None:
         params["part_lo"], params["part_hi"] = part
-    rows = _rows(ops, query, params, lenient)
     model_filter = _model_filter(query, params)
+    # MariaDB writes a report's rows into a temporary table (below), the messages without
+    # metadata too: a second statement for them scanned the table (and joined the chats) a
+    # second time, which took longer than writing their rows.
+    folded = (
+        backend == "mysql" and temporary and query.histograms and not query.durations and not model_filter
+    )
+    rows = _rows(ops, query, params, lenient, bare=folded)
     if query.durations and query.quantiles and backend == "postgres":
         return [_exact_quantiles(ops, query, rows, model_filter)], params
     where = f" WHERE {model_filter}" if model_filter else ""
@@ -619,12 +625,6 @@ def build(
     # and compare, not five; unpacked per group): see _pack_group and _pack_histogram.
     group_key, group_columns = _pack_group(ops, query)
     histogram_key = _pack_histogram(ops, query, histogram_keys["hbucket"])
-    # MariaDB writes the rows into a temporary table (below), the messages without metadata
-    # too: a second statement for them scanned the table (and joined the chats) a second time,
-    # which took longer than writing their rows.
-    bare_apart = not (backend == "mysql" and temporary) and not model_filter
-    if backend == "mysql" and temporary and not model_filter:
-        rows = _rows(ops, query, params, lenient, bare=True)
     inner = (
         f"SELECT {group_key} AS gk, model, gkey, {histogram_key} AS hk, {histogram_keys['hmodel']} AS hmodel, "
         f"created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
@@ -642,7 +642,7 @@ def build(
         f"NULL, NULL, {nulls} FROM (SELECT {period} AS p, {dbucket} AS dbucket, hmodel, gkey, count(*) AS n "
         "FROM d WHERE hk IS NOT NULL GROUP BY hk, hmodel, gkey) h GROUP BY p, hmodel, gkey"
     )
-    bare = [_bare_groups(ops, query, params, "1", packed=True)] if bare_apart else []
+    bare = [] if folded or model_filter else [_bare_groups(ops, query, params, "1", packed=True)]
     if backend == "sqlite" or not temporary:
         materialized = " MATERIALIZED" if backend == "sqlite" else ""
         return [

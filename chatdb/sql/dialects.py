@@ -382,12 +382,12 @@ class SqlDialect:
             return []
         low, high = str(row[1]), str(row[2])
         # The ids at 16 probes between the two: index seeks, which show the ids' alphabet.
-        probes = id_bounds(low, high, 17)
+        probes, seen = id_bounds(low, high, 17), []
         if probes:
             seek = "(SELECT min(id) FROM messages WHERE id >= %s)"
             cursor.execute("SELECT " + ", ".join([seek] * len(probes)), probes)
             seen = [str(found) for found in cursor.fetchone() if found is not None]
-        inner = _in_column_order(cursor, id_bounds(low, high, count, seen if probes else ()))
+        inner = _in_column_order(cursor, id_bounds(low, high, count, seen))
         return list(itertools.pairwise([None, *inner, None])) if inner else []
 
     def stop_statements(self, connections: list[Any]) -> list[str]:
