@@ -124,6 +124,10 @@ class AggregateQuery:
     # Optional, for ``period="month"``: ``(local epoch second, year * 12 + month - 1)`` of each
     # month's first second over the queried range, ascending, the last one the month after it.
     month_starts: tuple[tuple[int, int], ...] = ()
+    # Whether a group row's ``first`` must be its first message's ``created_at``. False: a
+    # backend may return NULL there (the caller orders periods by their start instead), which
+    # spares the SQL backends carrying every row's text to the grouping (about 7% of a report).
+    first_times: bool = True
 
     def offset_at(self, epoch: int) -> int:
         offset = self.shifts[0][1]

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,23 @@ def test_histogram_percentiles_stay_within_the_stated_bound(draw: Callable[[rand
         assert exact is not None and got is not None
         assert math.isclose(got, exact, rel_tol=RELATIVE_ERROR, abs_tol=1e-9), (q, got, exact)
     assert histogram_quantile({}, 0.5) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
+def test_groups_that_need_no_first_times_read_created_at_only_for_the_time(backend: str) -> None:
+    """Each row's text is carried to the grouping only for ``min(created_at)``: without it the
+    column is read just for its epoch second and the filters."""
+    from chatdb._aggregate import AggregateQuery
+
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    for histograms, key in ((True, None), (False, "user"), (True, "chat")):
+        query = AggregateQuery(since=since, key=key, histograms=histograms, period="month")
+        wanted, _ = sql_aggregate.build(backend, query)
+        spared, _ = sql_aggregate.build(backend, replace(query, first_times=False))
+        assert "min(created_at)" in " ".join(wanted)
+        text = " ".join(spared).replace("messages.created_at >= :since", "")
+        epoch = sql_aggregate._Ops(backend).epoch("messages.created_at")
+        assert text.count("created_at") == text.count(epoch) * epoch.count("created_at") > 0
 
 
 def test_periods_are_exact_at_every_offset() -> None:

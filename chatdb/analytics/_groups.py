@@ -162,6 +162,8 @@ def fetch_groups(
         unit=unit,
         shifts=shifts,
         month_starts=months,
+        # (only rows by period and model are ordered by their first message: see GroupNeeds)
+        first_times=period and per_model,
     )
     one_pass = (
         histograms
@@ -203,6 +205,11 @@ def fetch_groups(
             else empty
         )
     frame = frame.cast(_SCHEMA)  # type: ignore[arg-type]
+    if period and not query.first_times and frame.height:
+        # Where the backend left ``first`` out: the start of the group's local bucket, which
+        # orders the periods as their first messages do (as GroupNeeds says).
+        start = pl.from_epoch(pl.col("bucket") * unit - pl.col("offset"), time_unit="s")
+        frame = frame.with_columns(pl.col("first").fill_null(start.dt.strftime("%Y-%m-%dT%H:%M:%SZ")))
     wanted = _matches(model, table)
     if wanted is not None and frame.height:
         frame = frame.filter(wanted)

@@ -336,7 +336,8 @@ def _offset(query: AggregateQuery) -> str:
 def _source(
     ops: _Ops, query: AggregateQuery, params: dict[str, Any], metadata: bool | None
 ) -> tuple[str, str, str]:
-    """(columns ``created_at, e, gkey``, FROM source, WHERE clause) of the messages selected,
+    """(columns ``created_at`` (with ``query.first_times``), ``e, gkey``, FROM source, WHERE
+    clause) of the messages selected,
     those with metadata, (``metadata=False``) those without, or (None) all; with ``params["part_lo"]`` and
     ``params["part_hi"]``, only that part of the table (see :func:`build`)."""
     where = (
@@ -362,16 +363,18 @@ def _source(
     elif query.key == "user":
         source = "messages LEFT JOIN chats ON chats.id = messages.chat_id"
         key = "chats.user_id"
-    columns = f"messages.created_at AS created_at, {ops.epoch('messages.created_at')} AS e, {key} AS gkey"
+    carried = "messages.created_at AS created_at, " if query.first_times else ""
+    columns = f"{carried}{ops.epoch('messages.created_at')} AS e, {key} AS gkey"
     return columns, source, f" WHERE {' AND '.join(where)}" if where else ""
 
 
 def _local(ops: _Ops, query: AggregateQuery, inner: str, values: str) -> str:
-    """Over ``inner`` (with ``created_at, e, gkey``): ``created_at, e, le`` (epoch seconds, UTC
-    and local), ``tzoff, gkey`` and ``values``."""
+    """Over ``inner`` (with ``e, gkey`` and maybe ``created_at``, see :func:`_source`): the same
+    ``created_at``, ``e, le`` (epoch seconds, UTC and local), ``tzoff, gkey`` and ``values``."""
     offset = _offset(query)
     tzoff = offset if query.unit != DAY else "0"
-    return ops.fenced(f"created_at, e, e + {offset} AS le, {tzoff} AS tzoff, gkey{values}", f"({inner}) r")
+    carried = _first(query)[1]
+    return ops.fenced(f"{carried}e, e + {offset} AS le, {tzoff} AS tzoff, gkey{values}", f"({inner}) r")
 
 
 def _rows(
@@ -397,7 +400,7 @@ def _rows(
     else:
         reads = ", ".join(f"{ops.read('m', k)} AS v_{name}" for name, k, _ in fields)
         parsed = ops.fenced(f"{columns}, {ops.document(lenient)} AS m", f"{source}{filters}")
-        layer1 = ops.fenced(f"created_at, e, gkey, m, {reads}", f"({parsed}) p")
+        layer1 = ops.fenced(f"{_first(query)[1]}e, gkey, m, {reads}", f"({parsed}) p")
     values, fasts, bads, flagged = [], [], [], []
     for name, k, kind in fields:
         value, fast, fast_value, bad = _typed(ops, k, kind)
@@ -434,20 +437,23 @@ def _bare_groups(
     rows = _local(ops, query, ops.fenced(columns, f"{source}{filters}"), "")
     # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
     tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
+    first, carried = _first(query)
     if packed:
         key, unpacked = _pack_group(ops, query, bare=True)
         return (
-            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, min(created_at), count(*), {tail} "
-            f"FROM (SELECT created_at, {key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
+            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, {first}, count(*), {tail} "
+            f"FROM (SELECT {carried}{key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
         )
     keys = f"{ops.floor_div('le', query.unit)} AS bucket, tzoff, {ops.floor_div('e', DAY)} AS utc_day, gkey"
     if flag:
         # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
-        select = f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, min(created_at), count(*)"
+        select = (
+            f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, {first}, count(*)"
+        )
     else:
-        select = "bucket, tzoff, utc_day, min(created_at), NULL, gkey, 0, 0, count(*)"
+        select = f"bucket, tzoff, utc_day, {first}, NULL, gkey, 0, 0, count(*)"
     return (
-        f"SELECT {select}, {tail} FROM (SELECT created_at, {keys} FROM ({rows}) b) d "
+        f"SELECT {select}, {tail} FROM (SELECT {carried}{keys} FROM ({rows}) b) d "
         "GROUP BY bucket, tzoff, utc_day, gkey"
     )
 
@@ -574,8 +580,9 @@ def build(
         "model": "model", "gkey": "gkey", "has_reported": ops.boolean("cost IS NOT NULL"),
         "has_tokens": ops.boolean(tokens),
     }  # fmt: skip
+    first, carried = _first(query)
     sums = (
-        "min(created_at), count(*), sum(tin), sum(tout), sum(tcw), sum(tcr), sum(cost), "
+        f"{first}, count(*), sum(tin), sum(tout), sum(tcw), sum(tcr), sum(cost), "
         "sum(dur), count(dur), max(dur), sum(bad)"
     )
     histogram_keys = {
@@ -595,21 +602,17 @@ def build(
         names = ", ".join(histogram_keys)
         return [f"SELECT {names}, count(*) FROM ({inner}) d GROUP BY {names}"], params
     if not query.histograms:
-        inner = f"SELECT {_select(sums_keys)}, created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
+        inner = f"SELECT {_select(sums_keys)}, {carried}tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
         names = ", ".join(sums_keys)
-        ordered = (
-            "bucket, tzoff, utc_day, min(created_at), model, gkey, has_reported, has_tokens"  # GROUP_COLUMNS
-        )
-        sql = f"SELECT {ordered}, {sums.removeprefix('min(created_at), ')} FROM ({inner}) d GROUP BY {names}"
+        ordered = f"bucket, tzoff, utc_day, {first}, model, gkey, has_reported, has_tokens"  # GROUP_COLUMNS
+        sql = f"SELECT {ordered}, {sums.removeprefix(f'{first}, ')} FROM ({inner}) d GROUP BY {names}"
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '')}"
         return [sql], params
     if backend == "postgres":
         # One scan, two groupings: a group row has dbucket NULL (grouping() tells them apart).
         keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
-        inner = (
-            f"SELECT {_select(keys)}, created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
-        )
+        inner = f"SELECT {_select(keys)}, {carried}tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
         group_names = ", ".join(sums_keys)
         hist_names = ", ".join(histogram_keys)
         sql = (
@@ -627,7 +630,7 @@ def build(
     histogram_key = _pack_histogram(ops, query, histogram_keys["hbucket"])
     inner = (
         f"SELECT {group_key} AS gk, model, gkey, {histogram_key} AS hk, {histogram_keys['hmodel']} AS hmodel, "
-        f"created_at, tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
+        f"{carried}tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
     )
     nulls = ", ".join(["NULL"] * (len(GROUP_COLUMNS) - 9))  # the sums after first and count
     groups = f"SELECT 1 AS histogram, {group_columns}, NULL, NULL, NULL, NULL, {sums} FROM d GROUP BY gk, model, gkey"
@@ -681,6 +684,12 @@ def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ..
     assert all(len(g) == len(GROUP_COLUMNS) for g in groups[:1])
     assert all(len(h) == len(HISTOGRAM_COLUMNS) for h in histogram[:1])
     return groups + histogram
+
+
+def _first(query: AggregateQuery) -> tuple[str, str]:
+    """(a group's ``first`` column, the ``created_at, `` its rows carry for it): NULL and
+    nothing where the query does not want first times."""
+    return ("min(created_at)", "created_at, ") if query.first_times else ("NULL", "")
 
 
 def _select(keys: dict[str, str]) -> str:
