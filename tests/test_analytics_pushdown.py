@@ -66,6 +66,10 @@ ODD_METADATA = (
         True,
     ),
     ('{"model":"claude-haiku-4-5","inputTokens":1,"outputTokens":0,"totalCostUsd":2,"durationMs":1}', False),
+    (
+        '{"model":"claude-haiku-4-5","inputTokens":[5],"outputTokens":{"n":1},"totalCostUsd":[],"durationMs":null}',
+        True,
+    ),
     (None, False),
 )
 

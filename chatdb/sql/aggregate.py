@@ -10,7 +10,9 @@ One statement per call, over the stored JSON, in three layers:
    anything else (booleans, numbers written as strings, negative or fractional counts,
    objects...) takes the exact path, which asks the value's JSON type. ``CASE`` is lazy, so a
    well-formed row pays for one read per field. On SQLite a layer between 1 and 2 flags the rows
-   whose fields all take their fast path, tested once (:attr:`_Ops.flags_fast_rows`);
+   whose fields all take their fast path, tested once (:attr:`_Ops.flags_fast_rows`); on
+   PostgreSQL a layer above 2 tells the unreadable rows by their typed values
+   (:attr:`_Ops.bad_from_values`);
 3. the groups, and with ``query.histograms`` the latency histogram from the same rows: on
    PostgreSQL one ``GROUPING SETS`` scan, on SQLite a materialized common table expression read
    by two ``GROUP BY``\\ s, on MariaDB (which computes a common table expression once per
@@ -132,17 +134,18 @@ class _Ops:
                 return f"typeof({v}) = 'real' AND {v} >= 0 AND {v} <= {_DOUBLE_MAX}", v
             return f"{v} >= '' AND {v} < '{{' AND ({v} < '[' OR {v} >= '\\')", v
         if self.backend == "postgres":
-            number = f"CAST({v} AS numeric)"
+            # jsonb orders strings before numbers before booleans, arrays and objects (and an
+            # empty array before null): between two numbers, a value is a number, compared
+            # as numeric without a cast (a third less time than casting it for each test).
             if kind == "int":
                 return (
-                    f"jsonb_typeof({v}) = 'number' AND {number} >= 0 AND {number} < 9.2e18 "
-                    f"AND {number} = trunc({number})",
-                    f"CAST({number} AS bigint)",
+                    f"{v} >= '0'::jsonb AND {v} < '9.2e18'::jsonb AND scale(CAST({v} AS numeric)) = 0",
+                    f"CAST({v} AS bigint)",
                 )
             if kind == "float":
                 return (
-                    f"jsonb_typeof({v}) = 'number' AND {number} >= 0 AND {number} <= {_DOUBLE_MAX}",
-                    f"CAST({number} AS double precision)",
+                    f"{v} >= '0'::jsonb AND {v} <= '{_DOUBLE_MAX}'::jsonb",
+                    f"CAST({v} AS double precision)",
                 )
             return f"jsonb_typeof({v}) = 'string'", f"({v} #>> '{{}}')"
         # MariaDB/MySQL: JSON_EXTRACT returns the value's JSON text; a non-negative number
@@ -261,6 +264,14 @@ class _Ops:
         return f"SELECT {columns} FROM {rest}{limit}"
 
     @property
+    def bad_from_values(self) -> bool:
+        """Whether :func:`_rows` tells an unreadable row by its typed values, in the layer
+        above them (PostgreSQL: it keeps no common subexpressions, so ``bad`` over the JSON
+        tested every fast path a second time; the month report's statement took 17% less
+        time without that. MariaDB would materialize the wider layer: 20% more.)"""
+        return self.backend == "postgres"
+
+    @property
     def flags_fast_rows(self) -> bool:
         """Whether :func:`_rows` flags the rows whose fields all take their fast path in a layer
         of their own (SQLite: a fenced layer is a co-routine, and testing the fast paths twice,
@@ -321,6 +332,17 @@ def _typed(ops: _Ops, key: str, kind: str) -> tuple[str, str, str, str]:
     else:
         bad = f"({v} IS NOT NULL AND {t} <> {ops.null_kind} AND ({exact} IS NULL OR {t} = {ops.string_kind}))"
     return value, fast, fast_value, bad
+
+
+def _bad_of_value(ops: _Ops, name: str, key: str, kind: str) -> str:
+    """:func:`_typed`'s unreadable flag, from the typed value ``name`` beside ``v_<name>``:
+    a value the fast path takes is never unreadable, and any other's typed value is the
+    exact path's."""
+    v = f"v_{name}"
+    t = ops.json_type(key, v)
+    if kind == "string":
+        return f"({v} IS NOT NULL AND {name} IS NULL AND {t} <> {ops.null_kind})"
+    return f"({v} IS NOT NULL AND {t} <> {ops.null_kind} AND ({name} IS NULL OR {t} = {ops.string_kind}))"
 
 
 def _offset(query: AggregateQuery) -> str:
@@ -416,13 +438,21 @@ def _rows(
             f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind}) OR "
             + " OR ".join(bads)
         )
+        bare_case = "WHEN m IS NULL THEN 0 " if bare else ""
+        if ops.bad_from_values:
+            # The values, the document and the fields' JSON up a layer, and ``bad`` from them.
+            carried = [*values, "m", *(f"v_{name}" for name, _, _ in _FIELDS)]
+            local = _local(ops, query, layer1, ", " + ", ".join(carried))
+            value_bad = " OR ".join(_bad_of_value(ops, *field) for field in _FIELDS)
+            document_bad = f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind})"
+            bad = f"CASE {bare_case}WHEN {document_bad} OR {value_bad} THEN 1 ELSE 0 END"
+            return f"SELECT *, {bad} AS bad FROM ({local}) x"
         if ops.flags_fast_rows:
             # Whether every field takes its fast path, worked out once per row: the typed values
             # and ``bad`` then read the flag instead of each testing the fast paths again.
             layer1 = ops.fenced(f"*, CASE WHEN {all_fast} THEN 1 ELSE 0 END AS f", f"({layer1}) w")
             values = [*flagged, f"CASE WHEN f = 1 THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad"]
         else:
-            bare_case = "WHEN m IS NULL THEN 0 " if bare else ""
             values.append(f"CASE {bare_case}WHEN {all_fast} THEN 0 WHEN {exact_bad} THEN 1 ELSE 0 END AS bad")
     return _local(ops, query, layer1, ", " + ", ".join(values))
 
