@@ -269,6 +269,29 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
+def test_a_mysql_report_leaves_the_session_settings_as_it_found_them(
+    repo: ChatRepository,
+) -> None:
+    # (A report changes the SQL mode, GROUP_CONCAT's length and the in-memory temporary tables'
+    # sizes for its statements; the connection stays with this thread for the next call.)
+    _load(repo)
+    names = ("sql_mode", "group_concat_max_len", "tmp_table_size", "max_heap_table_size")
+    session = "SELECT " + ", ".join(f"@@SESSION.{n}" for n in names)
+
+    def settings(tx: Any) -> tuple[Any, ...]:
+        tx.cursor.execute(session)
+        return tuple(tx.cursor.fetchone())
+
+    executor = repo._executor  # type: ignore[attr-defined]
+    executor.run(lambda tx: tx.cursor.execute("SET SESSION tmp_table_size = 20000000"))
+    found = executor.run(settings)
+    for by in ("month", "user"):
+        analytics.usage_report(repo, by)
+        assert executor.run(settings) == found, by
+    assert 19_000_000 < found[2] <= 20_000_000  # (the server rounds it to its block size)
+
+
 @pytest.mark.parametrize(
     "make_id",
     [lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)), lambda r: f"msg-{r.randrange(10**9):09d}"],
