@@ -20,7 +20,10 @@ histogram instead (:data:`HISTOGRAM_COLUMNS`): the count per duration bucket
 (:func:`duration_bucket`), mergeable across groups, read back by :func:`histogram_quantile`.
 With ``histograms=True`` (on a backend whose ``aggregates_histograms`` is true) one call returns
 both from one pass over the messages: the group rows, then the histogram rows, told apart by
-their length.
+their length. With ``packed_histograms`` too, a backend may return all of a histogram's buckets
+as one row whose ``duration_bucket`` is None and whose ``count`` is the text
+``"bucket:count,bucket:count,..."`` (the SQL backends' GROUP_CONCAT), which the caller expands
+in bulk (a daily report over a year has about 240,000 buckets).
 
 Values are read as the export path reads them (see :mod:`chatdb.export._flatten`): a field of an
 unexpected JSON type is null (a number given as a JSON string is converted), negative counts are
@@ -128,6 +131,8 @@ class AggregateQuery:
     # backend may return NULL there (the caller orders periods by their start instead), which
     # spares the SQL backends carrying every row's text to the grouping (about 7% of a report).
     first_times: bool = True
+    # With ``histograms``: whether histogram rows may come packed (see the module docstring).
+    packed_histograms: bool = False
 
     def offset_at(self, epoch: int) -> int:
         offset = self.shifts[0][1]

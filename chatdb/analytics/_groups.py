@@ -175,8 +175,9 @@ def fetch_groups(
         # histogram is kept per model, so the models the database matched loosely (the family
         # superset) can be dropped here like the groups are.
         query = replace(
-            query, histograms=True, period=kind if period else None, per_model=per_model or model is not None
-        )
+            query, histograms=True, period=kind if period else None, per_model=per_model or model is not None,
+            packed_histograms=True,
+        )  # fmt: skip
     found: list[tuple[Any, ...]] | None = [] if one_pass else None
     columnar = None if one_pass else getattr(repo, "aggregate_columns", None)
     coarse = columnar is not None and getattr(repo, "coarse_groups", False)
@@ -390,14 +391,32 @@ _HISTOGRAM_SCHEMA: dict[str, pl.DataType] = {
 
 
 def _histogram_frame(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
-    """HISTOGRAM_COLUMNS rows as columns (the servers' Decimal counts cast)."""
+    """HISTOGRAM_COLUMNS rows as columns (the servers' Decimal counts cast), packed rows (a
+    histogram's buckets as ``"bucket:count,..."``, see AggregateQuery.packed_histograms)
+    expanded by Polars."""
+    plain = [row for row in rows if row[4] is not None]
+    packed = [row for row in rows if row[4] is None]
+    frames = [_columns(plain, _HISTOGRAM_SCHEMA)] if plain or not packed else []
+    if packed:
+        text_schema = {**_HISTOGRAM_SCHEMA, "dbucket": pl.Null(), "count": pl.String()}
+        pairs = (
+            _columns(packed, text_schema)
+            .drop("dbucket")
+            .with_columns(pl.col("count").str.split(","))
+            .explode("count")
+            .with_columns(pl.col("count").str.split_exact(":", 1).struct.rename_fields(["dbucket", "count"]))
+            .unnest("count")
+        )
+        frames.append(pairs.select(list(_HISTOGRAM_SCHEMA)).cast(_HISTOGRAM_SCHEMA))  # type: ignore[arg-type]
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+
+def _columns(rows: list[tuple[Any, ...]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     if not rows:
-        return pl.DataFrame(schema=_HISTOGRAM_SCHEMA)
+        return pl.DataFrame(schema=schema)
     columns = zip(*rows, strict=True)
-    series = [
-        pl.Series(name, column, strict=False) for name, column in zip(_HISTOGRAM_SCHEMA, columns, strict=True)
-    ]
-    return pl.DataFrame(series).cast(_HISTOGRAM_SCHEMA)  # type: ignore[arg-type]
+    series = [pl.Series(name, column, strict=False) for name, column in zip(schema, columns, strict=True)]
+    return pl.DataFrame(series).cast(schema)  # type: ignore[arg-type]
 
 
 def _bucket_value(bucket: pl.Expr) -> pl.Expr:

@@ -711,16 +711,20 @@ def build(
 def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ...]]:
     """The rows of :func:`build` as ``aggregate_messages`` returns them: with
     ``query.histograms``, each group row as :data:`GROUP_COLUMNS` and each histogram row as
-    :data:`HISTOGRAM_COLUMNS` (group rows first); otherwise as they are."""
+    :data:`HISTOGRAM_COLUMNS` (group rows first; with ``query.packed_histograms``, a period's
+    buckets in one row, as :mod:`chatdb._aggregate` says); otherwise as they are."""
     if not query.histograms:
         return [tuple(row) for row in rows]
-    groups, histogram = [], []
+    groups: list[tuple[Any, ...]] = []
+    histogram: list[tuple[Any, ...]] = []
     # (kind, 7 group keys, hbucket, htzoff, hmodel, dbucket, first, count, sums...), where kind
     # is 1 for a group, 0 for a histogram bucket, and 2 for all of a period's buckets, with
     # their counts as text in place of dbucket ("dbucket:count,...").
     for row in rows:
         if row[0] == 1:
             groups.append((*row[1:4], row[12], *row[4:8], *row[13:]))
+        elif row[0] == 2 and query.packed_histograms:
+            histogram.append((row[8], row[9], row[10], row[5], None, row[11]))
         elif row[0] == 2:
             for pair in row[11].split(","):
                 bucket, count = pair.split(":")
