@@ -665,6 +665,8 @@ def build(
             f"FROM ({inner}) d GROUP BY GROUPING SETS (({group_names}), ({hist_names})) "
             "HAVING GROUPING(dbucket) = 1 OR dbucket IS NOT NULL"
         )
+        if query.packed_histograms:
+            sql = _packed_histogram(sql)
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
         return [sql], params
@@ -706,6 +708,20 @@ def build(
         groups.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
         histogram.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
     ], params
+
+
+def _packed_histogram(sql: str) -> str:
+    """PostgreSQL: the rows of the grouping sets ``sql`` with each histogram's buckets as one
+    ``dbucket:count`` text, as SQLite and MariaDB give them (kind 2, see :func:`split_rows`):
+    a daily report fetched and unpacked 240,000 rows of 23 columns through psycopg."""
+    names = [f"c{i}" for i in range(len(GROUP_COLUMNS) + 5)]  # kind, 7 keys, 4 histogram keys, ...
+    rest = ", ".join(["NULL"] * (len(names) - 12))
+    return (
+        f"WITH s({', '.join(names)}) AS MATERIALIZED ({sql}) "
+        f"SELECT {', '.join(names[:11])}, CAST(c11 AS text), {', '.join(names[12:])} FROM s WHERE c0 = 1 "
+        "UNION ALL SELECT 2, NULL, NULL, NULL, NULL, c5, NULL, NULL, c8, c9, c10, "
+        f"string_agg(c11 || ':' || c13, ','), {rest} FROM s WHERE c0 = 0 GROUP BY c8, c9, c10, c5"
+    )
 
 
 def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ...]]:
