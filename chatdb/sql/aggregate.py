@@ -14,8 +14,8 @@ One statement per call, over the stored JSON, in three layers:
    PostgreSQL a layer above 2 tells the unreadable rows by their typed values
    (:attr:`_Ops.bad_from_values`);
 3. the groups, and with ``query.histograms`` the latency histogram from the same rows: on
-   PostgreSQL one scan whose rows each go twice into one ``GROUP BY`` (once keyed as a group,
-   once as a histogram bucket: parallel workers aggregate it partially), on SQLite a materialized common table expression read
+   PostgreSQL one ``GROUPING SETS`` scan (for a month's or a model's few histograms, each row
+   twice into one ``GROUP BY``, which parallel workers aggregate partially), on SQLite a materialized common table expression read
    by two ``GROUP BY``\\ s, on MariaDB (which computes a common table expression once per
    reference) a temporary table read by two statements. The histogram
    rows have the group rows' columns with NULLs; the repository cuts them back to
@@ -549,9 +549,7 @@ def settings(backend: str, parts: int = 1) -> tuple[tuple[str, ...], tuple[str, 
     it; and SQLite sizes its sorters by it: a statement took 24 MB at 4 MB of cache, 11 MB at
     1 MB), then the usual one again."""
     if backend == "postgres":
-        # (and hash aggregation where the planner, its estimate of the groups being the rows',
-        # would sort: each worker's groups fit in work_mem, and a sort of its rows took 3x)
-        return ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'", "SET LOCAL enable_sort = off"), ()
+        return ("SET LOCAL jit = off", "SET LOCAL work_mem = '64MB'"), ()
     if backend == "sqlite":
         from .dialects import _SQLITE_CACHE
 
@@ -661,24 +659,38 @@ def build(
         # One scan, two groupings, told apart by the first column.
         keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
         inner = f"SELECT {_select(keys)}, {carried}tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
-        # Each row twice (a LATERAL VALUES), once with its group's keys (histogram = 1) and
-        # once with its histogram's (0, where it has a duration), into one plain GROUP BY,
-        # which each parallel worker aggregates partially: GROUPING SETS has no partial
-        # aggregation, so every row went sorted through the leader, alone. The month report's
-        # statement at 5M messages: 15.2-15.4 s before, 12.7-14.4 s after (at 1M, the same).
-        keyed = ["d.gkey" if k == "gkey" else f"CASE WHEN v.s = 1 THEN d.{k} END" for k in sums_keys] + [
-            f"CASE WHEN v.s = 0 THEN d.{k} END" for k in ("hbucket", "htzoff", "hmodel", "dbucket")
-        ]
+        group_names = ", ".join(sums_keys)
+        hist_names = ", ".join(histogram_keys)
         sql = (
-            f"SELECT v.s AS histogram, {', '.join(keyed)}, {sums} FROM ({inner}) d "
-            "CROSS JOIN LATERAL (VALUES (1), (CASE WHEN d.dbucket IS NOT NULL THEN 0 END)) v(s) "
-            f"WHERE v.s IS NOT NULL GROUP BY {', '.join(str(i) for i in range(1, len(keyed) + 2))}"
+            f"SELECT GROUPING(dbucket) AS histogram, {group_names}, hbucket, htzoff, hmodel, dbucket, {sums} "
+            f"FROM ({inner}) d GROUP BY GROUPING SETS (({group_names}), ({hist_names})) "
+            "HAVING GROUPING(dbucket) = 1 OR dbucket IS NOT NULL"
         )
+        statements = []
+        if query.key is None and query.period in (None, "month"):
+            # Few histograms (a month's, a model's): each row twice (a LATERAL VALUES), keyed
+            # once as its group (histogram = 1) and once as its histogram's bucket (0, where
+            # it has a duration), into one plain GROUP BY that each parallel worker aggregates
+            # partially, in a hash table: GROUPING SETS has no partial aggregation, and every
+            # row went sorted through the leader, alone. The month report's statement: 15.2-15.4
+            # s -> 12.7-14.4 s at 5M messages, the same at 1M. By day or user the hash tables
+            # held about as many histogram buckets as rows (daily report 1.50x -> 1.77x).
+            keyed = ["d.gkey" if k == "gkey" else f"CASE WHEN v.s = 1 THEN d.{k} END" for k in sums_keys] + [
+                f"CASE WHEN v.s = 0 THEN d.{k} END" for k in ("hbucket", "htzoff", "hmodel", "dbucket")
+            ]
+            sql = (
+                f"SELECT v.s AS histogram, {', '.join(keyed)}, {sums} FROM ({inner}) d "
+                "CROSS JOIN LATERAL (VALUES (1), (CASE WHEN d.dbucket IS NOT NULL THEN 0 END)) v(s) "
+                f"WHERE v.s IS NOT NULL GROUP BY {', '.join(str(i) for i in range(1, len(keyed) + 2))}"
+            )
+            # (hash aggregation: estimating as many groups as rows, the planner sorted each
+            # worker's rows instead, 5.1 s against 2.7 s)
+            statements.append("SET LOCAL enable_sort = off")
         if query.packed_histograms:
             sql = _packed_histogram(sql)
         if not model_filter:
             sql += f" UNION ALL {_bare_groups(ops, query, params, '1')}"
-        return [sql], params
+        return [*statements, sql], params
     # SQLite, MariaDB: the rows once, into a temporary table both groupings read. Both group by
     # sorting, so each grouping's integer keys are packed into one integer (one column to sort
     # and compare, not five; unpacked per group): see _pack_group and _pack_histogram.
