@@ -432,22 +432,19 @@ def _rows(
         bads.append(bad)
         flagged.append(f"CASE WHEN f = 1 THEN {fast_value} ELSE {value} END AS {name}")
     if not only:
-        present = " OR ".join(f"v_{name} IS NOT NULL" for name, _, _ in _FIELDS)
-        all_fast = f"({present}) AND {' AND '.join(fasts)}"
         kind = ops.document_kind
-        exact_bad = (
-            f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind}) OR "
-            + " OR ".join(bads)
-        )
+        document_bad = f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind})"
         bare_case = "WHEN m IS NULL THEN 0 " if bare else ""
         if ops.bad_from_values:
             # The values, the document and the fields' JSON up a layer, and ``bad`` from them.
             carried = [*values, "m", *(f"v_{name}" for name, _, _ in _FIELDS)]
             local = _local(ops, query, layer1, ", " + ", ".join(carried))
             value_bad = " OR ".join(_bad_of_value(ops, *field) for field in _FIELDS)
-            document_bad = f"({kind}) IS NULL OR ({kind}) NOT IN ({ops.object_kind}, {ops.null_kind})"
             bad = f"CASE {bare_case}WHEN {document_bad} OR {value_bad} THEN 1 ELSE 0 END"
             return f"SELECT *, {bad} AS bad FROM ({local}) x"
+        present = " OR ".join(f"v_{name} IS NOT NULL" for name, _, _ in _FIELDS)
+        all_fast = f"({present}) AND {' AND '.join(fasts)}"
+        exact_bad = f"{document_bad} OR " + " OR ".join(bads)
         if ops.flags_fast_rows:
             # Whether every field takes its fast path, worked out once per row: the typed values
             # and ``bad`` then read the flag instead of each testing the fast paths again.
@@ -659,14 +656,7 @@ def build(
         # One scan, two groupings, told apart by the first column.
         keys = {**sums_keys, **{k: v for k, v in histogram_keys.items() if k != "gkey"}}
         inner = f"SELECT {_select(keys)}, {carried}tin, tout, tcw, tcr, cost, dur, bad FROM ({rows}) t{where}"
-        group_names = ", ".join(sums_keys)
-        hist_names = ", ".join(histogram_keys)
-        sql = (
-            f"SELECT GROUPING(dbucket) AS histogram, {group_names}, hbucket, htzoff, hmodel, dbucket, {sums} "
-            f"FROM ({inner}) d GROUP BY GROUPING SETS (({group_names}), ({hist_names})) "
-            "HAVING GROUPING(dbucket) = 1 OR dbucket IS NOT NULL"
-        )
-        statements = []
+        statements: list[str] = []
         if query.key is None and query.period in (None, "month"):
             # Few histograms (a month's, a model's): each row twice (a LATERAL VALUES), keyed
             # once as its group (histogram = 1) and once as its histogram's bucket (0, where
@@ -686,6 +676,13 @@ def build(
             # (hash aggregation: estimating as many groups as rows, the planner sorted each
             # worker's rows instead, 5.1 s against 2.7 s)
             statements.append("SET LOCAL enable_sort = off")
+        else:
+            group_names, hist_names = ", ".join(sums_keys), ", ".join(histogram_keys)
+            sql = (
+                f"SELECT GROUPING(dbucket) AS histogram, {group_names}, hbucket, htzoff, hmodel, dbucket, {sums} "
+                f"FROM ({inner}) d GROUP BY GROUPING SETS (({group_names}), ({hist_names})) "
+                "HAVING GROUPING(dbucket) = 1 OR dbucket IS NOT NULL"
+            )
         if query.packed_histograms:
             sql = _packed_histogram(sql)
         if not model_filter:
