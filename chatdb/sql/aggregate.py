@@ -719,9 +719,11 @@ def build(
         ], params
     # MariaDB computes a common table expression once per reference: the rows go into a
     # temporary table of this connection instead, which each grouping reads in turn (a
-    # statement may read a temporary table once). settings() drops it before and after.
+    # statement may read a temporary table once). settings() drops it before and after. It is
+    # a MyISAM table: written once, read twice, never updated, it needs no InnoDB undo log or
+    # buffer pool pages, whose writes took an eighth of a part (4.0 s -> 3.5 s at 500k rows).
     return [
-        f"CREATE TEMPORARY TABLE {ROWS_TABLE} AS {inner}",
+        f"CREATE TEMPORARY TABLE {ROWS_TABLE} ENGINE=MyISAM AS {inner}",
         _MYSQL_GROUPING_MEMORY,
         groups.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),
         histogram.replace(" FROM d ", f" FROM {ROWS_TABLE} d "),

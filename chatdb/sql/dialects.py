@@ -35,7 +35,9 @@ _MYSQL_DUP_KEYNAME = 1061
 _PG_UNIQUE = "23505"
 _PG_RETRY = {"40001", "40P01"}  # serialization failure, deadlock
 _MYSQL_GONE = {2002, 2003, 2006, 2013, 2055}
-_MYSQL_DENIED = {1044, 1142, 1227}  # access denied to a database, to a table command, to an operation
+# Access denied to a database, to a table command, to an operation; a storage engine unknown or
+# disabled (a MySQL server without MyISAM, which the aggregation's temporary table asks for).
+_MYSQL_DENIED = {1044, 1142, 1227, 1286, 3161}
 _ROWID_END = 2**63 - 1  # the last part of an aggregation runs to the end (rows added since)
 
 
@@ -404,7 +406,8 @@ class SqlDialect:
         return []
 
     def is_denied(self, exc: BaseException) -> bool:
-        """A MySQL driver error refusing a privilege the user lacks (CREATE TEMPORARY TABLES)."""
+        """A MySQL driver error refusing a privilege the user lacks (CREATE TEMPORARY TABLES), or
+        the storage engine a temporary table asks for."""
         return self.backend == "mysql" and _errno(exc) in _MYSQL_DENIED
 
     # -- errors ---------------------------------------------------------------------------------

@@ -286,7 +286,8 @@ def _aggregate(
             if not dialect.is_denied(exc):
                 raise
             # A user without the CREATE TEMPORARY TABLES privilege (a read-only reporting
-            # account): the one statement, which MariaDB runs slower.
+            # account), or a MySQL server without MyISAM: the one statement, which MariaDB runs
+            # slower.
             rows = _aggregate_rows(tx, *aggregate.build(backend, query, part=part, temporary=False))
         return aggregate.split_rows(query, rows)
     finally:
