@@ -191,6 +191,54 @@ def test_cost_modes_filters_and_the_other_reports_equal_the_reference(repo: Chat
     _same(analytics.token_mix(repo), reference.token_mix(frame), "token_mix")
 
 
+def _mid_range_prices() -> Any:
+    """The bundled prices, with Sonnet's and Haiku's changing inside the data of :func:`_load`:
+    on Berlin's DST day and the day before New York's."""
+    from chatdb.analytics.pricing import Price, PriceTable, load_prices
+
+    changes = PriceTable(
+        (
+            Price("claude-sonnet-4-5", date(2025, 9, 29), 3.0, 15.0, 3.75, 0.3),
+            Price("claude-sonnet-4-5", date(2026, 10, 25), 2.0, 10.0, 2.5, 0.2),
+            Price("claude-haiku-4-5", date(2025, 10, 15), 1.0, 5.0, 1.25, 0.1),
+            Price("claude-haiku-4-5", date(2026, 10, 31), 0.5, 2.5, 0.6, 0.05),
+        )
+    )
+    return load_prices(None).merged(changes)
+
+
+def test_reports_not_by_period_price_each_message_at_its_day_when_prices_change_mid_range(
+    repo: ChatRepository,
+) -> None:
+    """Groups of a report by model, user or chat (and of a total) are cut by the spans between
+    price changes, not by day (AggregateQuery.price_days): every message is still priced at
+    its own day, and a report by period (cut by day) agrees."""
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    prices = _mid_range_prices()
+    for by in ("model", "user", "chat", "day", "month"):
+        for mode in ("auto", "calculate"):
+            options: dict[str, Any] = {"prices": prices, "cost_mode": mode}
+            _same(analytics.usage_report(repo, by, **options), reference.usage_report(frame, by, **options),
+                  f"usage_report({by!r}, {mode})", _bound(repo))  # fmt: skip
+        _same(analytics.cost_reported_vs_estimated(repo, by, prices=prices),
+              reference.cost_reported_vs_estimated(frame, by, prices=prices), f"reported vs estimated {by}")  # fmt: skip
+    options = {"prices": prices, "cost_mode": "calculate", "model": "claude-sonnet-4-5"}
+    _same(analytics.usage_report(repo, "user", **options), reference.usage_report(frame, "user", **options),
+          "usage_report('user', sonnet)", _bound(repo))  # fmt: skip
+    _same(
+        analytics.usage_totals(repo, **options),
+        reference.usage_totals(frame, **options),
+        "usage_totals",
+        _bound(repo),
+    )
+    total = analytics.usage_totals(repo, prices=prices, cost_mode="calculate")["cost_usd"].item()
+    by_day = analytics.usage_report(repo, "day", prices=prices, cost_mode="calculate")["cost_usd"].sum()
+    assert total == pytest.approx(by_day, abs=1e-5) and total > 0
+    # The changes move the estimate: a report priced at one day for all would differ.
+    assert total != pytest.approx(analytics.usage_totals(repo, cost_mode="calculate")["cost_usd"].item())
+
+
 def test_a_report_with_its_totals_from_one_aggregation_equals_the_two_calls(repo: ChatRepository) -> None:
     # (chatdb usage prints a report and its totals row: one aggregation serves both.)
     _load(repo)
@@ -541,17 +589,8 @@ def test_every_report_over_a_parquet_dataset_equals_the_reference_when_prices_ch
     between price changes, not by UTC day; by period only for periods): prices that change
     inside the data, on a DST day and at a zone's midnight, still price every message at its day."""
     import chatdb
-    from chatdb.analytics.pricing import Price, PriceTable, load_prices
 
-    changes = PriceTable(
-        (
-            Price("claude-sonnet-4-5", date(2025, 9, 29), 3.0, 15.0, 3.75, 0.3),
-            Price("claude-sonnet-4-5", date(2026, 10, 25), 2.0, 10.0, 2.5, 0.2),
-            Price("claude-haiku-4-5", date(2025, 10, 15), 1.0, 5.0, 1.25, 0.1),
-            Price("claude-haiku-4-5", date(2026, 10, 31), 0.5, 2.5, 0.6, 0.05),
-        )
-    )
-    prices = load_prices(None).merged(changes)
+    prices = _mid_range_prices()
     with chatdb.create_repository(f"sqlite:///{tmp_path / 'demo.db'}") as repo:
         _load(repo)
         frame = export.to_polars(repo, "messages")

@@ -164,6 +164,8 @@ def fetch_groups(
         month_starts=months,
         # (only rows by period and model are ordered by their first message: see GroupNeeds)
         first_times=period and per_model,
+        # (a report not by period reads its groups' days only to price them)
+        price_days=None if period else _price_days(table),
     )
     one_pass = (
         histograms

@@ -387,7 +387,9 @@ def _source(
         source = "messages LEFT JOIN chats ON chats.id = messages.chat_id"
         key = "chats.user_id"
     carried = "messages.created_at AS created_at, " if query.first_times else ""
-    columns = f"{carried}{ops.epoch('messages.created_at')} AS e, {key} AS gkey"
+    # (messages without metadata, cut by price spans, are all in one: their times are not read)
+    epoch = "0" if metadata is False and query.price_days is not None else ops.epoch("messages.created_at")
+    columns = f"{carried}{epoch} AS e, {key} AS gkey"
     return columns, source, f" WHERE {' AND '.join(where)}" if where else ""
 
 
@@ -472,7 +474,8 @@ def _bare_groups(
             f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, {first}, count(*), {tail} "
             f"FROM (SELECT {carried}{key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
         )
-    keys = f"{ops.floor_div('le', query.unit)} AS bucket, tzoff, {ops.floor_div('e', DAY)} AS utc_day, gkey"
+    day = _day(ops, query, bare=True)
+    keys = f"{_bucket(ops, query, day)} AS bucket, tzoff, {day} AS utc_day, gkey"
     if flag:
         # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
         select = (
@@ -503,8 +506,8 @@ def _pack_group(ops: _Ops, query: AggregateQuery, bare: bool = False) -> tuple[s
     bucket counted from the UTC day's first (7: a day is 24 hours, an offset at most a day and
     a half), the UTC day."""
     per_day = DAY // query.unit
-    utc_day = ops.floor_div("e", DAY)
-    bucket = ops.floor_div("le", query.unit)
+    utc_day = _day(ops, query, bare)
+    bucket = _bucket(ops, query, utc_day)
     flag_bits, model, reported, tokens = "0", "NULL", "0", "0"
     if not bare:
         has_tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
@@ -619,7 +622,7 @@ def build(
     where = f" WHERE {model_filter}" if model_filter else ""
     tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
     sums_keys = {
-        "bucket": ops.floor_div("le", query.unit), "tzoff": "tzoff", "utc_day": ops.floor_div("e", DAY),
+        "bucket": _bucket(ops, query, _day(ops, query)), "tzoff": "tzoff", "utc_day": _day(ops, query),
         "model": "model", "gkey": "gkey", "has_reported": ops.boolean("cost IS NOT NULL"),
         "has_tokens": ops.boolean(tokens),
     }  # fmt: skip
@@ -776,6 +779,25 @@ def _first(query: AggregateQuery) -> tuple[str, str]:
     """(a group's ``first`` column, the ``created_at, `` its rows carry for it): NULL and
     nothing where the query does not want first times."""
     return ("min(created_at)", "created_at, ") if query.first_times else ("NULL", "")
+
+
+def _day(ops: _Ops, query: AggregateQuery, bare: bool = False) -> str:
+    """A row's UTC day, which prices it (from its epoch second ``e``); with
+    ``query.price_days``, the first day of its span between price changes (the day before the
+    first change, before it), newest first: most rows are past the last change. ``bare``: a
+    message without metadata, which no price applies to (its span is any: the first)."""
+    if query.price_days is None:
+        return ops.floor_div("e", DAY)
+    days = sorted(set(query.price_days))
+    if not days or bare:
+        return str(days[0] - 1 if days else 0)
+    spans = " ".join(f"WHEN e >= {day * DAY} THEN {day}" for day in reversed(days))
+    return f"CASE {spans} ELSE {days[0] - 1} END"
+
+
+def _bucket(ops: _Ops, query: AggregateQuery, day: str) -> str:
+    """A row's local bucket (from ``le``); with ``query.price_days`` (no periods), its ``day``."""
+    return day if query.price_days is not None else ops.floor_div("le", query.unit)
 
 
 def _select(keys: dict[str, str]) -> str:
