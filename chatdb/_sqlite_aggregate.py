@@ -13,8 +13,9 @@ else sees the change.
 The request (JSON on stdin): ``path``, ``before`` (PRAGMAs), ``statements``: a list of
 ``[sql, params]`` with positional parameters, run in order in one read transaction. The rows
 of all statements are written to stdout with :mod:`marshal` (tuples of numbers, text and
-NULLs). An error exits with status 1, its message the last line on stderr. Starting this module
-imports neither SQLAlchemy nor anything heavy: about 0.1 s.
+NULLs). An error exits with status 1, its message the last line on stderr. The parent runs
+this file as a script without site-packages (``python -S -P``): it imports the standard library
+only (never chatdb), and starts in about 0.02 s.
 """
 
 from __future__ import annotations

@@ -414,7 +414,7 @@ def _part_processes() -> list[str]:
         with contextlib.suppress(OSError):
             status = (entry / "status").read_text()
             parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-            if int(parent) == os.getpid() and b"chatdb._sqlite_aggregate" in (entry / "cmdline").read_bytes():
+            if int(parent) == os.getpid() and b"_sqlite_aggregate" in (entry / "cmdline").read_bytes():
                 found.append(entry.name)
     return found
 
@@ -437,14 +437,22 @@ def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
         "mysql": "SELECT SLEEP(100)",
     }[repo.backend]
     monkeypatch.setattr(sql_aggregate, "build", lambda *args, **options: ([slow], {}))
-    ctrl_c = threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    running: list[str] = []
+
+    def stop() -> None:
+        running.extend(_part_processes())
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    ctrl_c = threading.Timer(1.0, stop)
     started = time.monotonic()
     with interruptible(), pytest.raises(KeyboardInterrupt):
         ctrl_c.start()
         analytics.usage_report(repo, "month")
     assert time.monotonic() - started < 30
     assert not [t for t in threading.enumerate() if t.name.startswith("chatdb-aggregate")]
-    assert not _part_processes()  # (SQLite's parts run in child processes: killed, not left)
+    # (SQLite's parts run in child processes: there while the report ran, killed, not left)
+    assert len(running) == (2 if repo.backend == "sqlite" else 0)
+    assert not _part_processes()
     monkeypatch.undo()  # and the repository answers the next report
     assert analytics.usage_totals(repo)["messages"].item() > 0
 
