@@ -274,6 +274,44 @@ def test_postgres_computes_exact_percentiles_when_a_repository_asks_for_them(rep
         _same(analytics.usage_report(repo, by), reference.usage_report(frame, by), f"exact {by}", 1e-9)
 
 
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_postgres_reports_over_a_large_table_aggregate_by_hash_and_equal_the_reference(
+    repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past PG_SORTED_GROUPING_UP_TO messages (the table's estimate), reports by day or user
+    # take the month's partial hash aggregation instead of GROUPING SETS: here, every table.
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    statements: list[str] = []
+    build = sql_aggregate.build
+
+    def recorded(*args: Any, **options: Any) -> Any:
+        built = build(*args, **options)
+        statements.extend(built[0])
+        return built
+
+    monkeypatch.setattr(sql_aggregate, "build", recorded)
+    for large in (False, True):
+        if large:
+            monkeypatch.setattr(sql_aggregate, "PG_SORTED_GROUPING_UP_TO", -1)
+        for by, timezone in (
+            ("day", "Asia/Kolkata"),
+            ("user", "UTC"),
+            ("hour", "Europe/Berlin"),
+            ("chat", "UTC"),
+        ):
+            statements.clear()
+            got = analytics.usage_report(repo, by, timezone=timezone)
+            _same(
+                got,
+                reference.usage_report(frame, by, timezone=timezone),
+                f"{by}, large={large}",
+                _bound(repo),
+            )
+            assert any("GROUPING SETS" in s for s in statements) != large, (by, large)
+            assert any("CROSS JOIN LATERAL" in s for s in statements) == large, (by, large)
+
+
 def _in_parts(repo: ChatRepository, count: int) -> list[int]:
     """Make ``repo`` read every table as ``count`` parts; returns the number of parts each
     aggregation then ran as, appended as they run."""

@@ -360,6 +360,15 @@ class SqlDialect:
         a SQLite file (``:memory:`` is one connection and runs no parts)."""
         return self.backend == "sqlite" and not self.serialize
 
+    def messages_estimate(self, cursor: Any) -> int:
+        """The planner's estimate of the messages' row count (PostgreSQL: ``reltuples``, kept
+        by autovacuum and index builds; 0 where unknown), for ``aggregate.build``; 0 elsewhere."""
+        if self.backend != "postgres":
+            return 0
+        cursor.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass('messages')")
+        row = cursor.fetchone()
+        return max(0, int(row[0])) if row and row[0] is not None else 0
+
     def aggregate_parts(self, cursor: Any, count: int, min_rows: int) -> list[tuple[Any, Any]]:
         """The ``count`` parts (``aggregate.build``'s ``part``) of an aggregation over the
         messages, none under ``min_rows`` messages. SQLite: rowid ranges, from the B-tree's two

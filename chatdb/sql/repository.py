@@ -281,7 +281,10 @@ def _aggregate(
         if lenient:
             tx.cursor.execute(aggregate.PG_TRY_JSONB)
         try:
-            rows = _aggregate_rows(tx, *aggregate.build(backend, query, lenient=lenient, part=part))
+            messages = dialect.messages_estimate(tx.cursor)
+            rows = _aggregate_rows(
+                tx, *aggregate.build(backend, query, lenient=lenient, part=part, messages=messages)
+            )
         except Exception as exc:
             if not dialect.is_denied(exc):
                 raise
