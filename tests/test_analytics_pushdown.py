@@ -237,6 +237,20 @@ def test_reports_not_by_period_price_each_message_at_its_day_when_prices_change_
     assert total == pytest.approx(by_day, abs=1e-5) and total > 0
     # The changes move the estimate: a report priced at one day for all would differ.
     assert total != pytest.approx(analytics.usage_totals(repo, cost_mode="calculate")["cost_usd"].item())
+    # A price history of more changes than a report cuts its groups by: grouped by day, the same.
+    from chatdb.analytics import _groups
+    from chatdb.analytics.pricing import Price, PriceTable
+
+    daily = [
+        Price("claude-haiku-4-5", date(2026, 8, 1) + timedelta(days=i), 1.0 + i / 10, 5.0, 1.25, 0.1)
+        for i in range(100)
+    ]
+    history = prices.merged(PriceTable(tuple(daily)))
+    assert _groups._price_spans(prices) is not None and _groups._price_spans(history) is None
+    for by in ("user", "model"):
+        options = {"prices": history, "cost_mode": "calculate"}
+        _same(analytics.usage_report(repo, by, **options), reference.usage_report(frame, by, **options),
+              f"usage_report({by!r}, a long price history)", _bound(repo))  # fmt: skip
 
 
 def test_a_report_with_its_totals_from_one_aggregation_equals_the_two_calls(repo: ChatRepository) -> None:

@@ -165,7 +165,7 @@ def fetch_groups(
         # (only rows by period and model are ordered by their first message: see GroupNeeds)
         first_times=period and per_model,
         # (a report not by period reads its groups' days only to price them)
-        price_days=None if period else _price_days(table),
+        price_days=None if period else _price_spans(table),
     )
     one_pass = (
         histograms
@@ -248,6 +248,17 @@ def fetch_groups(
             for batch in repo.aggregate_messages(durations):
                 found.extend(batch)
     return Groups(frame, found, unit, exact)
+
+
+# At most this many price changes cut a report's groups by span (AggregateQuery.price_days): the
+# SQL compares each row's time with the changes, newest first, and a longer price history groups
+# by day instead.
+_PRICE_SPANS_MAX = 64
+
+
+def _price_spans(table: PriceTable) -> tuple[int, ...] | None:
+    days = _price_days(table)
+    return days if len(days) <= _PRICE_SPANS_MAX else None
 
 
 def _price_days(table: PriceTable) -> tuple[int, ...]:
