@@ -369,6 +369,27 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("backend", [pytest.param("sqlite", marks=pytest.mark.sqlite)], indirect=True)
+def test_sqlite_parts_run_on_threads_where_the_child_script_is_no_file(
+    repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (chatdb imported from a zip: the parts' child script cannot be run, the threads can)
+    from chatdb.sql import repository as sql_repository
+
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    split = _in_parts(repo, 2)
+    monkeypatch.setattr(sql_repository, "_AGGREGATE_CHILD", "/nonexistent/chatdb/_sqlite_aggregate.py")
+    assert not repo._parts_in_processes  # type: ignore[attr-defined]
+    _same(
+        analytics.usage_report(repo, "user"),
+        reference.usage_report(frame, "user"),
+        "user on threads",
+        _bound(repo),
+    )
+    assert split == [2]
+
+
 @pytest.mark.parametrize("backend", [pytest.param("mysql", marks=pytest.mark.mysql)], indirect=True)
 def test_a_mysql_report_leaves_the_session_settings_as_it_found_them(
     repo: ChatRepository,

@@ -738,8 +738,13 @@ class SqlRepository(RepositoryBase):
     @property
     def _parts_in_processes(self) -> bool:
         """Whether aggregation parts run in child processes (see
-        :attr:`SqlDialect.aggregates_in_processes`), where a Python is there to start them."""
-        return self._executor.dialect.aggregates_in_processes and _batches.can_start_child()
+        :attr:`SqlDialect.aggregates_in_processes`), where a Python is there to start them and
+        the child's script is a file (not in a zip); else on threads."""
+        return (
+            self._executor.dialect.aggregates_in_processes
+            and _batches.can_start_child()
+            and os.path.isfile(_AGGREGATE_CHILD)
+        )
 
     # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
     # runs as this many parts at once (one per core this process may use, up to 4; 1: never).
