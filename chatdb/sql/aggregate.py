@@ -40,7 +40,7 @@ again with ``lenient=True``, which casts through a session-temporary function (s
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -464,59 +464,50 @@ def _bare_groups(
     """The group rows (:data:`GROUP_COLUMNS`, after ``flag`` when not empty) of the messages
     without metadata (user messages, about half of them): counted with no JSON read at all.
     ``packed``: grouped by :func:`_pack_group`'s key (the combined layout only)."""
+    first, carried = _first(query)
     if query.key == "user" and query.price_days is not None and not query.first_times:
-        return _bare_owners(ops, query, params, flag, packed)
-    columns, source, filters = _source(ops, query, params, metadata=False)
-    rows = _local(ops, query, ops.fenced(columns, f"{source}{filters}"), "")
+        rows, count, counted = _bare_owners(ops, query, params), f"CAST(sum(n) AS {ops.integer})", ", n"
+    else:
+        columns, source, filters = _source(ops, query, params, metadata=False)
+        rows, count, counted = (
+            _local(ops, query, ops.fenced(columns, f"{source}{filters}"), ""),
+            "count(*)",
+            "",
+        )
     # After the count: no token, cost or duration sums, no durations (0), no maximum, 0 unreadable.
     tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"
-    first, carried = _first(query)
     if packed:
         key, unpacked = _pack_group(ops, query, bare=True)
         return (
-            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, {first}, count(*), {tail} "
-            f"FROM (SELECT {carried}{key} AS gk, gkey FROM ({rows}) b) d GROUP BY gk, gkey"
+            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, {first}, {count}, {tail} "
+            f"FROM (SELECT {carried}{key} AS gk, gkey{counted} FROM ({rows}) b) d GROUP BY gk, gkey"
         )
     day = _day(ops, query, bare=True)
-    keys = f"{_bucket(ops, query, day)} AS bucket, tzoff, {day} AS utc_day, gkey"
+    keys = f"{_bucket(ops, query, day)} AS bucket, tzoff, {day} AS utc_day, gkey{counted}"
     if flag:
         # (the combined layout: flag, the group keys, the histogram keys, first, count, sums)
-        select = (
-            f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, {first}, count(*)"
-        )
+        select = f"{flag}, bucket, tzoff, utc_day, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, {first}, {count}"
     else:
-        select = f"bucket, tzoff, utc_day, {first}, NULL, gkey, 0, 0, count(*)"
+        select = f"bucket, tzoff, utc_day, {first}, NULL, gkey, 0, 0, {count}"
     return (
         f"SELECT {select}, {tail} FROM (SELECT {carried}{keys} FROM ({rows}) b) d "
         "GROUP BY bucket, tzoff, utc_day, gkey"
     )
 
 
-def _bare_owners(ops: _Ops, query: AggregateQuery, params: dict[str, Any], flag: str, packed: bool) -> str:
-    """:func:`_bare_groups` by user, cut by price span (``query.price_days``, no first times):
-    one group per owner, whose keys are constants. The messages are counted per chat, and each
-    chat's owner is joined once, not once a message (SQLite: 3% of a report by user)."""
+def _bare_owners(ops: _Ops, query: AggregateQuery, params: dict[str, Any]) -> str:
+    """:func:`_bare_groups`' rows by user, cut by price span (``query.price_days``, no first
+    times), whose keys are constants: ``e, le, tzoff`` 0, each owner (``gkey``) and its
+    messages (``n``). They are counted per chat, and each chat's owner joined once, not once a
+    message (SQLite: 3% of a report by user)."""
     _, source, filters = _source(ops, query, params, metadata=False, chats=True)
     per_chat = (
         f"SELECT messages.chat_id AS chat, count(*) AS n FROM {source}{filters} GROUP BY messages.chat_id"
     )
-    owners = (
-        f"SELECT 0 AS tzoff, chats.user_id AS gkey, CAST(sum(n) AS {ops.integer}) AS n "
+    return (
+        f"SELECT 0 AS e, 0 AS le, 0 AS tzoff, chats.user_id AS gkey, sum(n) AS n "
         f"FROM ({per_chat}) c LEFT JOIN chats ON chats.id = c.chat GROUP BY chats.user_id"
     )
-    tail = "NULL, NULL, NULL, NULL, NULL, NULL, 0, NULL, 0"  # (as _bare_groups says)
-    if packed:
-        key, unpacked = _pack_group(ops, query, bare=True)
-        return (
-            f"SELECT {flag}, {unpacked}, NULL, NULL, NULL, NULL, NULL, n, {tail} "
-            f"FROM (SELECT {key} AS gk, gkey, n FROM ({owners}) o) d"
-        )
-    day = _day(ops, query, bare=True)
-    if flag:
-        select = f"{flag}, {day}, 0, {day}, NULL, gkey, 0, 0, NULL, NULL, NULL, NULL, NULL, n"
-    else:
-        select = f"{day}, 0, {day}, NULL, NULL, gkey, 0, 0, n"
-    return f"SELECT {select}, {tail} FROM ({owners}) o"
 
 
 # Packed keys: fields of a fixed number of bits each, every one made non-negative first, so
@@ -663,16 +654,14 @@ def build(
         return [_exact_quantiles(ops, query, rows, model_filter)], params
     where = f" WHERE {model_filter}" if model_filter else ""
     tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
+    day = _day(ops, query)
     sums_keys = {
-        "bucket": _bucket(ops, query, _day(ops, query)), "tzoff": "tzoff", "utc_day": _day(ops, query),
+        "bucket": _bucket(ops, query, day), "tzoff": "tzoff", "utc_day": day,
         "model": "model", "gkey": "gkey", "has_reported": ops.boolean("cost IS NOT NULL"),
         "has_tokens": ops.boolean(tokens),
     }  # fmt: skip
     first, carried = _first(query)
-    sums = (
-        f"{first}, count(*), sum(tin), sum(tout), sum(tcw), sum(tcr), sum(cost), "
-        "sum(dur), count(dur), max(dur), sum(bad)"
-    )
+    sums = _sums(query)
     histogram_keys = {
         "hbucket": _period(ops, query), "htzoff": "tzoff" if query.period == "hour" else "0",
         "hmodel": "model" if query.per_model else "NULL", "gkey": "gkey",
@@ -720,12 +709,7 @@ def build(
             # A bucket's copy of a row is counted, and adds nothing to the sums (NULL), which
             # spared the hash aggregation their work: the month's statement 1.95-2.00 s ->
             # 1.83-1.92 s at 1M messages (best of 3, old and new alternating).
-            own = "CASE WHEN v.s = 1 THEN d.{} END".format
-            group_sums = ", ".join(
-                [f"min({own('created_at')})" if query.first_times else "NULL", "count(*)"]
-                + [f"sum({own(c)})" for c in ("tin", "tout", "tcw", "tcr", "cost", "dur")]
-                + [f"count({own('dur')})", f"max({own('dur')})", f"sum({own('bad')})"]
-            )
+            group_sums = _sums(query, "CASE WHEN v.s = 1 THEN d.{} END".format)
             sql = (
                 f"SELECT v.s AS histogram, {', '.join(keyed)}, {group_sums} FROM ({inner}) d "
                 "CROSS JOIN LATERAL (VALUES (1), (CASE WHEN d.dbucket IS NOT NULL THEN 0 END)) v(s) "
@@ -828,6 +812,20 @@ def split_rows(query: AggregateQuery, rows: Iterable[Any]) -> list[tuple[Any, ..
     assert all(len(g) == len(GROUP_COLUMNS) for g in groups[:1])
     assert all(len(h) == len(HISTOGRAM_COLUMNS) for h in histogram[:1])
     return groups + histogram
+
+
+# A group's sums after ``first``, in GROUP_COLUMNS' order: (aggregate, column).
+_SUMS = (
+    ("count", "*"), ("sum", "tin"), ("sum", "tout"), ("sum", "tcw"), ("sum", "tcr"), ("sum", "cost"),
+    ("sum", "dur"), ("count", "dur"), ("max", "dur"), ("sum", "bad"),
+)  # fmt: skip
+
+
+def _sums(query: AggregateQuery, column: Callable[[str], str] = str) -> str:
+    """``first`` (see :func:`_first`) and the sums of a group, each of ``column(name)`` (a row
+    count of every row)."""
+    first = f"min({column('created_at')})" if query.first_times else "NULL"
+    return ", ".join([first, *(f"{f}({c if c == '*' else column(c)})" for f, c in _SUMS)])
 
 
 def _first(query: AggregateQuery) -> tuple[str, str]:

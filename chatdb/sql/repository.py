@@ -328,8 +328,8 @@ class _ChildPart:
 
 
 # The child's module, run as a script without site-packages: it needs the standard library only,
-# and ``-m chatdb._sqlite_aggregate`` first imported the chatdb package (asyncio, SQLAlchemy's
-# config...) and the site's path hooks: 0.08-0.09 s before its first statement instead of 0.02 s,
+# and ``-m chatdb._sqlite_aggregate`` first imported the chatdb package (asyncio, the aio
+# repository, its config) and the site's path hooks: 0.08-0.09 s before its first statement instead of 0.02 s,
 # paid by every part of every SQLite report (a 1M-message report takes 1.1-1.6 s).
 _AGGREGATE_CHILD = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_sqlite_aggregate.py"
