@@ -54,6 +54,10 @@ EDGES = (
 ODD_METADATA = (
     ('{"model":"claude-sonnet-4-5-20250929","inputTokens":120,"outputTokens":30,"durationMs":900}', False),
     ('{"model":"my-local-model","inputTokens":50,"outputTokens":5,"durationMs":40}', False),
+    # Models that differ only in case or by a trailing space are different models.
+    ('{"model":"My-Local-Model","inputTokens":51,"outputTokens":6,"durationMs":41}', False),
+    ('{"model":"my-local-model ","inputTokens":52,"outputTokens":7,"durationMs":42}', False),
+    ('{"model":"Claude-Haiku-4-5","inputTokens":53,"outputTokens":8,"durationMs":43}', False),
     ('{"model":"claude-haiku-4-5","totalCostUsd":0.25}', False),
     ('{"model":"claude-opus-4-1","inputTokens":10.0,"outputTokens":0,"durationMs":12}', False),
     ("{not json", True),

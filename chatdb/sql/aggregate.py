@@ -78,6 +78,7 @@ _DOUBLE_MAX = "1.7976931348623157e308"
 @dataclass(frozen=True)
 class _Ops:
     backend: str
+    collation: str = "utf8mb4_nopad_bin"  # MySQL/MariaDB: see build()
 
     def epoch(self, column: str) -> str:
         if self.backend == "sqlite":
@@ -159,7 +160,14 @@ class _Ops:
                 f"LEFT({v}, 1) BETWEEN '0' AND '9' AND CAST({v} AS DOUBLE) <= {_DOUBLE_MAX}",
                 f"CAST({v} AS DOUBLE)",
             )
-        return f"LEFT({v}, 1) = '\"'", f"CAST(JSON_UNQUOTE({v}) AS CHAR(512))"
+        return f"LEFT({v}, 1) = '\"'", self.model_text(f"JSON_UNQUOTE({v})")
+
+    def model_text(self, v: str) -> str:
+        """MySQL/MariaDB: the text ``v`` as a model name is grouped and compared: byte for byte
+        (the connection's default collation took "claude-x", "Claude-X" and "claude-x " for one
+        model), and as a CHAR (MariaDB groups a LONGTEXT key in an on-disk temporary table; a
+        CHAR stays in memory)."""
+        return f"CAST({v} AS CHAR(512)) COLLATE {self.collation}"
 
     def json_type(self, key: str, v: str) -> str:
         """The JSON type name of ``v`` (read from key ``key``), for the exact path."""
@@ -307,8 +315,7 @@ def _exact_value(ops: _Ops, kind: str, t: str, v: str) -> str:
     """The typed value of a field the fast path refused, from its JSON type ``t`` and its
     scalar ``v``: exactly as the export reads it."""
     if kind == "string":
-        text = f"CAST({v} AS CHAR(512))" if ops.backend == "mysql" else v
-        # (MariaDB groups a LONGTEXT key in an on-disk temporary table; CHAR stays in memory.)
+        text = ops.model_text(v) if ops.backend == "mysql" else v
         return f"CASE WHEN {t} = {ops.string_kind} THEN {text} END"
     integer, number = ops.native_number(t, v)
     from_text = ops.text_number(v)
@@ -627,6 +634,7 @@ def build(
     part: tuple[Any, Any] | None = None,
     temporary: bool = True,
     messages: int = 0,
+    collation: str = "utf8mb4_nopad_bin",
 ) -> tuple[list[str], dict[str, Any]]:
     """The statements of one aggregation, to run in order in one transaction (their rows, in
     order, are its rows: see :func:`split_rows`), with named parameters (``:name``), and the
@@ -637,8 +645,10 @@ def build(
     which the reports add up per key as they do the rows of one statement. ``temporary=False``:
     MariaDB without its temporary table (for a user not allowed to create one), as SQLite.
     ``messages``: about how many messages the table holds (PostgreSQL: see
-    :data:`PG_SORTED_GROUPING_UP_TO`), 0 where unknown."""
-    ops = _Ops(backend)
+    :data:`PG_SORTED_GROUPING_UP_TO`), 0 where unknown. ``collation``: MySQL/MariaDB's
+    utf8mb4 collation that compares byte for byte (:func:`chatdb.sql.schema.exact_collation`:
+    MariaDB's is the default), which model names are grouped and filtered by."""
+    ops = _Ops(backend, collation)
     params: dict[str, Any] = {}
     if part is not None:
         params["part_lo"], params["part_hi"] = part

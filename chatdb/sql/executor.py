@@ -47,6 +47,11 @@ class Tx:
         self._compiled = compiled
         self._dialect = dialect
 
+    @property
+    def dialect(self) -> Any:
+        """SQLAlchemy's dialect of the connection (MySQL's tells MariaDB by ``is_mariadb``)."""
+        return self._dialect
+
     def execute(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         sql, names = self._compiled(statement)
         if names is None:

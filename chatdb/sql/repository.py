@@ -77,6 +77,7 @@ from .schema import (
     IndexFact,
     api_keys,
     chats,
+    exact_collation,
     index_sql,
     messages,
     mysql_limits,
@@ -274,6 +275,7 @@ def _aggregate(
     if started is not None:
         started(tx.cursor.connection)  # (so that the caller can stop this statement)
     backend = dialect.backend
+    collation = exact_collation(tx.dialect)
     before, after = aggregate.settings(backend, parts)
     for statement in before:
         tx.cursor.execute(statement)
@@ -283,7 +285,10 @@ def _aggregate(
         try:
             messages = dialect.messages_estimate(tx.cursor)
             rows = _aggregate_rows(
-                tx, *aggregate.build(backend, query, lenient=lenient, part=part, messages=messages)
+                tx,
+                *aggregate.build(
+                    backend, query, lenient=lenient, part=part, messages=messages, collation=collation
+                ),
             )
         except Exception as exc:
             if not dialect.is_denied(exc):
@@ -291,7 +296,9 @@ def _aggregate(
             # A user without the CREATE TEMPORARY TABLES privilege (a read-only reporting
             # account), or a MySQL server without MyISAM: the one statement, which MariaDB runs
             # slower.
-            rows = _aggregate_rows(tx, *aggregate.build(backend, query, part=part, temporary=False))
+            rows = _aggregate_rows(
+                tx, *aggregate.build(backend, query, part=part, temporary=False, collation=collation)
+            )
         return aggregate.split_rows(query, rows)
     finally:
         for statement in after:

@@ -45,6 +45,12 @@ __all__ = [
 ]
 
 
+def exact_collation(dialect: Dialect) -> str:
+    """MySQL/MariaDB's utf8mb4 collation that compares text byte for byte: MariaDB's
+    utf8mb4_bin pads spaces ("alice" = "alice "); the nopad collations do not."""
+    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+
+
 class ExactText(TypeDecorator[str]):
     """TEXT compared byte for byte on every dialect; ``length`` bounds it on MySQL only."""
 
@@ -57,8 +63,7 @@ class ExactText(TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            # MariaDB's utf8mb4_bin pads spaces ("alice" = "alice "); the nopad collations do not.
-            collation = "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+            collation = exact_collation(dialect)
             if self.length is None:
                 return dialect.type_descriptor(LONGTEXT(charset="utf8mb4", collation=collation))
             return dialect.type_descriptor(VARCHAR(self.length, charset="utf8mb4", collation=collation))
