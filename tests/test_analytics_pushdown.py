@@ -618,6 +618,30 @@ def test_groups_that_need_no_first_times_read_created_at_only_for_the_time(backe
         assert text.count("created_at") == text.count(epoch) * epoch.count("created_at") > 0
 
 
+def test_times_far_from_1970_fall_in_their_second_on_every_backend(repo: ChatRepository) -> None:
+    """PostgreSQL reads a time between 1800 and 2200 as a float's seconds (exact there to the
+    microsecond), others from a numeric: either side of both years, a millisecond before a
+    second, a report by hour and by day equals the reference."""
+    _load(repo)
+    stamps = (
+        "1799-12-31T23:59:59.999Z", "1800-01-01T00:00:00.000Z", "2199-12-31T23:59:59.999Z",
+        "2200-01-01T00:00:00.000Z", "2250-06-15T12:00:00.000Z", "1600-03-01T00:00:00.000Z",
+    )  # fmt: skip
+    repo.import_rows(
+        "messages",
+        [
+            {"id": f"m-far-{i}", "chat_id": "c-edge", "role": "assistant", "content": "[]",
+             "created_at": stamp, "metadata": ODD_METADATA[0][0] if i % 2 else None}
+            for i, stamp in enumerate(stamps)
+        ],
+    )  # fmt: skip
+    frame = export.to_polars(repo, "messages")
+    for by in ("hour", "day"):
+        got = analytics.usage_report(repo, by)
+        _same(got, reference.usage_report(frame, by), f"usage_report({by!r})", _bound(repo))
+        assert {"2199-12-31T23:00+00:00", "2199-12-31"} & set(got["period"])
+
+
 def test_periods_are_exact_at_every_offset() -> None:
     from zoneinfo import ZoneInfo
 
