@@ -39,10 +39,7 @@ again with ``lenient=True``, which casts through a session-temporary function (s
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +82,10 @@ class _Ops:
 
     def epoch(self, column: str) -> str:
         if self.backend == "sqlite":
-            if not _sqlite_rounds_fractions():
-                return f"unixepoch({column})"
-            # This SQLite rounds a time's fraction to milliseconds, so that 23:59:59.9996 is
-            # the next second: one less where the fraction reads .9995 to .9999 (0.1 s more
-            # over 1M messages, in one process).
-            return f"(unixepoch({column}) - (substr({column}, 20, 5) BETWEEN '.9995' AND '.9999'))"
+            # (SQLite before 3.42 rounds a fraction of a second to milliseconds: a time written
+            # with microseconds, 23:59:59.9996, is the next second. Node and chatdb write
+            # milliseconds; the correction cost SQLite's reports 5-7%: see docs/analytics.md.)
+            return f"unixepoch({column})"
         if self.backend == "postgres":
             # extract() computes a numeric; date_part() a float, (microseconds since 1970) / 1e6,
             # whose floor is the second exactly while half its spacing is under a microsecond:
@@ -326,14 +321,6 @@ class _Ops:
             return f"CAST(extract(year FROM {stamp}) * 12 + extract(month FROM {stamp}) - 1 AS bigint)"
         months = f"EXTRACT(YEAR_MONTH FROM DATE_ADD('1970-01-01', INTERVAL {seconds} SECOND))"
         return f"(({months}) DIV 100 * 12 + ({months}) % 100 - 1)"
-
-
-@functools.cache
-def _sqlite_rounds_fractions() -> bool:
-    """Whether the SQLite that Python links rounds a time's fraction of a second to the
-    millisecond (before 3.42; later ones truncate it to .999), by asking it."""
-    with contextlib.closing(sqlite3.connect(":memory:")) as connection:
-        return bool(connection.execute("SELECT unixepoch('1970-01-01T00:00:00.9999Z')").fetchone()[0])
 
 
 def _exact_value(ops: _Ops, kind: str, t: str, v: str) -> str:
