@@ -54,6 +54,7 @@ from .._aggregate import (
     AggregateQuery,
     floor_shift,
 )
+from .schema import MARIADB_EXACT_COLLATION
 
 __all__ = ["PG_SORTED_GROUPING_UP_TO", "PG_TRY_JSONB", "ROWS_TABLE", "build", "settings", "split_rows"]
 
@@ -71,6 +72,7 @@ _FIELDS = (
     ("cost", "totalCostUsd", "float"),
     ("dur", "durationMs", "int"),
 )
+_HAS_TOKENS = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
 _NUMBER_TEXT = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 _DOUBLE_MAX = "1.7976931348623157e308"
 
@@ -78,7 +80,7 @@ _DOUBLE_MAX = "1.7976931348623157e308"
 @dataclass(frozen=True)
 class _Ops:
     backend: str
-    collation: str = "utf8mb4_nopad_bin"  # MySQL/MariaDB: see build()
+    collation: str = MARIADB_EXACT_COLLATION  # MySQL/MariaDB: see build()
 
     def epoch(self, column: str) -> str:
         if self.backend == "sqlite":
@@ -553,8 +555,7 @@ def _pack_group(ops: _Ops, query: AggregateQuery, bare: bool = False) -> tuple[s
     bucket = _bucket(ops, query, utc_day)
     flag_bits, model, reported, tokens = "0", "NULL", "0", "0"
     if not bare:
-        has_tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
-        flag_bits = f"{ops.boolean('cost IS NOT NULL')} * 2 + {ops.boolean(has_tokens)}"
+        flag_bits = f"{ops.boolean('cost IS NOT NULL')} * 2 + {ops.boolean(_HAS_TOKENS)}"
         model, reported, tokens = "model", f"{ops.div('gk', 2)} % 2", "gk % 2"
     key = (
         f"((({utc_day} + {_DAYS_FROM}) * 128 + {bucket} - ({utc_day}) * {per_day} + 64) * {1 << 18} "
@@ -649,7 +650,7 @@ def build(
     part: tuple[Any, Any] | None = None,
     temporary: bool = True,
     messages: int = 0,
-    collation: str = "utf8mb4_nopad_bin",
+    collation: str = MARIADB_EXACT_COLLATION,
 ) -> tuple[list[str], dict[str, Any]]:
     """The statements of one aggregation, to run in order in one transaction (their rows, in
     order, are its rows: see :func:`split_rows`), with named parameters (``:name``), and the
@@ -678,12 +679,11 @@ def build(
     if query.durations and query.quantiles and backend == "postgres":
         return [_exact_quantiles(ops, query, rows, model_filter)], params
     where = f" WHERE {model_filter}" if model_filter else ""
-    tokens = "tin IS NOT NULL OR tout IS NOT NULL OR tcw IS NOT NULL OR tcr IS NOT NULL"
     day = _day(ops, query)
     sums_keys = {
         "bucket": _bucket(ops, query, day), "tzoff": "tzoff", "utc_day": day,
         "model": "model", "gkey": "gkey", "has_reported": ops.boolean("cost IS NOT NULL"),
-        "has_tokens": ops.boolean(tokens),
+        "has_tokens": ops.boolean(_HAS_TOKENS),
     }  # fmt: skip
     first, carried = _first(query)
     sums = _sums(query)

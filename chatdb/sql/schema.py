@@ -33,9 +33,11 @@ __all__ = [
     "ColumnFact",
     "ExactText",
     "IndexFact",
+    "MARIADB_EXACT_COLLATION",
     "UpgradeCheck",
     "api_keys",
     "chats",
+    "exact_collation",
     "index_sql",
     "messages",
     "metadata",
@@ -45,10 +47,13 @@ __all__ = [
 ]
 
 
+MARIADB_EXACT_COLLATION = "utf8mb4_nopad_bin"
+
+
 def exact_collation(dialect: Dialect) -> str:
     """MySQL/MariaDB's utf8mb4 collation that compares text byte for byte: MariaDB's
     utf8mb4_bin pads spaces ("alice" = "alice "); the nopad collations do not."""
-    return "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+    return MARIADB_EXACT_COLLATION if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
 
 
 class ExactText(TypeDecorator[str]):
