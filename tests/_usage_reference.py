@@ -388,7 +388,13 @@ def usage_report(
         frame = _with_period(frame, kind, timezone)
         keys = ["_bucket", *(["_offset"] if kind == "hour" else []), *extra]
         grouped = frame.group_by(keys).agg(*_aggregations(), _first=pl.col("created_at").min())
-        grouped = grouped.sort(["_first", *extra], descending=order == "desc", nulls_last=True)
+        # (Changed: the periods in time order as before, and each period's models by name,
+        # messages without a model last, in either order; they were in the order of their first
+        # messages, another in each period. Otherwise verbatim.)
+        starts = pl.col("_first").min().over(keys[: len(keys) - len(extra)])
+        grouped = grouped.sort(
+            [starts, *extra], descending=[order == "desc"] + [False] * len(extra), nulls_last=True
+        )
         grouped = grouped.with_columns(_format_period(kind).alias("period"))
     else:
         grouped = frame.group_by([key, *extra]).agg(*_aggregations())

@@ -157,6 +157,23 @@ def test_every_report_in_every_zone_equals_the_polars_reference(repo: ChatReposi
         _same(got, want, f"usage_report({by!r}, breakdown='model', order='desc')", _bound(repo))
 
 
+def test_a_breakdown_lists_each_periods_models_by_name_and_no_model_last(repo: ChatRepository) -> None:
+    _load(repo)
+    for source in (repo, export.to_polars(repo, "messages")):
+        for order in ("asc", "desc"):
+            report = analytics.usage_report(
+                source, "day", timezone="Europe/Berlin", breakdown="model", order=order
+            )
+            periods = list(dict.fromkeys(report["period"]))
+            assert len(periods) > 10 and periods == sorted(periods, reverse=order == "desc")
+            for period in periods:
+                models = report.filter(pl.col("period") == period)["model"].to_list()
+                named = [m for m in models if m is not None]
+                assert models == sorted(named) + [None] * (len(models) - len(named)), (order, period, models)
+            edge_day = report.filter(pl.col("period") == "2026-10-25")["model"].to_list()
+            assert edge_day[-1] is None and len(edge_day) > 3, edge_day
+
+
 def test_cost_modes_filters_and_the_other_reports_equal_the_reference(repo: ChatRepository) -> None:
     _load(repo)
     frame = export.to_polars(repo, "messages")

@@ -1,9 +1,11 @@
 """Usage analytics over a chatdb database: reports, prices and charts, as Polars frames.
 
 Every function takes a *source* — a repository, a Polars ``DataFrame``/``LazyFrame`` in the
-``messages`` export schema (see :mod:`chatdb.export`), a Parquet file/dataset path, or a DuckDB
-connection holding a ``messages`` table (and ``chats`` for user ids) — and computes in Polars,
-never by looping over Python objects.
+``messages`` export schema (see :mod:`chatdb.export`), a Parquet file/dataset path, a DuckDB
+connection holding a ``messages`` table (and ``chats`` for user ids), an Arrow stream or an Ibis
+table — and computes where the data lives: a repository in its database (only group sums leave
+it), Parquet, DuckDB and Arrow streams in DuckDB, Ibis in its engine, frames in Polars; never by
+looping over Python objects, and in memory that grows with the groups, not the messages.
 
 >>> from chatdb import analytics
 >>> report = analytics.usage_report(repo, by="day", timezone="Europe/Berlin")   # doctest: +SKIP

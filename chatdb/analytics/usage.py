@@ -1,7 +1,7 @@
-"""Usage reports over the ``messages`` export schema, computed in Polars (vectorised, no row loops).
+"""Usage reports over the ``messages`` export schema, computed where the data lives (no row loops).
 
-A *source* is a repository (read through :mod:`chatdb.export`), a Polars ``DataFrame`` or
-``LazyFrame`` or Arrow table in the ``messages`` export schema, a Parquet file or (hive-partitioned)
+A *source* is a repository (aggregated in its database: ``aggregate_messages``), a Polars
+``DataFrame`` or ``LazyFrame`` or Arrow table in the ``messages`` export schema, a Parquet file or (hive-partitioned)
 dataset directory written by ``export.to_parquet``, a DuckDB connection with a ``messages``
 table (as ``export.to_duckdb`` makes it), an Arrow stream, or an Ibis table in the export schema
 (or an Ibis backend with a ``messages`` table: Spark through ``ibis.pyspark.connect``).
@@ -33,7 +33,7 @@ import zoneinfo
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -109,6 +109,7 @@ _REQUIRED = ("chat_id", "created_at")
 Source = Any
 When = datetime | date | str | None
 CostMode = Literal["auto", "calculate", "display"]
+_Frame = TypeVar("_Frame", pl.DataFrame, pl.LazyFrame)
 
 
 # A frame in the export schema has been read already: whatever was unreadable is null there.
@@ -395,7 +396,8 @@ def usage_report(
     ``2026-10``), ``model``, ``user`` or ``chat`` (keys ``model``, ``user_id``, ``chat_id``;
     ``daily``-style and plural names are accepted too, in any case). ``breakdown="model"`` adds a ``model``
     column with one row per model under each period. Rows are ordered by key (chronologically
-    for periods), ``order="desc"`` reverses. ``prices`` is a table or a price file path (see
+    for periods), ``order="desc"`` reverses; a period's models follow it by name either way,
+    messages without a model last. ``prices`` is a table or a price file path (see
     :func:`load_prices`). Raises ValidationError for bad options, ConfigError for a bad price file.
     """
     kind, by_model = _report_shape(by, breakdown, order)
@@ -416,7 +418,7 @@ def usage_report(
         frame = _with_period(frame, kind, timezone)
         keys = ["_bucket", *(["_offset"] if kind == "hour" else []), *extra]
         grouped = frame.group_by(keys).agg(*_aggregations(), _first=pl.col("created_at").min())
-        grouped = grouped.sort(["_first", *extra], descending=order == "desc", nulls_last=True)
+        grouped = _in_report_order(grouped, keys[: len(keys) - len(extra)], extra, order)
         grouped = grouped.with_columns(_format_period(kind).alias("period"))
     else:
         grouped = frame.group_by([key, *extra]).agg(*_aggregations())
@@ -463,6 +465,19 @@ def usage_report_with_totals(
     if groups.exact is not None:  # exact percentiles per report key do not merge into a total
         return report, usage_totals(source, cost_mode=cost_mode, prices=table, **filters)
     return report, _report_from_groups(groups, "total", False, "asc", cost_mode, table).select(REPORT_COLUMNS)
+
+
+def _in_report_order(grouped: _Frame, period: list[str], extra: list[str], order: str) -> _Frame:
+    """A report by period (a frame or lazy frame with ``_first``, each group's first message),
+    its periods in time order (``order="desc"``: newest first) and, with a breakdown, each
+    period's models by name under it, messages without a model last, in either order (by
+    their first messages, each month listed its models in another order)."""
+    if not extra:
+        return grouped.sort("_first", descending=order == "desc", nulls_last=True)
+    starts = pl.col("_first").min().over(period)
+    return grouped.sort(
+        [starts, *extra], descending=[order == "desc", *(False for _ in extra)], nulls_last=True
+    )
 
 
 def _report_shape(by: str, breakdown: str | None, order: str) -> tuple[str, bool]:
@@ -799,7 +814,7 @@ def _report_from_groups(
     p95 = p95.rename({"_q0": "p95_duration_ms"})
     grouped = grouped.join(p95, on=[key, *extra], how="left", nulls_equal=True)
     if key == "period":
-        grouped = grouped.sort(["_first", *extra], descending=order == "desc", nulls_last=True)
+        grouped = _in_report_order(grouped, [key], extra, order)
     else:
         grouped = grouped.sort([key, *extra], descending=order == "desc", nulls_last=True)
     return _rounded(
