@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import chatdb
 from chatdb.analytics import REPORT_COLUMNS
 
 from .backends import Backend
@@ -100,6 +101,33 @@ def test_usage_filters_and_groupings_match_sql(backend: Backend) -> None:
     assert sum(r["messages"] for r in hourly) == 600
     weekly = ok_json(backend.url, "usage", "weekly", "--breakdown", "model", "--timezone", "Asia/Tokyo")
     assert {"period", "model"} <= set(weekly[0]) and sum(r["messages"] for r in weekly) == 600
+
+
+@on_backends
+def test_the_users_report_names_each_user_in_every_format(backend: Backend) -> None:
+    ok(backend.url, *DEMO)
+    with chatdb.create_repository(backend.url) as repo:  # a message whose chat is gone: no user
+        repo.import_rows("messages", [{"id": "m-orphan", "chat_id": "c-gone", "role": "user", "content": "[]",
+                                       "created_at": "2026-10-28T12:00:00.000Z", "metadata": None}])  # fmt: skip
+    users = {u["id"]: u["username"] for u in sql_rows(backend, "SELECT id, username FROM users")}
+    by_user = ok_json(backend.url, "usage", "users")
+    assert by_user and all(list(r)[:2] == ["user_id", "username"] for r in by_user)
+    assert [r["messages"] for r in by_user if r["user_id"] is None and r["username"] is None] == [1]
+    by_user = [r for r in by_user if r["user_id"] is not None]
+    assert {r["user_id"]: r["username"] for r in by_user} == {
+        r["user_id"]: users[r["user_id"]] for r in by_user
+    }
+    csv = ok(backend.url, "usage", "users", "--csv").stdout.splitlines()
+    assert csv[0].startswith("user_id,username,messages,")
+    assert {tuple(line.split(",")[:2]) for line in csv[1:]} == {
+        ("", ""),
+        *((r["user_id"], r["username"]) for r in by_user),
+    }
+    table = ok(backend.url, "usage", "users", "--wide").stdout.splitlines()
+    assert table[0].split()[:3] == ["user_id", "username", "messages"]
+    for r in by_user:
+        assert any(line.split()[:2] == [r["user_id"], r["username"]] for line in table), r
+    assert any(line.split()[:3] == ["(no", "user)", "1"] for line in table), table
 
 
 @pytest.mark.parametrize("backend", [CLI_BACKENDS[0]], indirect=True)

@@ -146,18 +146,25 @@ def usage(
     if frame.height == 0:
         _say_empty(since, until, zone, user, model)
     keys = [c for c in frame.columns if c in ("period", "model", "user_id", "chat_id")]
-    columns = [*keys, *analytics.REPORT_COLUMNS]
+    # A report by user names its users too: an id alone tells an operator nothing.
+    usernames = _names(repo, "user_id") if keys[0] == "user_id" else None
+    named = [*keys, "username"] if usernames is not None else keys
+    columns = [*named, *analytics.REPORT_COLUMNS]
     rows: Any = frame.iter_rows(named=True)
+    if usernames is not None:
+        rows = ({**r, "username": usernames.get(r["user_id"])} for r in rows)
     if tabular and "model" in keys:
         rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
+    if tabular and usernames is not None:  # (messages whose chat is gone have no user)
+        rows = ({**r, "username": r["username"] or ("" if r["user_id"] else "(no user)")} for r in rows)
     if tabular and frame.height:
         totals = totals_frame.row(0, named=True)
         rows = [*rows, {keys[0]: "Total", **totals}]
-    render(rows, columns, fmt, compact=[*keys, *COMPACT_COLUMNS])
+    render(rows, columns, fmt, compact=[*named, *COMPACT_COLUMNS])
     if plot is not None:
         from ..analytics import plots
 
-        labels = _names(repo, keys[0]) if keys[0] in ("user_id", "chat_id") else None
+        labels = _names(repo, "chat_id") if keys[0] == "chat_id" else usernames
         plots.plot_report(frame, path=plot, labels=labels)
         state().note(f"chart written to {plot}")
 
