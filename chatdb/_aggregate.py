@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,7 @@ __all__ = [
     "HOUR",
     "RELATIVE_ERROR",
     "AggregateQuery",
+    "PartSums",
     "RowAggregator",
     "duration_bucket",
     "floor_shift",
@@ -323,6 +325,56 @@ def _period(query: AggregateQuery, bucket: int, local_seconds: int) -> int:
 
 def _epoch(created_at: str) -> int:
     return math.floor(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
+
+
+class PartSums:
+    """The rows of the parts of one aggregation (run at once on threads), added up per group
+    and per histogram bucket as each part ends: what the rows of one statement over every
+    message would be, up to the order of the rows and of float additions. The caller then holds
+    one part's worth of groups, not one per part: four MariaDB parts of a month report at 1M
+    messages returned 20,000 group rows (each day's groups once a part), which are 5,400
+    groups. Packed histogram rows pass as they are (the caller adds up their buckets)."""
+
+    _KEY = (0, 1, 2, 4, 5, 6, 7)  # GROUP_COLUMNS' keys: all but first and the sums
+    _SUMS = range(8, 16)  # messages ... duration_count
+    _FIRST, _MAX, _BAD = 3, 16, 17
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[Any, ...], list[Any]] = {}
+        self._buckets: dict[tuple[Any, ...], int] = {}
+        self._packed: list[tuple[Any, ...]] = []
+        self._lock = threading.Lock()
+
+    def add(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        with self._lock:
+            for row in rows:
+                if len(row) == len(HISTOGRAM_COLUMNS):
+                    if row[4] is None:
+                        self._packed.append(row)
+                    else:
+                        key = row[:5]
+                        self._buckets[key] = self._buckets.get(key, 0) + row[5]
+                    continue
+                group = tuple(row[i] for i in self._KEY)
+                have = self._groups.get(group)
+                if have is None:
+                    self._groups[group] = list(row)
+                    continue
+                for i in self._SUMS:
+                    have[i] = row[i] if have[i] is None else have[i] if row[i] is None else have[i] + row[i]
+                have[self._BAD] = (have[self._BAD] or 0) + (row[self._BAD] or 0)
+                for i, pick in ((self._FIRST, min), (self._MAX, max)):
+                    have[i] = (
+                        row[i] if have[i] is None else have[i] if row[i] is None else pick(have[i], row[i])
+                    )
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The group rows, then the histogram rows."""
+        return [
+            *(tuple(row) for row in self._groups.values()),
+            *((*key, count) for key, count in self._buckets.items()),
+            *self._packed,
+        ]
 
 
 @dataclass

@@ -390,6 +390,74 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
+def test_mariadb_runs_two_parts_a_core_and_sqlite_one_up_to_four(repo: ChatRepository) -> None:
+    # (a MariaDB part's thread waits on its temporary tables' writes: two a core keep the
+    # cores busy; SQLite's child processes keep theirs busy alone; 4 parts at most)
+    _load(repo)
+    cores = len(os.sched_getaffinity(0))
+    split = _in_parts(repo, repo.aggregate_parts)  # type: ignore[attr-defined]
+    analytics.usage_report(repo, "month")
+    assert split == [min(4, cores * (2 if repo.backend == "mysql" else 1))]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
+def test_parts_return_each_group_and_bucket_once_with_one_statements_sums(repo: ChatRepository) -> None:
+    # (each part's groups are added up as it ends: the caller holds one part's worth of rows)
+    from chatdb._aggregate import AggregateQuery
+
+    _load(repo)
+    query = AggregateQuery(histograms=True, key="user")
+
+    def totals(rows: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], list[Any]]:
+        out: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            if len(row) == 6:  # a histogram bucket: its count
+                out.setdefault(row[:5], [0])[0] += row[5]
+                continue
+            have = out.setdefault(row[:3] + row[4:8], [None, *[0] * 9, None])
+            first, dmax = row[3], row[16]
+            have[0] = first if have[0] is None else min(have[0], first)
+            for k, v in enumerate(row[8:16], start=1):
+                have[k] += round(v or 0, 9)
+            have[9] += row[17] or 0
+            have[10] = dmax if have[10] is None else max(have[10], dmax or 0)
+        return {k: [round(v, 6) if isinstance(v, float) else v for v in vs] for k, vs in out.items()}
+
+    def rows() -> list[tuple[Any, ...]]:
+        return [row for batch in repo.aggregate_messages(query) for row in batch]
+
+    repo.aggregate_parts = 1  # type: ignore[attr-defined]
+    whole = rows()
+    split = _in_parts(repo, 3)
+    parts = rows()
+    assert split == [3] and totals(parts) == totals(whole)
+    groups = [row[:3] + row[4:8] for row in parts if len(row) > 6]
+    buckets = [row[:5] for row in parts if len(row) == 6]
+    assert len(set(groups)) == len(groups) and len(set(buckets)) == len(buckets)
+
+
+def test_group_sums_come_back_as_python_ints_on_every_backend(repo: ChatRepository) -> None:
+    # (the servers' SUMs of integers are DECIMAL / numeric: a Decimal takes three times an
+    # int's memory, and four parts' groups are held at once)
+    from decimal import Decimal
+
+    from chatdb._aggregate import AggregateQuery
+
+    _load(repo)
+    rows = [row for batch in repo.aggregate_messages(AggregateQuery(histograms=True)) for row in batch]
+    assert rows and not [v for row in rows for v in row if isinstance(v, Decimal)]
+    assert sum(row[8] for row in rows if len(row) > 8) == repo.count_rows()["messages"]
+
+
 @pytest.mark.parametrize("backend", [pytest.param("sqlite", marks=pytest.mark.sqlite)], indirect=True)
 def test_sqlite_parts_run_on_threads_where_the_child_script_is_no_file(
     repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
