@@ -336,8 +336,8 @@ class PartSums:
     groups. Packed histogram rows pass as they are (the caller adds up their buckets)."""
 
     _KEY = (0, 1, 2, 4, 5, 6, 7)  # GROUP_COLUMNS' keys: all but first and the sums
-    _SUMS = range(8, 16)  # messages ... duration_count
-    _FIRST, _MAX, _BAD = 3, 16, 17
+    _SUMS = (*range(8, 16), 17)  # messages ... duration_count, unreadable
+    _FIRST, _MAX = 3, 16
 
     def __init__(self) -> None:
         self._groups: dict[tuple[Any, ...], list[Any]] = {}
@@ -362,7 +362,6 @@ class PartSums:
                     continue
                 for i in self._SUMS:
                     have[i] = row[i] if have[i] is None else have[i] if row[i] is None else have[i] + row[i]
-                have[self._BAD] = (have[self._BAD] or 0) + (row[self._BAD] or 0)
                 for i, pick in ((self._FIRST, min), (self._MAX, max)):
                     have[i] = (
                         row[i] if have[i] is None else have[i] if row[i] is None else pick(have[i], row[i])

@@ -347,6 +347,14 @@ def test_postgres_reports_over_a_large_table_aggregate_by_hash_and_equal_the_ref
             assert any("CROSS JOIN LATERAL" in s for s in statements) == hashed, (by, large)
 
 
+# The backends that read a large table as parts at once.
+in_parts_backends = pytest.mark.parametrize(
+    "backend",
+    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
+    indirect=True,
+)
+
+
 def _in_parts(repo: ChatRepository, count: int) -> list[int]:
     """Make ``repo`` read every table as ``count`` parts; returns the number of parts each
     aggregation then ran as, appended as they run."""
@@ -363,11 +371,7 @@ def _in_parts(repo: ChatRepository, count: int) -> list[int]:
     return split
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
-    indirect=True,
-)
+@in_parts_backends
 def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatRepository) -> None:
     # (SQLite and MySQL/MariaDB read a large table as parts at once, each on its own
     # connection: here every table is large enough, in 3 parts.)
@@ -390,11 +394,7 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
     assert repo._parts_in_processes == (repo.backend == "sqlite")  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
-    indirect=True,
-)
+@in_parts_backends
 def test_mariadb_runs_two_parts_a_core_and_sqlite_one_up_to_four(repo: ChatRepository) -> None:
     # (a MariaDB part's thread waits on its temporary tables' writes: two a core keep the
     # cores busy; SQLite's child processes keep theirs busy alone; 4 parts at most)
@@ -405,11 +405,7 @@ def test_mariadb_runs_two_parts_a_core_and_sqlite_one_up_to_four(repo: ChatRepos
     assert split == [min(4, cores * (2 if repo.backend == "mysql" else 1))]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
-    indirect=True,
-)
+@in_parts_backends
 def test_parts_return_each_group_and_bucket_once_with_one_statements_sums(repo: ChatRepository) -> None:
     # (each part's groups are added up as it ends: the caller holds one part's worth of rows)
     from chatdb._aggregate import AggregateQuery
@@ -582,11 +578,7 @@ def _part_processes() -> list[str]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    "backend",
-    [pytest.param("sqlite", marks=pytest.mark.sqlite), pytest.param("mysql", marks=pytest.mark.mysql)],
-    indirect=True,
-)
+@in_parts_backends
 def test_ctrl_c_stops_every_part_of_a_report_instead_of_waiting_for_them(
     repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:

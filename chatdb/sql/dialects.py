@@ -361,8 +361,8 @@ class SqlDialect:
         its temporary tables' writes, so with one part a core the server kept 1.55 of 2 cores
         busy, with two 1.76-1.78; 1M messages, best of 3 alternating: month 5.85 -> 5.25 s, day
         6.19 -> 5.77 s, model 5.72 -> 4.96 s, user 7.83 -> 7.00 s (three a core: no better).
-        (Four parts at most on any machine.)
-        SQLite: one; its child processes keep their cores busy, and more were no faster."""
+        SQLite: one; its child processes keep their cores busy, and more were no faster. (Four
+        parts at most on any machine.)"""
         return 2 if self.backend == "mysql" else 1
 
     @property

@@ -507,6 +507,9 @@ class SqlRepository(RepositoryBase):
         # (aggregate.py) stays for a caller that sets this to True.
         self.exact_quantiles = False
         self.aggregates_histograms = True
+        # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows``
+        # messages runs as this many parts at once (SqlDialect.aggregate_parts_per_core for each
+        # core this process may use, up to 4 parts; 1: never).
         per_core = self._executor.dialect.aggregate_parts_per_core
         self.aggregate_parts = max(1, min(4, len(os.sched_getaffinity(0)) * per_core))
 
@@ -776,9 +779,7 @@ class SqlRepository(RepositoryBase):
             and os.path.isfile(_AGGREGATE_CHILD)
         )
 
-    # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows`` messages
-    # runs as ``aggregate_parts`` parts at once (set in __init__: SqlDialect.aggregate_parts_per_core
-    # for each core this process may use, up to 4 parts; 1: never).
+    # (see aggregate_parts, set in __init__)
     aggregate_parts_min_rows = 100_000
 
     def _aggregate_parts(self, query: AggregateQuery) -> list[tuple[Any, Any]]:
