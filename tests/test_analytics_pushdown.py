@@ -499,6 +499,39 @@ def test_a_mysql_report_leaves_the_session_settings_as_it_found_them(
 
 
 @pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("mysql_node", marks=[pytest.mark.mysql, pytest.mark.node_schema]),
+    ],
+    indirect=True,
+)
+def test_a_mariadb_report_by_user_is_the_same_with_owners_from_memory_or_from_the_chats(
+    repo: ChatRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (up to MYSQL_OWNER_TABLES_UP_TO chats, by the server's estimate, each message's owner is
+    # a number from a memory table made first; past it, each is looked up in the chats; also
+    # under the Node app's case-insensitive collation)
+    from chatdb._aggregate import AggregateQuery
+
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    limit, query = sql_aggregate.MYSQL_OWNER_TABLES_UP_TO, AggregateQuery(histograms=True, key="user")
+    in_memory = sql_aggregate.build("mysql", query, chats=limit)[0]
+    from_chats = sql_aggregate.build("mysql", query, chats=limit + 1)[0]
+    assert any("ENGINE=MEMORY" in s for s in in_memory) and not any("ENGINE=MEMORY" in s for s in from_chats)
+    split = _in_parts(repo, 2)
+    for up_to in (limit, -1):
+        monkeypatch.setattr(sql_aggregate, "MYSQL_OWNER_TABLES_UP_TO", up_to)
+        _same(analytics.usage_report(repo, "user"), reference.usage_report(frame, "user"),
+              f"user, owner tables up to {up_to} chats", _bound(repo))  # fmt: skip
+        _same(analytics.top_users(repo, 2, since=date(2026, 10, 31)),
+              reference.top_users(frame, 2, since=date(2026, 10, 31)),
+              f"top users, owner tables up to {up_to} chats", _bound(repo))  # fmt: skip
+    assert split == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize(
     "make_id",
     [lambda r: str(uuid.UUID(int=r.getrandbits(128), version=4)), lambda r: f"msg-{r.randrange(10**9):09d}"],
 )

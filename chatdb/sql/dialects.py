@@ -371,12 +371,20 @@ class SqlDialect:
         a SQLite file (``:memory:`` is one connection and runs no parts)."""
         return self.backend == "sqlite" and not self.serialize
 
-    def messages_estimate(self, cursor: Any) -> int:
-        """The planner's estimate of the messages' row count (PostgreSQL: ``reltuples``, kept
-        by autovacuum and index builds; 0 where unknown), for ``aggregate.build``; 0 elsewhere."""
-        if self.backend != "postgres":
+    def row_estimate(self, cursor: Any, table: str) -> int:
+        """The server's estimate of ``table``'s row count, for ``aggregate.build`` (PostgreSQL:
+        ``reltuples``, kept by autovacuum and index builds; MySQL/MariaDB: ``table_rows``,
+        InnoDB's sampled statistics); 0 where unknown, and on SQLite."""
+        if self.backend == "postgres":
+            cursor.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass(%s)", (table,))
+        elif self.backend == "mysql":
+            cursor.execute(
+                "SELECT table_rows FROM information_schema.tables "
+                "WHERE table_schema = DATABASE() AND table_name = %s",
+                (table,),
+            )
+        else:
             return 0
-        cursor.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = to_regclass('messages')")
         row = cursor.fetchone()
         return max(0, int(row[0])) if row and row[0] is not None else 0
 

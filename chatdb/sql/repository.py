@@ -284,13 +284,14 @@ def _aggregate(
         if lenient:
             tx.cursor.execute(aggregate.PG_TRY_JSONB)
         try:
-            messages = dialect.messages_estimate(tx.cursor)
-            rows = _aggregate_rows(
-                tx,
-                *aggregate.build(
-                    backend, query, lenient=lenient, part=part, messages=messages, collation=collation
-                ),
-            )
+            sizes = {
+                table: dialect.row_estimate(tx.cursor, table) for table in aggregate.estimated(backend, query)
+            }
+            statements = aggregate.build(
+                backend, query, lenient=lenient, part=part, collation=collation,
+                messages=sizes.get("messages", 0), chats=sizes.get("chats", 0),
+            )  # fmt: skip
+            rows = _aggregate_rows(tx, *statements)
         except Exception as exc:
             if not dialect.is_denied(exc):
                 raise
