@@ -130,6 +130,41 @@ def test_the_users_report_names_each_user_in_every_format(backend: Backend) -> N
     assert any(line.split()[:3] == ["(no", "user)", "1"] for line in table), table
 
 
+@on_backends
+def test_the_chats_report_titles_each_chat_in_every_format(backend: Backend) -> None:
+    ok(backend.url, *DEMO)
+    long_title = "A long look at\nquarterly numbers, " + "and more " * 10
+    with chatdb.create_repository(backend.url) as repo:
+        owner = repo.create_user("titled", "pw").id
+        chat = repo.create_chat(owner, title=long_title).id
+        repo.import_rows("messages", [
+            {"id": "m-titled", "chat_id": chat, "role": "user", "content": "[]",
+             "created_at": "2026-10-28T12:00:00.000Z", "metadata": None},
+            {"id": "m-orphan", "chat_id": "c-gone", "role": "user", "content": "[]",
+             "created_at": "2026-10-28T12:00:00.000Z", "metadata": None},
+        ])  # fmt: skip
+    titles = {c["id"]: c["title"] for c in sql_rows(backend, "SELECT id, title FROM chats")}
+    by_chat = ok_json(backend.url, "usage", "chats")
+    assert by_chat and all(list(r)[:2] == ["chat_id", "title"] for r in by_chat)
+    assert {r["chat_id"]: r["title"] for r in by_chat} == {
+        r["chat_id"]: titles.get(r["chat_id"]) for r in by_chat
+    }
+    assert {r["chat_id"]: r["title"] for r in by_chat if r["chat_id"] in (chat, "c-gone")} == {
+        chat: long_title, "c-gone": None,
+    }  # fmt: skip
+    csv = ok(backend.url, "usage", "chats", "--csv").stdout
+    assert csv.startswith("chat_id,title,messages,") and "quarterly numbers, and more" in csv
+    table = ok(backend.url, "usage", "chats", "--wide").stdout.splitlines()
+    assert table[0].split()[:3] == ["chat_id", "title", "messages"]
+    # (in a table: the title's first 40 characters on one line)
+    assert any(line.startswith(f"{chat}  A long look at quarterly numbers, and m…  ") for line in table), (
+        table
+    )
+    for r in by_chat:
+        if r["chat_id"] != chat and r["title"]:
+            assert any(line.split()[0] == r["chat_id"] and r["title"][:30] in line for line in table), r
+
+
 @pytest.mark.parametrize("backend", [CLI_BACKENDS[0]], indirect=True)
 def test_usage_table_has_totals_and_plot_and_prices(backend: Backend, tmp_path: Path) -> None:
     ok(backend.url, *DEMO)

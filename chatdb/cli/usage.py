@@ -146,17 +146,21 @@ def usage(
     if frame.height == 0:
         _say_empty(since, until, zone, user, model)
     keys = [c for c in frame.columns if c in ("period", "model", "user_id", "chat_id")]
-    # A report by user names its users too: an id alone tells an operator nothing.
-    usernames = _names(repo, "user_id") if keys[0] == "user_id" else None
-    named = [*keys, "username"] if usernames is not None else keys
+    # A report by user or chat names them too (username, title): an id alone tells an operator
+    # nothing.
+    key, name = keys[0], _NAME_COLUMNS.get(keys[0])
+    names = _names(repo, key) if name is not None else None
+    named = [*keys, name] if name is not None else keys
     columns = [*named, *analytics.REPORT_COLUMNS]
     rows: Any = frame.iter_rows(named=True)
-    if usernames is not None:
-        rows = ({**r, "username": usernames.get(r["user_id"])} for r in rows)
+    if names is not None and name is not None:
+        rows = ({**r, name: names.get(r[key])} for r in rows)
     if tabular and "model" in keys:
         rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
-    if tabular and usernames is not None:  # (messages whose chat is gone have no user)
+    if tabular and key == "user_id":  # (messages whose chat is gone have no user)
         rows = ({**r, "username": r["username"] or ("" if r["user_id"] else "(no user)")} for r in rows)
+    if tabular and key == "chat_id":  # (a title of any length: its start, on one line)
+        rows = ({**r, "title": _shortened(r["title"])} for r in rows)
     if tabular and frame.height:
         totals = totals_frame.row(0, named=True)
         rows = [*rows, {keys[0]: "Total", **totals}]
@@ -164,8 +168,7 @@ def usage(
     if plot is not None:
         from ..analytics import plots
 
-        labels = _names(repo, "chat_id") if keys[0] == "chat_id" else usernames
-        plots.plot_report(frame, path=plot, labels=labels)
+        plots.plot_report(frame, path=plot, labels=names)
         state().note(f"chart written to {plot}")
 
 
@@ -219,8 +222,19 @@ def _warn_unknown_prices(path: Path, repo: Any, options: dict[str, Any]) -> None
             )
 
 
+_NAME_COLUMNS = {"user_id": "username", "chat_id": "title"}
+TITLE_WIDTH = 40  # a chat's title in a table: at most this many characters
+
+
+def _shortened(title: str | None) -> str | None:
+    if title is None or len(title) <= TITLE_WIDTH:
+        return title
+    return title[: TITLE_WIDTH - 1].rstrip() + "…"
+
+
 def _names(repo: Any, key: str) -> dict[str, str]:
-    """User ids -> usernames, or chat ids -> titles, for the chart's labels."""
+    """User ids -> usernames, or chat ids -> titles, for the report's column and the chart's
+    labels (one read of the users or chats table)."""
     from .. import export
 
     if key == "user_id":
