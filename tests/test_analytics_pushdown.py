@@ -395,14 +395,14 @@ def test_a_report_read_in_parallel_parts_equals_the_reference(repo: ChatReposito
 
 
 @in_parts_backends
-def test_mariadb_runs_two_parts_a_core_and_sqlite_one_up_to_four(repo: ChatRepository) -> None:
-    # (a MariaDB part's thread waits on its temporary tables' writes: two a core keep the
-    # cores busy; SQLite's child processes keep theirs busy alone; 4 parts at most)
+def test_mariadb_runs_three_parts_a_core_up_to_six_and_sqlite_one_up_to_four(repo: ChatRepository) -> None:
+    # (a MariaDB part's thread waits on its reads and its temporary tables' writes: three a
+    # core keep the cores busy; SQLite's child processes keep theirs busy alone)
     _load(repo)
     cores = len(os.sched_getaffinity(0))
     split = _in_parts(repo, repo.aggregate_parts)  # type: ignore[attr-defined]
     analytics.usage_report(repo, "month")
-    assert split == [min(4, cores * (2 if repo.backend == "mysql" else 1))]
+    assert split == [min(6, cores * 3) if repo.backend == "mysql" else min(4, cores)]
 
 
 @in_parts_backends

@@ -355,15 +355,20 @@ class SqlDialect:
         return self.backend != "postgres"
 
     @property
-    def aggregate_parts_per_core(self) -> int:
-        """How many parts of an aggregation to run at once for each core (see
-        ``SqlRepository.aggregate_parts``). MySQL/MariaDB: two. A part's server thread waits on
-        its temporary tables' writes, so with one part a core the server kept 1.55 of 2 cores
-        busy, with two 1.76-1.78; 1M messages, best of 3 alternating: month 5.85 -> 5.25 s, day
-        6.19 -> 5.77 s, model 5.72 -> 4.96 s, user 7.83 -> 7.00 s (three a core: no better).
-        SQLite: one; its child processes keep their cores busy, and more were no faster. (Four
-        parts at most on any machine.)"""
-        return 2 if self.backend == "mysql" else 1
+    def aggregate_parts_per_core(self) -> tuple[int, int]:
+        """(How many parts of an aggregation to run at once for each core, at most how many in
+        all) (see ``SqlRepository.aggregate_parts``). MySQL/MariaDB: three, up to six. A part's
+        server thread waits on its reads (InnoDB's pages from disk, where the buffer pool is
+        smaller than the table: 128 MB here, for a 500 MB table at 1M messages) and its
+        temporary tables' writes: with one part a core the server kept 1.55 of 2 cores busy,
+        with two 1.76-1.78 (1M messages, best of 3 alternating: month 5.85 -> 5.25 s, day 6.19
+        -> 5.77 s, model 5.72 -> 4.96 s, user 7.83 -> 7.00 s); with three, best of 4
+        alternating in three runs, month 6.27-6.33 -> 5.78-5.85 s, day 6.36 -> 6.08 s, model
+        5.73 -> 5.61 s, user 7.23-7.54 -> 7.02-7.22 s (four a core: slower again, month 5.99 s
+        and user 7.42 s). The server's cores are not known here: the client's stand in.
+        SQLite: one, up to four; its child processes keep their cores busy, and more were no
+        faster."""
+        return (3, 6) if self.backend == "mysql" else (1, 4)
 
     @property
     def aggregates_in_processes(self) -> bool:
