@@ -141,12 +141,18 @@ class AggregateQuery:
     # days instead of by day (the messages of a span share their prices): a group's
     # ``utc_day`` and ``bucket`` are then a day of its span (its first, or the day before the
     # first change), its ``offset`` 0. By user over a year, a day's groups were 23,500 a part
-    # at 1M messages, to fetch, convert and price one by one.
+    # at 1M messages, to fetch, convert and price one by one. Also for a ``period`` of "week" or
+    # "month" (``unit`` a day, any shifts): the groups are then cut by period and span, a
+    # group's ``bucket`` is the first local day of its period and its ``utc_day`` a day of its
+    # span (a month report's 365 days of groups become about 13 months' and a few spans').
     price_days: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.price_days is not None and (self.unit != DAY or len(self.shifts) > 1 or self.period):
-            raise ValueError("price_days is for groups read by neither period nor time")
+        if self.price_days is not None and (
+            self.unit != DAY or (self.period is None and len(self.shifts) > 1)
+            or self.period not in (None, "week", "month")
+        ):  # fmt: skip
+            raise ValueError("price_days is for groups read by no period, a week or a month")
 
     def offset_at(self, epoch: int) -> int:
         offset = self.shifts[0][1]

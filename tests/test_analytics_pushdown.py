@@ -274,6 +274,48 @@ def test_reports_not_by_period_price_each_message_at_its_day_when_prices_change_
               f"usage_report({by!r}, a long price history)", _bound(repo))  # fmt: skip
 
 
+def test_week_and_month_groups_are_cut_by_period_and_price_span_in_any_zone(repo: ChatRepository) -> None:
+    """A report by week or month asks for groups by period and price span, not by day
+    (AggregateQuery.price_days): PostgreSQL and MariaDB return one group row per period's first
+    day and span, and every message is still priced at its own day, whatever the zone's offsets."""
+    from chatdb.sql.repository import SqlRepository
+
+    _load(repo)
+    frame = export.to_polars(repo, "messages")
+    prices = _mid_range_prices()
+    asked: list[Any] = []
+    real = repo.aggregate_messages
+
+    def aggregate(query: Any) -> Any:
+        batches = list(real(query))
+        asked.append((query, [row for batch in batches for row in batch if len(row) > 6]))
+        return iter(batches)
+
+    repo.aggregate_messages = aggregate  # type: ignore[method-assign]
+    cases = [
+        ("month", "UTC"),
+        ("month", "Europe/Berlin"),
+        ("week", "Asia/Kathmandu"),
+        ("month", "America/New_York"),
+    ]
+    for by, zone in cases:
+        for mode in ("auto", "calculate"):
+            asked.clear()
+            options: dict[str, Any] = {"prices": prices, "cost_mode": mode, "timezone": zone}
+            _same(analytics.usage_report(repo, by, **options), reference.usage_report(frame, by, **options),
+                  f"usage_report({by!r}, {zone}, {mode})", _bound(repo))  # fmt: skip
+            [(query, groups)] = asked
+            assert query.price_days and query.period == by and groups, (by, zone)
+            # (SQLite groups by day still: cheaper there)
+            if isinstance(repo, SqlRepository) and repo.backend != "sqlite":
+                firsts = {datetime.fromtimestamp(row[0] * 86_400, UTC) for row in groups}
+                if by == "month":
+                    assert {day.day for day in firsts} == {1}, firsts
+                else:
+                    assert {day.weekday() for day in firsts} == {0}, firsts
+                assert len({(row[0], row[2]) for row in groups}) < len(firsts) + len(query.price_days) + 1
+
+
 def test_a_report_with_its_totals_from_one_aggregation_equals_the_two_calls(repo: ChatRepository) -> None:
     # (chatdb usage prints a report and its totals row: one aggregation serves both.)
     _load(repo)

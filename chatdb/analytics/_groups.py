@@ -180,6 +180,9 @@ def fetch_groups(
             query, histograms=True, period=kind if period else None, per_model=per_model or model is not None,
             packed_histograms=True,
         )  # fmt: skip
+        if kind in ("week", "month") and not query.first_times:
+            # (groups by period and price span, not by day: see AggregateQuery.price_days)
+            query = replace(query, price_days=_price_spans(table))
     found: list[tuple[Any, ...]] | None = [] if one_pass else None
     columnar = None if one_pass else getattr(repo, "aggregate_columns", None)
     coarse = columnar is not None and getattr(repo, "coarse_groups", False)
