@@ -667,8 +667,9 @@ ROWS_TABLE = "chatdb_aggregate_rows"  # MariaDB's temporary table (per connectio
 # is looked up there, not in the chats' InnoDB tree, and the groupings sort numbers, not the
 # users' VARCHAR(255) ids. 250,000 messages (a part of 1M): 3.5-3.9 s -> 3.0-3.3 s, the
 # lookups 0.3-0.4 s and the groupings 0.3 s less, for 0.16 s making the tables (20,000
-# chats); the report by user at 1M messages 7.76 s -> 7.09 s (best of 3). A memory row takes about 180 bytes; past MYSQL_OWNER_TABLES_UP_TO chats (by the
-# server's estimate) each message's owner is looked up in the chats' table instead.
+# chats); the report by user at 1M messages 7.76 s -> 7.09 s (best of 3). A memory row takes
+# about 180 bytes; past MYSQL_OWNER_TABLES_UP_TO chats (by the server's estimate) each
+# message's owner is looked up in the chats' table instead.
 _OWNERS = "chatdb_aggregate_owners"
 _CHAT_OWNERS = "chatdb_aggregate_chat_owners"
 MYSQL_OWNER_TABLES_UP_TO = 200_000
@@ -730,8 +731,9 @@ def build(
     ``messages``: about how many messages the table holds (PostgreSQL: see
     :data:`PG_SORTED_GROUPING_UP_TO`), 0 where unknown; ``chats`` likewise (MySQL/MariaDB: see
     :data:`MYSQL_OWNER_TABLES_UP_TO`); :func:`estimated` names those a query needs.
-    ``collation``: MySQL/MariaDB's utf8mb4 collation that compares byte for byte (:func:`chatdb.sql.schema.exact_collation`:
-    MariaDB's is the default), which model names are grouped and filtered by."""
+    ``collation``: MySQL/MariaDB's utf8mb4 collation that compares byte for byte
+    (:func:`chatdb.sql.schema.exact_collation`: MariaDB's is the default), which model names
+    are grouped and filtered by."""
     params: dict[str, Any] = {}
     if part is not None:
         params["part_lo"], params["part_hi"] = part
