@@ -149,12 +149,12 @@ def usage(
     # A report by user or chat names them too (username, title): an id alone tells an operator
     # nothing.
     key, name = keys[0], _NAME_COLUMNS.get(keys[0])
-    names = _names(repo, key) if name is not None else None
-    named = [*keys, name] if name is not None else keys
-    columns = [*named, *analytics.REPORT_COLUMNS]
+    named, names = keys, None
     rows: Any = frame.iter_rows(named=True)
-    if names is not None and name is not None:
+    if name is not None:
+        named, names = [*keys, name], _names(repo, key)
         rows = ({**r, name: names.get(r[key])} for r in rows)
+    columns = [*named, *analytics.REPORT_COLUMNS]
     if tabular and "model" in keys:
         rows = ({**r, "model": r["model"] or "(no model)"} for r in rows)
     if tabular and key == "user_id":  # (messages whose chat is gone have no user)
@@ -223,13 +223,13 @@ def _warn_unknown_prices(path: Path, repo: Any, options: dict[str, Any]) -> None
 
 
 _NAME_COLUMNS = {"user_id": "username", "chat_id": "title"}
-TITLE_WIDTH = 40  # a chat's title in a table: at most this many characters
+_TITLE_WIDTH = 40  # a chat's title in a table: at most this many characters
 
 
 def _shortened(title: str | None) -> str | None:
-    if title is None or len(title) <= TITLE_WIDTH:
+    if title is None or len(title) <= _TITLE_WIDTH:
         return title
-    return title[: TITLE_WIDTH - 1].rstrip() + "…"
+    return title[: _TITLE_WIDTH - 1].rstrip() + "…"
 
 
 def _names(repo: Any, key: str) -> dict[str, str]:

@@ -440,8 +440,7 @@ def _source(
     carried = "messages.created_at AS created_at, " if query.first_times else ""
     # (messages without metadata, cut by price spans and no period, are all in one: their times
     # are not read)
-    spans_only = query.price_days is not None and not query.period
-    epoch = "0" if metadata is False and spans_only else ops.epoch("messages.created_at")
+    epoch = "0" if metadata is False and _spans_only(query) else ops.epoch("messages.created_at")
     columns = f"{carried}{epoch} AS e, {key} AS gkey"
     return columns, source, f" WHERE {' AND '.join(where)}" if where else ""
 
@@ -518,7 +517,7 @@ def _bare_groups(
     without metadata (user messages, about half of them): counted with no JSON read at all.
     ``packed``: grouped by :func:`_pack_group`'s key (the combined layout only)."""
     first, carried = _first(query)
-    if query.key == "user" and query.price_days is not None and not query.period and not query.first_times:
+    if query.key == "user" and _spans_only(query) and not query.first_times:
         rows, count, counted = _bare_owners(ops, query, params), f"CAST(sum(n) AS {ops.integer})", ", n"
     else:
         columns, source, filters = _source(ops, query, params, metadata=False)
@@ -966,23 +965,21 @@ def _bucket(ops: _Ops, query: AggregateQuery, day: str) -> str:
     return day if first is None else first
 
 
+def _spans_only(query: AggregateQuery) -> bool:
+    """Whether ``query``'s groups are cut by price span alone (no period): their times are
+    read only to find their span."""
+    return query.price_days is not None and not query.period
+
+
 def _period_first(ops: _Ops, query: AggregateQuery) -> str | None:
     """With ``query.price_days`` by week or month: the local day a row's period begins on (a
     month's from ``query.month_starts``; outside them, the row's own day). Else None."""
     if query.price_days is None or query.period not in ("week", "month"):
         return None
-    local = ops.floor_div("le", DAY)
     if query.period == "week":
-        return f"{ops.floor_div(f'{local} + 3', 7)} * 7 - 3"  # (Monday: see AggregateQuery.period)
-    starts = query.month_starts
-    if not starts:
-        return local
-    cases = [f"WHEN le < {int(starts[0][0])} THEN {local}"]
-    cases += [
-        f"WHEN le < {int(nxt)} THEN {int(start) // DAY}"
-        for (start, _), (nxt, _) in itertools.pairwise(starts)
-    ]
-    return f"CASE {' '.join(cases)} ELSE {local} END"
+        return f"{_period(ops, query)} * 7 - 3"  # (its Monday: see AggregateQuery.period)
+    local = ops.floor_div("le", DAY)
+    return _by_month(query, lambda start, _: start // DAY, local) if query.month_starts else local
 
 
 def _select(keys: dict[str, str]) -> str:
@@ -995,19 +992,24 @@ def _period(ops: _Ops, query: AggregateQuery) -> str:
     if query.period == "week":
         return ops.floor_div(f"{local} + 3", 7)
     if query.period == "month":
-        if query.month_starts:
-            # Comparisons with the months' first seconds: cheaper than a date function a row.
-            starts, generic = query.month_starts, ops.month("le")
-            cases = [f"WHEN le < {int(starts[0][0])} THEN {generic}"]
-            cases += [
-                f"WHEN le < {int(nxt)} THEN {int(month)}"
-                for (_, month), (nxt, _) in itertools.pairwise(starts)
-            ]
-            return f"CASE {' '.join(cases)} ELSE {generic} END"
-        return ops.month("le")
+        # (comparisons with the months' first seconds: cheaper than a date function a row)
+        generic = ops.month("le")
+        return _by_month(query, lambda _, month: month, generic) if query.month_starts else generic
     if query.period in ("hour", "day"):
         return local
     return "0"
+
+
+def _by_month(query: AggregateQuery, value: Callable[[int, int], int], outside: str) -> str:
+    """``value(first second, month number)`` of the month (``query.month_starts``) a row's
+    local second ``le`` falls in, as a CASE; ``outside`` where it falls outside them all."""
+    starts = query.month_starts
+    cases = [f"WHEN le < {int(starts[0][0])} THEN {outside}"]
+    cases += [
+        f"WHEN le < {int(nxt)} THEN {int(value(int(start), int(month)))}"
+        for (start, month), (nxt, _) in itertools.pairwise(starts)
+    ]
+    return f"CASE {' '.join(cases)} ELSE {outside} END"
 
 
 def _exact_quantiles(ops: _Ops, query: AggregateQuery, rows: str, model_filter: str) -> str:

@@ -355,7 +355,7 @@ class SqlDialect:
         return self.backend != "postgres"
 
     @property
-    def aggregate_parts_per_core(self) -> tuple[int, int]:
+    def aggregate_parts_limits(self) -> tuple[int, int]:
         """(How many parts of an aggregation to run at once for each core, at most how many in
         all) (see ``SqlRepository.aggregate_parts``). MySQL/MariaDB: three, up to six. A part's
         server thread waits on its reads (InnoDB's pages from disk, where the buffer pool is

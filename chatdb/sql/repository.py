@@ -509,9 +509,9 @@ class SqlRepository(RepositoryBase):
         self.exact_quantiles = False
         self.aggregates_histograms = True
         # SQLite, MySQL/MariaDB: an aggregation over at least ``aggregate_parts_min_rows``
-        # messages runs as this many parts at once (SqlDialect.aggregate_parts_per_core for each
-        # core this process may use, up to its limit; 1: never).
-        per_core, most = self._executor.dialect.aggregate_parts_per_core
+        # messages runs as this many parts at once (SqlDialect.aggregate_parts_limits: so many
+        # for each core this process may use, up to its limit; 1: never).
+        per_core, most = self._executor.dialect.aggregate_parts_limits
         self.aggregate_parts = max(1, min(most, len(os.sched_getaffinity(0)) * per_core))
 
     @property
